@@ -1,0 +1,44 @@
+# write_scaling: PGXS build, and the make demo / make test / make bench entry points.
+
+EXTENSION = write_scaling
+MODULE_big = write_scaling
+OBJS = \
+	src/write_scaling.o \
+	src/guc.o \
+	src/shmem.o \
+	src/frontier.o \
+	src/store_catalog.o \
+	src/event_input.o \
+	src/event_store.o \
+	src/stats.o
+DATA = write_scaling--0.1.0.sql
+PGFILEDESC = "write_scaling - write scaling patterns inside PostgreSQL"
+
+PG_CPPFLAGS = -I$(srcdir)/src
+PG_CFLAGS = -Werror
+
+# pg_regress runs on a temporary instance with the library preloaded.
+REGRESS = event_store
+REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/regress.conf
+
+# Perl TAP tests on PostgreSQL::Test::Cluster.
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+.PHONY: deps demo test bench
+
+deps:
+	bash scripts/install-deps
+
+demo: deps
+	bash scripts/demo
+
+test: deps
+	bash test/run
+
+bench: deps
+	bash bench/run

@@ -1,0 +1,62 @@
+/*-------------------------------------------------------------------------
+ *
+ * event_store.h
+ *	  Event stores: the per-backend catalog cache and the parsed form of the
+ *	  events argument of ws.append.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef WS_EVENT_STORE_H
+#define WS_EVENT_STORE_H
+
+#include "postgres.h"
+
+#include "executor/spi.h"
+#include "storage/lockdefs.h"
+#include "utils/jsonb.h"
+
+/* The prepared statements kept per store; see store_catalog.c. */
+typedef enum StorePlan
+{
+	PLAN_STREAM_VERSION,
+	PLAN_MAX_POSITION,
+	PLAN_FIND_IDS,
+	PLAN_INSERT_ONE,
+	PLAN_INSERT_MANY,
+	PLAN_READ_STREAM,
+	PLAN_READ_ALL,
+	NUM_STORE_PLANS
+} StorePlan;
+
+/* One event store as this backend knows it. */
+typedef struct StoreEntry
+{
+	char		name[NAMEDATALEN];	/* hash key */
+	Oid			relid;			/* its events table */
+	bool		valid;			/* cleared by a relcache invalidation */
+	int			slot;			/* frontier slot, -1 until attached */
+	SPIPlanPtr	plans[NUM_STORE_PLANS];
+} StoreEntry;
+
+/* The events argument of ws.append, checked and split into columns. */
+typedef struct EventBatch
+{
+	int			count;
+	bool		any_id;			/* some event carries its own id */
+	Datum	   *ids;			/* uuid, or null */
+	bool	   *id_nulls;
+	Datum	   *types;			/* text */
+	Datum	   *data;			/* jsonb */
+	Datum	   *metadata;		/* jsonb, or null */
+	bool	   *metadata_nulls;
+} EventBatch;
+
+/* store_catalog.c */
+extern char *ws_store_name_arg(text *name);
+extern StoreEntry *ws_open_store(const char *name, LOCKMODE lockmode);
+extern SPIPlanPtr ws_store_plan(StoreEntry *store, StorePlan which);
+
+/* event_input.c */
+extern void ws_parse_events(Jsonb *events, EventBatch *batch);
+
+#endif							/* WS_EVENT_STORE_H */
