@@ -45,8 +45,15 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
+#include "executor/tuptable.h"
 #include "common/hashfn.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -54,7 +61,10 @@
 #include "storage/lock.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/uuid.h"
 
@@ -77,7 +87,7 @@ PG_FUNCTION_INFO_V1(write_scaling_forget_event_store);
 
 static text *stream_name_arg(FunctionCallInfo fcinfo, int argno);
 static void lock_stream(StoreEntry *store, text *stream);
-static int64 stream_version(StoreEntry *store, text *stream, bool latest);
+static int64 stream_version(StoreEntry *store, text *stream, Snapshot snapshot);
 static int	store_slot(StoreEntry *store);
 static bool is_replay(StoreEntry *store, text *stream, EventBatch *batch,
 					  int64 after_version, bool has_expected, int64 *version);
@@ -150,7 +160,9 @@ write_scaling_append(PG_FUNCTION_ARGS)
 	store = ws_open_store(name, RowExclusiveLock);
 	slot = store_slot(store);
 	lock_stream(store, stream);
-	current = stream_version(store, stream, true);
+	/* A fresh snapshot sees the append we may have waited for. */
+	CommandCounterIncrement();
+	current = stream_version(store, stream, GetLatestSnapshot());
 
 	if (batch.any_id)
 	{
@@ -229,19 +241,77 @@ lock_stream(StoreEntry *store, text *stream)
 }
 
 /*
- * stream_version returns the stream's highest version, 0 if it has none.
+ * find_version_index sets the store's (stream, version) index and the
+ * attribute number of "version"; heap is the open events table.
+ */
+static void
+find_version_index(StoreEntry *store, Relation heap)
+{
+	List	   *indexes = RelationGetIndexList(heap);
+	AttrNumber	stream_attnum = get_attnum(store->relid, "stream");
+	ListCell   *lc;
+
+	store->version_attnum = get_attnum(store->relid, "version");
+	foreach(lc, indexes)
+	{
+		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
+		Form_pg_index form = index->rd_index;
+
+		if (form->indisunique && form->indnkeyatts == 2 &&
+			form->indkey.values[0] == stream_attnum &&
+			form->indkey.values[1] == store->version_attnum)
+			store->version_index = RelationGetRelid(index);
+		index_close(index, AccessShareLock);
+	}
+	list_free(indexes);
+
+	if (!OidIsValid(store->version_index))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("events table %s has no unique index on (stream, version)",
+						RelationGetRelationName(heap)),
+				 errhint("Event store tables must keep the indexes ws.create_event_store made.")));
+}
+
+/*
+ * stream_version returns the stream's highest version under snapshot, 0 if
+ * it has none, read straight from the (stream, version) index: a backward
+ * scan stops at the first visible entry.  The caller holds a lock on the
+ * events table.
  */
 static int64
-stream_version(StoreEntry *store, text *stream, bool latest)
+stream_version(StoreEntry *store, text *stream, Snapshot snapshot)
 {
-	Datum		arg = PointerGetDatum(stream);
-	bool		isnull;
-	Datum		version;
+	Relation	heap = table_open(store->relid, NoLock);
+	Relation	index;
+	TupleTableSlot *slot;
+	IndexScanDesc scan;
+	ScanKeyData key;
+	int64		version = 0;
 
-	run_plan(ws_store_plan(store, PLAN_STREAM_VERSION), &arg, NULL, latest,
-			 SPI_OK_SELECT);
-	version = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? 0 : DatumGetInt64(version);
+	if (!OidIsValid(store->version_index))
+		find_version_index(store, heap);
+	index = index_open(store->version_index, AccessShareLock);
+	slot = table_slot_create(heap, NULL);
+	snapshot = RegisterSnapshot(snapshot);
+
+	/* ScanKeyInit compares in the C collation, the stream column's. */
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(stream));
+	scan = index_beginscan(heap, index, snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	if (index_getnext_slot(scan, BackwardScanDirection, slot))
+	{
+		bool		isnull;
+
+		version = DatumGetInt64(slot_getattr(slot, store->version_attnum, &isnull));
+	}
+	index_endscan(scan);
+
+	UnregisterSnapshot(snapshot);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, NoLock);
+	table_close(heap, NoLock);
+	return version;
 }
 
 /*
@@ -254,6 +324,9 @@ store_slot(StoreEntry *store)
 	if (store->slot < 0)
 		store->slot = ws_frontier_attach(store->relid);
 
+	if (store->slot_loaded)
+		return store->slot;
+
 	if (!ws_frontier_is_loaded(store->slot))
 	{
 		bool		isnull;
@@ -265,6 +338,7 @@ store_slot(StoreEntry *store)
 									 SPI_tuptable->tupdesc, 1, &isnull);
 		ws_frontier_load(store->slot, isnull ? 0 : DatumGetInt64(max_position));
 	}
+	store->slot_loaded = true;
 	return store->slot;
 }
 
@@ -506,7 +580,7 @@ write_scaling_stream_version(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	store = ws_open_store(name, AccessShareLock);
-	version = stream_version(store, stream, false);
+	version = stream_version(store, stream, GetActiveSnapshot());
 	SPI_finish();
 	PG_RETURN_INT64(version);
 }

@@ -18,7 +18,6 @@
 /* The prepared statements kept per store; see store_catalog.c. */
 typedef enum StorePlan
 {
-	PLAN_STREAM_VERSION,
 	PLAN_MAX_POSITION,
 	PLAN_FIND_IDS,
 	PLAN_INSERT_ONE,
@@ -35,6 +34,9 @@ typedef struct StoreEntry
 	Oid			relid;			/* its events table */
 	bool		valid;			/* cleared by a relcache invalidation */
 	int			slot;			/* frontier slot, -1 until attached */
+	bool		slot_loaded;	/* the slot's counter is known to be loaded */
+	Oid			version_index;	/* the (stream, version) index, once found */
+	AttrNumber	version_attnum;	/* "version" in the events table */
 	SPIPlanPtr	plans[NUM_STORE_PLANS];
 } StoreEntry;
 

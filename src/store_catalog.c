@@ -111,6 +111,8 @@ fill_entry(StoreEntry *entry)
 		entry->plans[i] = NULL;
 	}
 	entry->slot = -1;
+	entry->slot_loaded = false;
+	entry->version_index = InvalidOid;
 
 	if (lookup_plan == NULL)
 	{
@@ -172,10 +174,6 @@ ws_store_plan(StoreEntry *store, StorePlan which)
 
 	switch (which)
 	{
-		case PLAN_STREAM_VERSION:
-			sql = "SELECT max(version) FROM %s WHERE stream = $1 COLLATE \"C\"";
-			types[nargs++] = TEXTOID;
-			break;
 		case PLAN_MAX_POSITION:
 			sql = "SELECT max(global_position) FROM %s";
 			break;
