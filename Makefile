@@ -10,6 +10,7 @@ OBJS = \
 	src/store_catalog.o \
 	src/event_input.o \
 	src/event_store.o \
+	src/event_writer.o \
 	src/stats.o
 DATA = write_scaling--0.1.0.sql
 PGFILEDESC = "write_scaling - write scaling patterns inside PostgreSQL"

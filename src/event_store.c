@@ -59,6 +59,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -86,6 +87,7 @@ PG_FUNCTION_INFO_V1(write_scaling_safe_position);
 PG_FUNCTION_INFO_V1(write_scaling_forget_event_store);
 
 static text *stream_name_arg(FunctionCallInfo fcinfo, int argno);
+static void require_privilege(StoreEntry *store, AclMode mode);
 static void lock_stream(StoreEntry *store, text *stream);
 static int64 stream_version(StoreEntry *store, text *stream, Snapshot snapshot);
 static int	store_slot(StoreEntry *store);
@@ -158,6 +160,8 @@ write_scaling_append(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 
 	store = ws_open_store(name, RowExclusiveLock);
+	require_privilege(store, ACL_INSERT);
+	require_privilege(store, ACL_SELECT);
 	slot = store_slot(store);
 	lock_stream(store, stream);
 	/* A fresh snapshot sees the append we may have waited for. */
@@ -193,7 +197,15 @@ write_scaling_append(PG_FUNCTION_ARGS)
 	}
 
 	first_position = ws_frontier_reserve(slot, batch.count);
-	insert_events(store, stream, first_position, current + 1, &batch);
+	if (store->write_directly)
+	{
+		Relation	rel = table_open(store->relid, NoLock);
+
+		ws_write_events(rel, first_position, stream, current + 1, &batch);
+		table_close(rel, NoLock);
+	}
+	else
+		insert_events(store, stream, first_position, current + 1, &batch);
 
 	ForceSyncCommit();
 	ws_frontier_count(slot, WS_COUNT_APPENDS, 1);
@@ -227,6 +239,19 @@ stream_name_arg(FunctionCallInfo fcinfo, int argno)
 }
 
 /*
+ * require_privilege raises the usual permission error unless the current
+ * user has mode on the store's events table.  Needed because append and
+ * stream_version read the table's index directly, without the executor's
+ * checks.
+ */
+static void
+require_privilege(StoreEntry *store, AclMode mode)
+{
+	if (pg_class_aclcheck(store->relid, GetUserId(), mode) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, get_rel_name(store->relid));
+}
+
+/*
  * lock_stream takes the stream's lock until the end of the transaction.
  */
 static void
@@ -241,11 +266,12 @@ lock_stream(StoreEntry *store, text *stream)
 }
 
 /*
- * find_version_index sets the store's (stream, version) index and the
- * attribute number of "version"; heap is the open events table.
+ * describe_table finds the store's (stream, version) index and the attribute
+ * number of "version", and decides whether event_writer.c may write the
+ * table; heap is the open events table.
  */
 static void
-find_version_index(StoreEntry *store, Relation heap)
+describe_table(StoreEntry *store, Relation heap)
 {
 	List	   *indexes = RelationGetIndexList(heap);
 	AttrNumber	stream_attnum = get_attnum(store->relid, "stream");
@@ -264,6 +290,7 @@ find_version_index(StoreEntry *store, Relation heap)
 		index_close(index, AccessShareLock);
 	}
 	list_free(indexes);
+	store->write_directly = ws_can_write_directly(heap);
 
 	if (!OidIsValid(store->version_index))
 		ereport(ERROR,
@@ -290,7 +317,7 @@ stream_version(StoreEntry *store, text *stream, Snapshot snapshot)
 	int64		version = 0;
 
 	if (!OidIsValid(store->version_index))
-		find_version_index(store, heap);
+		describe_table(store, heap);
 	index = index_open(store->version_index, AccessShareLock);
 	slot = table_slot_create(heap, NULL);
 	snapshot = RegisterSnapshot(snapshot);
@@ -410,7 +437,9 @@ is_replay(StoreEntry *store, text *stream, EventBatch *batch,
 }
 
 /*
- * insert_events writes the batch at the reserved positions.
+ * insert_events writes the batch at the reserved positions through SPI, for
+ * events tables that event_writer.c does not serve (triggers, row-level
+ * security, extra columns).
  */
 static void
 insert_events(StoreEntry *store, text *stream, int64 first_position,
@@ -580,6 +609,7 @@ write_scaling_stream_version(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	store = ws_open_store(name, AccessShareLock);
+	require_privilege(store, ACL_SELECT);
 	version = stream_version(store, stream, GetActiveSnapshot());
 	SPI_finish();
 	PG_RETURN_INT64(version);

@@ -14,6 +14,7 @@
 #include "executor/spi.h"
 #include "storage/lockdefs.h"
 #include "utils/jsonb.h"
+#include "utils/relcache.h"
 
 /* The prepared statements kept per store; see store_catalog.c. */
 typedef enum StorePlan
@@ -37,6 +38,7 @@ typedef struct StoreEntry
 	bool		slot_loaded;	/* the slot's counter is known to be loaded */
 	Oid			version_index;	/* the (stream, version) index, once found */
 	AttrNumber	version_attnum;	/* "version" in the events table */
+	bool		write_directly; /* event_writer.c may write the table */
 	SPIPlanPtr	plans[NUM_STORE_PLANS];
 } StoreEntry;
 
@@ -60,5 +62,10 @@ extern SPIPlanPtr ws_store_plan(StoreEntry *store, StorePlan which);
 
 /* event_input.c */
 extern void ws_parse_events(Jsonb *events, EventBatch *batch);
+
+/* event_writer.c */
+extern bool ws_can_write_directly(Relation rel);
+extern void ws_write_events(Relation rel, int64 first_position, text *stream,
+							int64 first_version, EventBatch *batch);
 
 #endif							/* WS_EVENT_STORE_H */
