@@ -15,6 +15,11 @@ bench_tps() {
 		sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
 }
 
+# bench_median N...: prints the median of its arguments.
+bench_median() {
+	printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 # bench_ratio A B: prints A/B with two decimals.
 bench_ratio() {
 	awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'

@@ -31,7 +31,8 @@
 static HTAB *store_cache = NULL;
 
 static void store_cache_invalidate(Datum arg, Oid relid);
-static void fill_entry(StoreEntry *entry);
+static Oid	lookup_store(const char *name);
+static void reset_entry(StoreEntry *entry, Oid relid);
 
 /*
  * ws_store_name_arg checks a store name argument and returns it as a C
@@ -73,15 +74,18 @@ ws_open_store(const char *name, LOCKMODE lockmode)
 	for (;;)
 	{
 		bool		found;
-		StoreEntry *entry = hash_search(store_cache, name, HASH_ENTER, &found);
+		StoreEntry *entry = hash_search(store_cache, name, HASH_FIND, NULL);
 
-		if (!found)
+		/* Look the name up before entering it: unknown names leave no entry. */
+		if (entry == NULL || !entry->valid)
 		{
-			memset(entry->plans, 0, sizeof(entry->plans));
-			entry->valid = false;
+			Oid			relid = lookup_store(name);
+
+			entry = hash_search(store_cache, name, HASH_ENTER, &found);
+			if (!found)
+				memset(entry->plans, 0, sizeof(entry->plans));
+			reset_entry(entry, relid);
 		}
-		if (!entry->valid)
-			fill_entry(entry);
 
 		LockRelationOid(entry->relid, lockmode);
 		if (entry->valid)
@@ -93,26 +97,16 @@ ws_open_store(const char *name, LOCKMODE lockmode)
 }
 
 /*
- * fill_entry looks the store up in ws.event_stores and resets its plans.
- * On error the entry stays invalid.
+ * lookup_store returns the events table of the store called name, from
+ * ws.event_stores, or raises an error if there is none.
  */
-static void
-fill_entry(StoreEntry *entry)
+static Oid
+lookup_store(const char *name)
 {
 	static SPIPlanPtr lookup_plan = NULL;
-	Datum		arg = CStringGetTextDatum(entry->name);
+	Datum		arg = CStringGetTextDatum(name);
 	bool		isnull;
 	int			rc;
-
-	for (int i = 0; i < NUM_STORE_PLANS; i++)
-	{
-		if (entry->plans[i] != NULL)
-			SPI_freeplan(entry->plans[i]);
-		entry->plans[i] = NULL;
-	}
-	entry->slot = -1;
-	entry->slot_loaded = false;
-	entry->version_index = InvalidOid;
 
 	if (lookup_plan == NULL)
 	{
@@ -133,11 +127,30 @@ fill_entry(StoreEntry *entry)
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("event store \"%s\" does not exist", entry->name),
+				 errmsg("event store \"%s\" does not exist", name),
 				 errhint("Create it with ws.create_event_store().")));
 
-	entry->relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-												  SPI_tuptable->tupdesc, 1, &isnull));
+	return DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+										  SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * reset_entry points entry at relid and forgets everything derived from the
+ * table it named before.
+ */
+static void
+reset_entry(StoreEntry *entry, Oid relid)
+{
+	for (int i = 0; i < NUM_STORE_PLANS; i++)
+	{
+		if (entry->plans[i] != NULL)
+			SPI_freeplan(entry->plans[i]);
+		entry->plans[i] = NULL;
+	}
+	entry->relid = relid;
+	entry->slot = -1;
+	entry->slot_loaded = false;
+	entry->version_index = InvalidOid;
 	entry->valid = true;
 }
 
