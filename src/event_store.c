@@ -117,6 +117,13 @@ run_plan(SPIPlanPtr plan, Datum *values, const char *nulls, bool latest,
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
 }
 
+static void
+connect_spi(void)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
 static char *
 store_arg(FunctionCallInfo fcinfo, int argno)
 {
@@ -156,8 +163,7 @@ write_scaling_append(PG_FUNCTION_ARGS)
 				 errmsg("events must not be null")));
 	ws_parse_events(PG_GETARG_JSONB_P(3), &batch);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	connect_spi();
 
 	store = ws_open_store(name, RowExclusiveLock);
 	require_privilege(store, ACL_INSERT);
@@ -516,8 +522,7 @@ write_scaling_read_stream(PG_FUNCTION_ARGS)
 	values[2] = PG_ARGISNULL(3) ? (Datum) 0 : Int64GetDatum(PG_GETARG_INT32(3));
 	nulls[2] = PG_ARGISNULL(3) ? 'n' : ' ';
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	connect_spi();
 	store = ws_open_store(name, AccessShareLock);
 	run_plan(ws_store_plan(store, PLAN_READ_STREAM), values, nulls, false,
 			 SPI_OK_SELECT);
@@ -553,8 +558,7 @@ write_scaling_read_all(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	connect_spi();
 	store = ws_open_store(name, AccessShareLock);
 	safe = ws_frontier_safe_position(store_slot(store));
 
@@ -606,8 +610,7 @@ write_scaling_stream_version(PG_FUNCTION_ARGS)
 	StoreEntry *store;
 	int64		version;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	connect_spi();
 	store = ws_open_store(name, AccessShareLock);
 	require_privilege(store, ACL_SELECT);
 	version = stream_version(store, stream, GetActiveSnapshot());
@@ -626,8 +629,7 @@ write_scaling_safe_position(PG_FUNCTION_ARGS)
 	StoreEntry *store;
 	int64		safe;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	connect_spi();
 	store = ws_open_store(name, AccessShareLock);
 	safe = ws_frontier_safe_position(store_slot(store));
 	SPI_finish();
