@@ -11,6 +11,8 @@ OBJS = \
 	src/event_input.o \
 	src/event_store.o \
 	src/event_writer.o \
+	src/snapshot.o \
+	src/worker.o \
 	src/stats.o
 DATA = write_scaling--0.1.0.sql
 PGFILEDESC = "write_scaling - write scaling patterns inside PostgreSQL"

@@ -191,6 +191,204 @@ LEFT JOIN ws._event_store_stats() st ON st.events_table = s.events_table::oid;
 COMMENT ON VIEW ws.stat_event_stores IS
 	'One row per event store: positions, in-flight appends holding readers back, and counters since server start';
 
+GRANT SELECT ON ws.stat_event_stores TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- Snapshots
+------------------------------------------------------------------------------
+
+CREATE TABLE ws.snapshot_policies (
+	store text PRIMARY KEY REFERENCES ws.event_stores (name) ON DELETE CASCADE,
+	reducer regprocedure NOT NULL,
+	every int NOT NULL CHECK (every > 0),
+	reducer_version int NOT NULL,
+	set_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ws.snapshot_policies IS
+	'Per event store: the reducer that folds events into state, and how often to snapshot';
+SELECT pg_catalog.pg_extension_config_dump('ws.snapshot_policies', '');
+GRANT SELECT ON ws.snapshot_policies TO PUBLIC;
+
+-- The latest snapshot of each stream.  One is usable only while its
+-- reducer, reducer_version and fingerprint (a hash of the reducer's
+-- definition) match the store's policy; any other is ignored and rebuilt.
+CREATE TABLE ws.snapshots (
+	store text NOT NULL REFERENCES ws.event_stores (name) ON DELETE CASCADE,
+	stream text COLLATE "C" NOT NULL,
+	version bigint NOT NULL CHECK (version > 0),
+	state jsonb,
+	reducer regprocedure NOT NULL,
+	reducer_version int NOT NULL,
+	fingerprint bigint NOT NULL,
+	taken_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (store, stream)
+);
+COMMENT ON TABLE ws.snapshots IS
+	'Latest snapshot of each stream: state after folding events 1..version through the reducer';
+SELECT pg_catalog.pg_extension_config_dump('ws.snapshots', '');
+GRANT SELECT ON ws.snapshots TO PUBLIC;
+
+-- Streams the snapshot worker has to visit: an append adds its stream when
+-- the stream's version crosses a multiple of the policy's "every", so that
+-- no pass scans an events table.  A reducer error stays here with the
+-- error, and is retried with backoff.
+CREATE TABLE ws.snapshot_queue (
+	store text NOT NULL REFERENCES ws.event_stores (name) ON DELETE CASCADE,
+	stream text COLLATE "C" NOT NULL,
+	queued_at timestamptz NOT NULL DEFAULT now(),
+	attempts int NOT NULL DEFAULT 0,
+	next_attempt_at timestamptz NOT NULL DEFAULT now(),
+	last_error text,
+	last_sqlstate text,
+	PRIMARY KEY (store, stream)
+);
+COMMENT ON TABLE ws.snapshot_queue IS
+	'Streams due for a snapshot, with the last reducer error of those that failed';
+SELECT pg_catalog.pg_extension_config_dump('ws.snapshot_queue', '');
+-- Appends (run as the appending role) queue streams here.
+GRANT SELECT, INSERT ON ws.snapshot_queue TO PUBLIC;
+
+CREATE VIEW ws.snapshot_errors AS
+SELECT store, stream, attempts, last_error AS error, last_sqlstate AS sqlstate,
+	   next_attempt_at
+FROM ws.snapshot_queue
+WHERE last_error IS NOT NULL;
+COMMENT ON VIEW ws.snapshot_errors IS
+	'Streams whose reducer failed in the snapshot worker, with the error; retried with backoff';
+GRANT SELECT ON ws.snapshot_errors TO PUBLIC;
+
+CREATE FUNCTION ws._reducer_fingerprint(reducer regprocedure)
+RETURNS bigint
+LANGUAGE c STRICT STABLE
+AS 'MODULE_PATHNAME', 'write_scaling_reducer_fingerprint';
+COMMENT ON FUNCTION ws._reducer_fingerprint(regprocedure) IS
+	'Internal: hash of a reducer''s definition, stored with each snapshot';
+
+CREATE FUNCTION ws._store_changed(events_table regclass)
+RETURNS void
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'write_scaling_store_changed';
+COMMENT ON FUNCTION ws._store_changed(regclass) IS
+	'Internal: makes every session reload what it caches about an event store';
+
+CREATE FUNCTION ws.set_snapshot_policy(store text, reducer regprocedure,
+									   every int DEFAULT 100,
+									   reducer_version int DEFAULT 1)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	events_table regclass;
+	f pg_proc;
+BEGIN
+	IF store IS NULL OR reducer IS NULL OR every IS NULL OR reducer_version IS NULL THEN
+		RAISE EXCEPTION 'arguments of ws.set_snapshot_policy must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT s.events_table INTO events_table FROM ws.event_stores s WHERE s.name = store;
+	IF events_table IS NULL THEN
+		RAISE EXCEPTION 'event store "%" does not exist', left(store, 64)
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Create it with ws.create_event_store().';
+	END IF;
+	IF every <= 0 THEN
+		RAISE EXCEPTION 'snapshot interval "every" must be greater than 0'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The interval was %s.', every);
+	END IF;
+	SELECT * INTO f FROM pg_proc WHERE oid = reducer;
+	IF f.pronargs <> 2 OR f.proargtypes[0] <> 'jsonb'::regtype
+	   OR f.proargtypes[1] <> 'ws.event'::regtype OR f.prorettype <> 'jsonb'::regtype
+	   OR f.proretset OR f.prokind <> 'f' THEN
+		RAISE EXCEPTION 'function % cannot be a reducer', reducer
+			USING ERRCODE = 'invalid_function_definition',
+				  HINT = 'A reducer is a function (state jsonb, event ws.event) returning jsonb.';
+	END IF;
+	IF f.proisstrict THEN
+		RAISE EXCEPTION 'reducer % must not be STRICT', reducer
+			USING ERRCODE = 'invalid_function_definition',
+				  DETAIL = 'The state is NULL before the first event, and a STRICT function would never be called.';
+	END IF;
+
+	INSERT INTO ws.snapshot_policies AS p (store, reducer, every, reducer_version)
+	VALUES (store, reducer, every, reducer_version)
+	ON CONFLICT ON CONSTRAINT snapshot_policies_pkey DO UPDATE
+		SET reducer = excluded.reducer, every = excluded.every,
+			reducer_version = excluded.reducer_version, set_at = now();
+
+	-- Queue every stream that is due under the new policy: those with
+	-- "every" events or more past their snapshot, or whose snapshot the new
+	-- policy cannot use.  This scans the events table once.
+	EXECUTE format($q$
+		INSERT INTO ws.snapshot_queue (store, stream)
+		SELECT $1, e.stream FROM %s e
+		LEFT JOIN ws.snapshots s ON s.store = $1 AND s.stream = e.stream
+		GROUP BY e.stream, s.version, s.reducer, s.reducer_version, s.fingerprint
+		HAVING max(e.version) - coalesce(s.version, 0) >= $2
+			OR (s.version IS NOT NULL AND (s.reducer, s.reducer_version, s.fingerprint)
+				IS DISTINCT FROM ($3, $4, ws._reducer_fingerprint($3)))
+		ON CONFLICT DO NOTHING$q$, events_table)
+	USING store, every, reducer, reducer_version;
+
+	PERFORM ws._store_changed(events_table);
+END
+$$;
+COMMENT ON FUNCTION ws.set_snapshot_policy(text, regprocedure, int, int) IS
+	'Sets the reducer (state jsonb, event ws.event) -> jsonb of an event store and snapshots streams every n events';
+
+CREATE FUNCTION ws.load(store text, stream text)
+RETURNS TABLE (state jsonb, version bigint)
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_scaling_load';
+COMMENT ON FUNCTION ws.load(text, text) IS
+	'Returns a stream''s current state: its latest usable snapshot folded with the events after it';
+
+CREATE FUNCTION ws.snapshot(store text, stream text)
+RETURNS bigint
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_scaling_snapshot';
+COMMENT ON FUNCTION ws.snapshot(text, text) IS
+	'Takes a snapshot of a stream now; returns the version it covers (0 for an empty stream)';
+
+REVOKE ALL ON FUNCTION ws.set_snapshot_policy(text, regprocedure, int, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._store_changed(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws.snapshot(text, text) FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Background workers
+------------------------------------------------------------------------------
+
+CREATE FUNCTION ws._wake_launcher()
+RETURNS void
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_scaling_wake_launcher';
+COMMENT ON FUNCTION ws._wake_launcher() IS
+	'Internal: asks the launcher to start this database''s worker when the transaction commits';
+REVOKE ALL ON FUNCTION ws._wake_launcher() FROM PUBLIC;
+
+CREATE FUNCTION ws._worker_stats(
+	OUT dboid oid, OUT pid int, OUT state text, OUT last_pass timestamptz,
+	OUT streams_behind bigint, OUT snapshots_taken bigint, OUT errors bigint)
+RETURNS SETOF record
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'write_scaling_worker_stats';
+COMMENT ON FUNCTION ws._worker_stats() IS
+	'Internal: shared-memory state of the per-database workers, behind ws.stat_workers';
+
+CREATE VIEW ws.stat_workers AS
+SELECT d.datname AS database, w.pid, w.state, w.last_pass, w.streams_behind,
+	   w.snapshots_taken, w.errors
+FROM ws._worker_stats() w
+LEFT JOIN pg_catalog.pg_database d ON d.oid = w.dboid;
+COMMENT ON VIEW ws.stat_workers IS
+	'One row per database with a write_scaling worker: its state, last pass, queue and counters since server start';
+GRANT SELECT ON ws.stat_workers TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- Every counter in one view
+------------------------------------------------------------------------------
+
 CREATE VIEW ws.stats AS
 SELECT 'event_store'::text AS area, e.store AS object, c.counter, c.value
 FROM ws.stat_event_stores e,
@@ -199,8 +397,19 @@ FROM ws.stat_event_stores e,
 					 ('version_conflicts', e.version_conflicts),
 					 ('idempotent_replays', e.idempotent_replays),
 					 ('in_flight_appends', e.in_flight_appends::bigint))
-	 AS c (counter, value);
+	 AS c (counter, value)
+UNION ALL
+SELECT 'snapshot_worker', w.database::text, c.counter, c.value
+FROM ws.stat_workers w,
+	 LATERAL (VALUES ('snapshots_taken', w.snapshots_taken),
+					 ('snapshot_errors', w.errors),
+					 ('streams_behind', w.streams_behind),
+					 ('seconds_since_last_pass',
+					  extract(epoch FROM now() - w.last_pass)::bigint))
+	 AS c (counter, value)
+WHERE w.database = pg_catalog.current_database();
 COMMENT ON VIEW ws.stats IS
-	'Every write_scaling counter, one row per (area, object, counter); counters start at zero at server start';
+	'Every write_scaling counter of this database, one row per (area, object, counter); counters start at zero at server start';
+GRANT SELECT ON ws.stats TO PUBLIC;
 
-GRANT SELECT ON ws.stat_event_stores, ws.stats TO PUBLIC;
+SELECT ws._wake_launcher();

@@ -86,7 +86,6 @@ PG_FUNCTION_INFO_V1(write_scaling_stream_version);
 PG_FUNCTION_INFO_V1(write_scaling_safe_position);
 PG_FUNCTION_INFO_V1(write_scaling_forget_event_store);
 
-static text *stream_name_arg(FunctionCallInfo fcinfo, int argno);
 static void require_privilege(StoreEntry *store, AclMode mode);
 static void lock_stream(StoreEntry *store, text *stream);
 static int64 stream_version(StoreEntry *store, text *stream, Snapshot snapshot);
@@ -124,8 +123,11 @@ connect_spi(void)
 		elog(ERROR, "SPI_connect failed");
 }
 
-static char *
-store_arg(FunctionCallInfo fcinfo, int argno)
+/*
+ * ws_store_arg returns argument argno, a store name, as a C string.
+ */
+char *
+ws_store_arg(FunctionCallInfo fcinfo, int argno)
 {
 	if (PG_ARGISNULL(argno))
 		ereport(ERROR,
@@ -141,8 +143,8 @@ store_arg(FunctionCallInfo fcinfo, int argno)
 Datum
 write_scaling_append(PG_FUNCTION_ARGS)
 {
-	char	   *name = store_arg(fcinfo, 0);
-	text	   *stream = stream_name_arg(fcinfo, 1);
+	char	   *name = ws_store_arg(fcinfo, 0);
+	text	   *stream = ws_stream_name_arg(fcinfo, 1);
 	bool		has_expected = !PG_ARGISNULL(2);
 	int64		expected = has_expected ? PG_GETARG_INT64(2) : 0;
 	EventBatch	batch;
@@ -213,6 +215,11 @@ write_scaling_append(PG_FUNCTION_ARGS)
 	else
 		insert_events(store, stream, first_position, current + 1, &batch);
 
+	/* Crossing a multiple of the snapshot interval makes the stream due. */
+	if (store->snapshot_every > 0 &&
+		current / store->snapshot_every != (current + batch.count) / store->snapshot_every)
+		ws_queue_snapshot(store, stream);
+
 	ForceSyncCommit();
 	ws_frontier_count(slot, WS_COUNT_APPENDS, 1);
 	ws_frontier_count(slot, WS_COUNT_EVENTS, batch.count);
@@ -221,8 +228,11 @@ write_scaling_append(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(current + batch.count);
 }
 
-static text *
-stream_name_arg(FunctionCallInfo fcinfo, int argno)
+/*
+ * ws_stream_name_arg returns argument argno, a stream name, checked.
+ */
+text *
+ws_stream_name_arg(FunctionCallInfo fcinfo, int argno)
 {
 	text	   *stream;
 
@@ -501,8 +511,8 @@ Datum
 write_scaling_read_stream(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	char	   *name = store_arg(fcinfo, 0);
-	text	   *stream = stream_name_arg(fcinfo, 1);
+	char	   *name = ws_store_arg(fcinfo, 0);
+	text	   *stream = ws_stream_name_arg(fcinfo, 1);
 	Datum		values[3];
 	char		nulls[3] = {' ', ' ', ' '};
 	StoreEntry *store;
@@ -540,7 +550,7 @@ Datum
 write_scaling_read_all(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	char	   *name = store_arg(fcinfo, 0);
+	char	   *name = ws_store_arg(fcinfo, 0);
 	Datum		values[3];
 	char		nulls[3] = {' ', ' ', ' '};
 	StoreEntry *store;
@@ -605,8 +615,8 @@ put_rows(ReturnSetInfo *rsinfo, SPITupleTable *tuptable, uint64 nrows,
 Datum
 write_scaling_stream_version(PG_FUNCTION_ARGS)
 {
-	char	   *name = store_arg(fcinfo, 0);
-	text	   *stream = stream_name_arg(fcinfo, 1);
+	char	   *name = ws_store_arg(fcinfo, 0);
+	text	   *stream = ws_stream_name_arg(fcinfo, 1);
 	StoreEntry *store;
 	int64		version;
 
@@ -625,7 +635,7 @@ write_scaling_stream_version(PG_FUNCTION_ARGS)
 Datum
 write_scaling_safe_position(PG_FUNCTION_ARGS)
 {
-	char	   *name = store_arg(fcinfo, 0);
+	char	   *name = ws_store_arg(fcinfo, 0);
 	StoreEntry *store;
 	int64		safe;
 

@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "executor/spi.h"
+#include "fmgr.h"
 #include "storage/lockdefs.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
@@ -25,6 +26,7 @@ typedef enum StorePlan
 	PLAN_INSERT_MANY,
 	PLAN_READ_STREAM,
 	PLAN_READ_ALL,
+	PLAN_QUEUE_SNAPSHOT,
 	NUM_STORE_PLANS
 } StorePlan;
 
@@ -33,6 +35,7 @@ typedef struct StoreEntry
 {
 	char		name[NAMEDATALEN];	/* hash key */
 	Oid			relid;			/* its events table */
+	int			snapshot_every; /* its snapshot policy's interval, 0 if none */
 	bool		valid;			/* cleared by a relcache invalidation */
 	int			slot;			/* frontier slot, -1 until attached */
 	bool		slot_loaded;	/* the slot's counter is known to be loaded */
@@ -55,6 +58,10 @@ typedef struct EventBatch
 	bool	   *metadata_nulls;
 } EventBatch;
 
+/* event_store.c */
+extern char *ws_store_arg(FunctionCallInfo fcinfo, int argno);
+extern text *ws_stream_name_arg(FunctionCallInfo fcinfo, int argno);
+
 /* store_catalog.c */
 extern char *ws_store_name_arg(text *name);
 extern StoreEntry *ws_open_store(const char *name, LOCKMODE lockmode);
@@ -62,6 +69,9 @@ extern SPIPlanPtr ws_store_plan(StoreEntry *store, StorePlan which);
 
 /* event_input.c */
 extern void ws_parse_events(Jsonb *events, EventBatch *batch);
+
+/* snapshot.c */
+extern void ws_queue_snapshot(StoreEntry *store, text *stream);
 
 /* event_writer.c */
 extern bool ws_can_write_directly(Relation rel);

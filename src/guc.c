@@ -18,6 +18,13 @@
 /* Event stores that can hold positions in shared memory, all databases. */
 int			ws_max_event_stores = 64;
 
+/* Background workers (worker.c). */
+bool		ws_workers_enabled = true;
+char	   *ws_worker_role = NULL;
+int			ws_launcher_naptime = 10000;
+int			ws_snapshot_naptime = 1000;
+int			ws_snapshot_batch_size = 100;
+
 /*
  * ws_define_gucs registers the settings; called from _PG_init.
  */
@@ -30,6 +37,51 @@ ws_define_gucs(void)
 							&ws_max_event_stores,
 							64, 1, 10000,
 							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("write_scaling.workers",
+							 "Runs write_scaling's background workers.",
+							 "Off stops the snapshot workers; the launcher stays and waits.",
+							 &ws_workers_enabled,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("write_scaling.worker_role",
+							   "Role the per-database workers connect as; empty means the bootstrap superuser.",
+							   "Takes effect when a worker starts.",
+							   &ws_worker_role,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("write_scaling.launcher_naptime",
+							"Time between the launcher's looks for databases that need a worker.",
+							NULL,
+							&ws_launcher_naptime,
+							10000, 100, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("write_scaling.snapshot_naptime",
+							"Time between the snapshot worker's passes when it has nothing to do.",
+							NULL,
+							&ws_snapshot_naptime,
+							1000, 10, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("write_scaling.snapshot_batch_size",
+							"Streams the snapshot worker snapshots in one transaction.",
+							NULL,
+							&ws_snapshot_batch_size,
+							100, 1, 100000,
+							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);
 

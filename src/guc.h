@@ -9,6 +9,11 @@
 #define WS_GUC_H
 
 extern int	ws_max_event_stores;
+extern bool ws_workers_enabled;
+extern char *ws_worker_role;
+extern int	ws_launcher_naptime;
+extern int	ws_snapshot_naptime;
+extern int	ws_snapshot_batch_size;
 
 extern void ws_define_gucs(void);
 

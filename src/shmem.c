@@ -24,6 +24,7 @@
 
 #include "frontier.h"
 #include "shmem.h"
+#include "worker.h"
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -62,7 +63,7 @@ ws_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 
-	RequestAddinShmemSpace(ws_frontier_shmem_size());
+	RequestAddinShmemSpace(add_size(ws_frontier_shmem_size(), ws_worker_shmem_size()));
 }
 
 static void
@@ -77,5 +78,6 @@ ws_shmem_startup(void)
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	ws_frontier_shmem_init();
+	ws_worker_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }

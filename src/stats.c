@@ -14,11 +14,15 @@
 
 #include "fmgr.h"
 #include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
 #include "frontier.h"
+#include "worker.h"
 
 PG_FUNCTION_INFO_V1(write_scaling_event_store_stats);
+PG_FUNCTION_INFO_V1(write_scaling_worker_stats);
 
 /*
  * ws._event_store_stats() returns one row per event store of this database
@@ -55,6 +59,40 @@ write_scaling_event_store_stats(PG_FUNCTION_ARGS)
 		values[8] = Int64GetDatum(r->counters[WS_COUNT_CONFLICTS]);
 		values[9] = Int64GetDatum(r->counters[WS_COUNT_REPLAYS]);
 		values[10] = BoolGetDatum(r->loaded);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * ws._worker_stats() returns one row per database the launcher has started
+ * a worker for since the server started.
+ */
+Datum
+write_scaling_worker_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	WsWorkerReport *reports;
+	int			n;
+
+	InitMaterializedSRF(fcinfo, 0);
+	n = ws_worker_report(&reports);
+
+	for (int i = 0; i < n; i++)
+	{
+		WsWorkerReport *r = &reports[i];
+		Datum		values[7];
+		bool		nulls[7] = {false};
+
+		values[0] = ObjectIdGetDatum(r->dboid);
+		values[1] = Int32GetDatum(r->pid);
+		nulls[1] = (r->pid == 0);
+		values[2] = CStringGetTextDatum(r->state);
+		values[3] = TimestampTzGetDatum(r->last_pass);
+		nulls[3] = (r->last_pass == 0);
+		values[4] = Int64GetDatum(r->streams_behind);
+		values[5] = Int64GetDatum(r->snapshots_taken);
+		values[6] = Int64GetDatum(r->errors);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

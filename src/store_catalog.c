@@ -31,8 +31,8 @@
 static HTAB *store_cache = NULL;
 
 static void store_cache_invalidate(Datum arg, Oid relid);
-static Oid	lookup_store(const char *name);
-static void reset_entry(StoreEntry *entry, Oid relid);
+static Oid	lookup_store(const char *name, int *snapshot_every);
+static void reset_entry(StoreEntry *entry, Oid relid, int snapshot_every);
 
 /*
  * ws_store_name_arg checks a store name argument and returns it as a C
@@ -79,12 +79,13 @@ ws_open_store(const char *name, LOCKMODE lockmode)
 		/* Look the name up before entering it: unknown names leave no entry. */
 		if (entry == NULL || !entry->valid)
 		{
-			Oid			relid = lookup_store(name);
+			int			snapshot_every;
+			Oid			relid = lookup_store(name, &snapshot_every);
 
 			entry = hash_search(store_cache, name, HASH_ENTER, &found);
 			if (!found)
 				memset(entry->plans, 0, sizeof(entry->plans));
-			reset_entry(entry, relid);
+			reset_entry(entry, relid, snapshot_every);
 		}
 
 		LockRelationOid(entry->relid, lockmode);
@@ -98,10 +99,11 @@ ws_open_store(const char *name, LOCKMODE lockmode)
 
 /*
  * lookup_store returns the events table of the store called name, from
- * ws.event_stores, or raises an error if there is none.
+ * ws.event_stores, and sets *snapshot_every from its snapshot policy (0 if
+ * none); raises an error if there is no such store.
  */
 static Oid
-lookup_store(const char *name)
+lookup_store(const char *name, int *snapshot_every)
 {
 	static SPIPlanPtr lookup_plan = NULL;
 	Datum		arg = CStringGetTextDatum(name);
@@ -113,7 +115,10 @@ lookup_store(const char *name)
 		Oid			argtypes[1] = {TEXTOID};
 		SPIPlanPtr	plan;
 
-		plan = SPI_prepare("SELECT events_table::oid FROM ws.event_stores WHERE name = $1",
+		plan = SPI_prepare("SELECT s.events_table::oid, coalesce(p.every, 0)"
+						   " FROM ws.event_stores s"
+						   " LEFT JOIN ws.snapshot_policies p ON p.store = s.name"
+						   " WHERE s.name = $1",
 						   1, argtypes);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -130,6 +135,8 @@ lookup_store(const char *name)
 				 errmsg("event store \"%s\" does not exist", name),
 				 errhint("Create it with ws.create_event_store().")));
 
+	*snapshot_every = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+												  SPI_tuptable->tupdesc, 2, &isnull));
 	return DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
 										  SPI_tuptable->tupdesc, 1, &isnull));
 }
@@ -139,7 +146,7 @@ lookup_store(const char *name)
  * table it named before.
  */
 static void
-reset_entry(StoreEntry *entry, Oid relid)
+reset_entry(StoreEntry *entry, Oid relid, int snapshot_every)
 {
 	for (int i = 0; i < NUM_STORE_PLANS; i++)
 	{
@@ -148,6 +155,7 @@ reset_entry(StoreEntry *entry, Oid relid)
 		entry->plans[i] = NULL;
 	}
 	entry->relid = relid;
+	entry->snapshot_every = snapshot_every;
 	entry->slot = -1;
 	entry->slot_loaded = false;
 	entry->version_index = InvalidOid;
@@ -226,6 +234,12 @@ ws_store_plan(StoreEntry *store, StorePlan which)
 			types[nargs++] = TEXTOID;
 			types[nargs++] = INT8OID;
 			types[nargs++] = INT8OID;
+			break;
+		case PLAN_QUEUE_SNAPSHOT:
+			sql = "INSERT INTO ws.snapshot_queue (store, stream) VALUES ($1, $2)"
+				" ON CONFLICT DO NOTHING";
+			types[nargs++] = TEXTOID;
+			types[nargs++] = TEXTOID;
 			break;
 		case PLAN_READ_ALL:
 			sql = "SELECT stream, version, global_position, id, type, data, metadata, recorded_at"

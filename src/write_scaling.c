@@ -4,7 +4,8 @@
  *	  Module load: settings, shared memory and transaction callbacks.
  *
  * Loaded through shared_preload_libraries, the library reserves shared
- * memory for event store positions (frontier.c).  Loaded on first use
+ * memory for event store positions (frontier.c) and registers the launcher
+ * of the background workers (worker.c).  Loaded on first use
  * instead, the functions that need shared memory say so in their error
  * (ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE) and the others work.
  *
@@ -18,6 +19,7 @@
 #include "frontier.h"
 #include "guc.h"
 #include "shmem.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -29,7 +31,11 @@ _PG_init(void)
 	ws_define_gucs();
 
 	if (process_shared_preload_libraries_in_progress)
+	{
 		ws_shmem_install_hooks();
+		ws_register_launcher();
+	}
 
 	ws_frontier_register_callbacks();
+	ws_worker_register_callbacks();
 }
