@@ -162,6 +162,34 @@ SELECT version, type FROM ws.read_stream('orders', 'order-7');
 DROP TRIGGER project ON ws.orders_events;
 DROP TABLE order_totals;
 DROP FUNCTION project_order();
+ALTER TABLE ws.orders_events DROP CONSTRAINT no_forbidden;
+
+-- A BEFORE trigger that skips the insert: the append fails instead of
+-- pretending, and a narrowed column type is enforced.
+CREATE FUNCTION skip_it() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+CREATE TRIGGER skip BEFORE INSERT ON ws.orders_events FOR EACH ROW EXECUTE FUNCTION skip_it();
+SELECT ws.append('orders', 'order-8', 0, '{"type": "A", "data": {}}');
+DROP TRIGGER skip ON ws.orders_events;
+DROP FUNCTION skip_it();
+ALTER TABLE ws.orders_events ALTER COLUMN type TYPE varchar(12);
+SELECT ws.append('orders', 'order-8', 0, '{"type": "MuchTooLongForTheColumn", "data": {}}');
+SELECT ws.append('orders', 'order-8', 0, '{"type": "Short", "data": {}}');
+SELECT version, type FROM ws.read_stream('orders', 'order-8');
+ALTER TABLE ws.orders_events ALTER COLUMN type TYPE text;
+
+-- Appending in a read-only transaction is refused like any write.
+BEGIN READ ONLY;
+SELECT ws.append('orders', 'order-8', NULL, '{"type": "A", "data": {}}');
+ROLLBACK;
+
+-- A drop rolled back with its savepoint leaves the store working.
+BEGIN;
+SAVEPOINT before_drop;
+SELECT ws.drop_event_store('orders');
+ROLLBACK TO before_drop;
+COMMIT;
+SELECT ws.append('orders', 'order-8', 1, '{"type": "AfterUndrop", "data": {}}');
+SELECT in_flight_appends, safe_position = last_position AS caught_up FROM ws.stat_event_stores;
 
 -- Dropping a store removes its table; a new store of that name starts anew.
 SELECT ws.drop_event_store('orders');

@@ -51,6 +51,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
@@ -59,6 +60,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
+#include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -152,6 +154,9 @@ write_scaling_append(PG_FUNCTION_ARGS)
 	int			slot;
 	int64		current;
 	int64		first_position;
+
+	PreventCommandIfReadOnly("ws.append()");
+	PreventCommandIfParallelMode("ws.append()");
 
 	if (has_expected && expected < 0)
 		ereport(ERROR,
@@ -364,6 +369,13 @@ stream_version(StoreEntry *store, text *stream, Snapshot snapshot)
 static int
 store_slot(StoreEntry *store)
 {
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("global positions of event stores are not available during recovery"),
+				 errdetail("A standby does not know which appends are still in flight on the primary, so a global read could skip events."),
+				 errhint("Run ws.read_all and ws.safe_position on the primary.")));
+
 	if (store->slot < 0)
 		store->slot = ws_frontier_attach(store->relid);
 
@@ -463,6 +475,7 @@ insert_events(StoreEntry *store, text *stream, int64 first_position,
 {
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	int			rc;
 
 	values[0] = Int64GetDatum(first_position);
 	values[1] = PointerGetDatum(stream);
@@ -476,8 +489,8 @@ insert_events(StoreEntry *store, text *stream, int64 first_position,
 		values[5] = batch->data[0];
 		values[6] = batch->metadata[0];
 		nulls[6] = batch->metadata_nulls[0] ? 'n' : ' ';
-		run_plan(ws_store_plan(store, PLAN_INSERT_ONE), values, nulls, false,
-				 SPI_OK_INSERT);
+		rc = SPI_execute_plan(ws_store_plan(store, PLAN_INSERT_ONE), values, nulls,
+							  false, 0);
 	}
 	else
 	{
@@ -495,12 +508,17 @@ insert_events(StoreEntry *store, text *stream, int64 first_position,
 													   batch->metadata_nulls,
 													   1, dims, lbs, JSONBOID,
 													   -1, false, TYPALIGN_INT));
-		run_plan(ws_store_plan(store, PLAN_INSERT_MANY), values, nulls, false,
-				 SPI_OK_INSERT);
+		rc = SPI_execute_plan(ws_store_plan(store, PLAN_INSERT_MANY), values, nulls,
+							  false, 0);
 	}
-	if (SPI_processed != (uint64) batch->count)
-		elog(ERROR, "inserted " UINT64_FORMAT " events instead of %d",
-			 SPI_processed, batch->count);
+	if (rc != SPI_OK_INSERT || SPI_processed != (uint64) batch->count)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("events table of event store \"%s\" did not store the appended events",
+						store->name),
+				 errdetail("%d events were appended, " UINT64_FORMAT " rows were inserted.",
+						   batch->count, rc == SPI_OK_INSERT ? SPI_processed : 0),
+				 errhint("A rule or a BEFORE trigger on the events table must not skip or redirect inserts.")));
 }
 
 /*

@@ -22,6 +22,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "nodes/makefuncs.h"
 #include "nodes/parsenodes.h"
@@ -35,22 +36,29 @@
 /* Slots filled before each table_multi_insert, as COPY's buffer. */
 #define WS_MULTI_INSERT_SLOTS	1000
 
-/* The columns of an events table, in order. */
+/* The columns of an events table, in order, and their types. */
 static const char *const event_columns[] = {
 	"global_position", "stream", "version", "id", "type", "data", "metadata",
 	"recorded_at"
 };
+static const Oid event_column_types[] = {
+	INT8OID, TEXTOID, INT8OID, UUIDOID, TEXTOID, JSONBOID, JSONBOID,
+	TIMESTAMPTZOID
+};
 
 /*
  * ws_can_write_directly says whether rel is a standard events table that
- * ws_write_events may write.
+ * ws_write_events may write: a plain table, not a partition, with exactly
+ * the standard columns and types, and no trigger, rule or row-level
+ * security.
  */
 bool
 ws_can_write_directly(Relation rel)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 
-	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->trigdesc != NULL ||
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
+		rel->trigdesc != NULL || rel->rd_rules != NULL ||
 		rel->rd_rel->relrowsecurity || desc->natts != lengthof(event_columns))
 		return false;
 
@@ -59,6 +67,7 @@ ws_can_write_directly(Relation rel)
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
 		if (att->attisdropped || att->attgenerated ||
+			att->atttypid != event_column_types[i] || att->atttypmod != -1 ||
 			strcmp(NameStr(att->attname), event_columns[i]) != 0)
 			return false;
 	}
@@ -153,6 +162,7 @@ ws_write_events(Relation rel, int64 first_position, text *stream,
 		memset(nulls, false, lengthof(event_columns) * sizeof(bool));
 		nulls[6] = batch->metadata_nulls[i];
 		ExecStoreVirtualTuple(slot);
+		slot->tts_tableOid = RelationGetRelid(rel);
 
 		if (check_constraints)
 			ExecConstraints(rri, slot, estate);

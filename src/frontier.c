@@ -36,7 +36,11 @@
  *	  (slot, lowest reserved position); an entry changes only under the lock
  *	  of the slot it names, so a reader holding one slot's lock in shared
  *	  mode sees that slot's entries stable while other entries may change.
- *	  Counters are atomics, outside any lock.
+ *	  Counters are atomics, outside any lock.  A slot is freed when the
+ *	  transaction that ran ws.drop_event_store commits (not if the drop was
+ *	  rolled back, with its savepoint or its transaction), or reclaimed when
+ *	  all are taken and its table no longer exists.  Slots of a dropped
+ *	  database are not reclaimed before a restart.
  *
  * Transactions
  *	  Commit and abort release every reservation of the backend.  A
@@ -65,6 +69,7 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 
 #include "frontier.h"
 #include "guc.h"
@@ -123,8 +128,14 @@ static int	n_local_reservations = 0;
 static int	max_local_reservations = 0;
 
 /* Stores dropped by the current transaction: slots freed at commit. */
-static Oid	dropped_relids[WS_MAX_STORES_PER_XACT * 4];
-static int	n_dropped_relids = 0;
+typedef struct DroppedStore
+{
+	Oid			relid;
+	SubTransactionId subid;
+} DroppedStore;
+
+static DroppedStore dropped[WS_MAX_STORES_PER_XACT * 4];
+static int	n_dropped = 0;
 
 static void frontier_xact_callback(XactEvent event, void *arg);
 static void frontier_subxact_callback(SubXactEvent event,
@@ -258,6 +269,21 @@ ws_frontier_attach(Oid relid)
 		}
 		if (free_slot < 0 && slot->dboid == InvalidOid)
 			free_slot = i;
+	}
+	if (result < 0 && free_slot < 0)
+	{
+		/*
+		 * Full: reclaim a slot of this database whose table is gone without
+		 * ws.drop_event_store (DROP TABLE, DROP SCHEMA ... CASCADE).
+		 */
+		for (int i = 0; i < frontier->nslots && free_slot < 0; i++)
+		{
+			WsStoreSlot *slot = &frontier->slots[i];
+
+			if (slot->dboid == MyDatabaseId && slot->in_flight == 0 &&
+				!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(slot->relid)))
+				free_slot = i;
+		}
 	}
 	if (result < 0 && free_slot >= 0)
 	{
@@ -449,12 +475,14 @@ ws_frontier_forget_at_commit(Oid relid)
 {
 	if (frontier == NULL)
 		return;
-	if (n_dropped_relids >= lengthof(dropped_relids))
+	if (n_dropped >= lengthof(dropped))
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("cannot drop more than %d event stores in one transaction",
-						(int) lengthof(dropped_relids))));
-	dropped_relids[n_dropped_relids++] = relid;
+						(int) lengthof(dropped))));
+	dropped[n_dropped].relid = relid;
+	dropped[n_dropped].subid = GetCurrentSubTransactionId();
+	n_dropped++;
 }
 
 /*
@@ -533,7 +561,7 @@ frontier_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
 			release_all(false);
-			n_dropped_relids = 0;
+			n_dropped = 0;
 			break;
 		default:
 			break;
@@ -547,6 +575,22 @@ frontier_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	int			kept = 0;
 	int			touched_slots[WS_MAX_STORES_PER_XACT];
 	int			ntouched = 0;
+
+	/* A drop rolled back with its savepoint frees nothing. */
+	for (int i = 0; i < n_dropped; i++)
+	{
+		if (dropped[i].subid != mySubid)
+			dropped[kept++] = dropped[i];
+		else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		{
+			dropped[i].subid = parentSubid;
+			dropped[kept++] = dropped[i];
+		}
+		else if (event != SUBXACT_EVENT_ABORT_SUB)
+			dropped[kept++] = dropped[i];
+	}
+	n_dropped = kept;
+	kept = 0;
 
 	if (n_local_reservations == 0)
 		return;
@@ -660,17 +704,19 @@ release_all(bool committed)
 static void
 free_dropped_slots(void)
 {
-	if (n_dropped_relids == 0)
+	if (n_dropped == 0)
 		return;
 
 	LWLockAcquire(&frontier->slots_lock, LW_EXCLUSIVE);
-	for (int d = 0; d < n_dropped_relids; d++)
+	for (int d = 0; d < n_dropped; d++)
 	{
 		for (int i = 0; i < frontier->nslots; i++)
 		{
 			WsStoreSlot *s = &frontier->slots[i];
 
-			if (s->relid == dropped_relids[d] && s->dboid == MyDatabaseId)
+			/* The drop held AccessExclusiveLock: nobody can be in flight. */
+			if (s->relid == dropped[d].relid && s->dboid == MyDatabaseId &&
+				s->in_flight == 0)
 			{
 				s->dboid = InvalidOid;
 				s->relid = InvalidOid;
@@ -678,5 +724,5 @@ free_dropped_slots(void)
 		}
 	}
 	LWLockRelease(&frontier->slots_lock);
-	n_dropped_relids = 0;
+	n_dropped = 0;
 }

@@ -28,6 +28,11 @@
 
 #include "event_store.h"
 
+/* The columns of ws.event, cast in case the user altered the table. */
+#define EVENT_COLUMNS \
+	"stream::text, version::bigint, global_position::bigint, id::uuid," \
+	" type::text, data::jsonb, metadata::jsonb, recorded_at::timestamptz"
+
 static HTAB *store_cache = NULL;
 
 static void store_cache_invalidate(Datum arg, Oid relid);
@@ -148,11 +153,19 @@ lookup_store(const char *name, int *snapshot_every)
 static void
 reset_entry(StoreEntry *entry, Oid relid, int snapshot_every)
 {
-	for (int i = 0; i < NUM_STORE_PLANS; i++)
+	/*
+	 * Plans of the same table stay: the plan cache revalidates them, and one
+	 * may be running (a trigger on the events table can call ws.* again).
+	 * A new table means the old one was dropped, so none of its plans runs.
+	 */
+	if (relid != entry->relid)
 	{
-		if (entry->plans[i] != NULL)
-			SPI_freeplan(entry->plans[i]);
-		entry->plans[i] = NULL;
+		for (int i = 0; i < NUM_STORE_PLANS; i++)
+		{
+			if (entry->plans[i] != NULL)
+				SPI_freeplan(entry->plans[i]);
+			entry->plans[i] = NULL;
+		}
 	}
 	entry->relid = relid;
 	entry->snapshot_every = snapshot_every;
@@ -228,7 +241,7 @@ ws_store_plan(StoreEntry *store, StorePlan which)
 			types[nargs++] = JSONBARRAYOID;
 			break;
 		case PLAN_READ_STREAM:
-			sql = "SELECT stream, version, global_position, id, type, data, metadata, recorded_at"
+			sql = "SELECT " EVENT_COLUMNS
 				" FROM %s WHERE stream = $1 COLLATE \"C\" AND version >= $2"
 				" ORDER BY version LIMIT $3";
 			types[nargs++] = TEXTOID;
@@ -242,7 +255,7 @@ ws_store_plan(StoreEntry *store, StorePlan which)
 			types[nargs++] = TEXTOID;
 			break;
 		case PLAN_READ_ALL:
-			sql = "SELECT stream, version, global_position, id, type, data, metadata, recorded_at"
+			sql = "SELECT " EVENT_COLUMNS
 				" FROM %s WHERE global_position > $1 AND global_position <= $2"
 				" ORDER BY global_position LIMIT $3";
 			types[nargs++] = INT8OID;

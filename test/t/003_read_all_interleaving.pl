@@ -10,10 +10,11 @@ use IPC::Run;
 use Test::More;
 
 my $node = PostgreSQL::Test::Cluster->new('read_all');
-$node->init;
+$node->init(allows_streaming => 1);
 $node->append_conf('postgresql.conf', q{
 shared_preload_libraries = 'write_scaling'
 max_prepared_transactions = 2
+max_connections = 40
 });
 $node->start;
 $node->safe_psql('postgres', q{
@@ -154,7 +155,7 @@ while (1)
 	$writers->pump_nb if !$writers_done;
 }
 $writers->finish;
-like($out, qr{processed: 1800/1800}, 'writers finished');
+like($out, qr{processed: 1800/1800}, 'writers finished') or diag("pgbench stderr: $err");
 ok($ordered, 'the reader received positions in increasing order');
 my $stored = $node->safe_psql('postgres',
 	q{SELECT string_agg(global_position::text, ',' ORDER BY global_position) FROM ws.il_events WHERE global_position > 12});
@@ -177,6 +178,21 @@ is($node->safe_psql('postgres', q{SELECT ws.safe_position('il')}), $seen_max,
 $node->safe_psql('postgres', q{SELECT ws.append('il', 'after', NULL, '{"type": "T", "data": 0}')});
 cmp_ok($node->safe_psql('postgres', q{SELECT global_position FROM ws.il_events WHERE stream = 'after'}),
 	'>', $seen_max, 'no position a reader saw is handed out again');
+
+# A standby cannot know which appends are in flight on the primary: it
+# refuses global reads instead of risking a skip.
+$node->backup('backup');
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($node, 'backup', has_streaming => 1);
+$standby->start;
+$node->wait_for_catchup($standby);
+my ($ret, $stdout, $stderr) = $standby->psql('postgres',
+	q{SELECT count(*) FROM ws.read_all('il', 0)}, extra_params => ['-v', 'VERBOSITY=verbose']);
+like($stderr, qr/0A000: global positions of event stores are not available during recovery/,
+	'ws.read_all on a standby is refused with 0A000');
+is($standby->safe_psql('postgres', q{SELECT ws.stream_version('il', 'after')}), '1',
+	'stream reads work on the standby');
+$standby->stop;
 
 $node->stop;
 done_testing();
