@@ -560,7 +560,8 @@ snapshot_pass(Oid dboid)
 			failed++;
 	}
 
-	if (SPI_execute("SELECT count(*) FROM ws.snapshot_queue", true, 0) != SPI_OK_SELECT)
+	/* Not read-only: the count must see the deletes made above. */
+	if (SPI_execute("SELECT count(*) FROM ws.snapshot_queue", false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not count ws.snapshot_queue");
 	behind = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 

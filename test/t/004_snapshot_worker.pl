@@ -82,6 +82,8 @@ is( $node->safe_psql(
 	'load equals the full replay for every stream');
 cmp_ok($node->safe_psql('postgres', q{SELECT snapshots_taken FROM ws.stat_workers WHERE database = 'postgres'}),
 	'>=', 100, 'ws.stat_workers counts the snapshots');
+ok($node->poll_query_until('postgres', q{SELECT streams_behind = 0 FROM ws.stat_workers WHERE database = 'postgres'}),
+	'ws.stat_workers shows no stream behind');
 
 # Kill the worker: the launcher starts a new one, which carries on.
 my $pid = worker_pid();
