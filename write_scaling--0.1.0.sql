@@ -248,7 +248,30 @@ SELECT pg_catalog.pg_extension_config_dump('ws.snapshot_queue', '');
 -- Appends (run as the appending role) queue streams here.
 GRANT SELECT, INSERT ON ws.snapshot_queue TO PUBLIC;
 
-CREATE VIEW ws.snapshot_errors AS
+-- Snapshots and queued streams show only to roles that may read (or, to
+-- queue, write) the store's events table: row-level security, since the
+-- tables are shared by all stores.
+CREATE FUNCTION ws._may_access_store(store text, privilege text)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce((SELECT has_table_privilege(s.events_table, privilege)
+					 FROM ws.event_stores s WHERE s.name = store), false)
+$$;
+COMMENT ON FUNCTION ws._may_access_store(text, text) IS
+	'Internal: whether the current role has a privilege on a store''s events table';
+
+ALTER TABLE ws.snapshots ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers_of_the_store ON ws.snapshots FOR SELECT
+	USING (ws._may_access_store(store, 'SELECT'));
+ALTER TABLE ws.snapshot_queue ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readers_of_the_store ON ws.snapshot_queue FOR SELECT
+	USING (ws._may_access_store(store, 'SELECT'));
+CREATE POLICY writers_of_the_store ON ws.snapshot_queue FOR INSERT
+	WITH CHECK (ws._may_access_store(store, 'INSERT'));
+
+CREATE VIEW ws.snapshot_errors WITH (security_invoker = true) AS
 SELECT store, stream, attempts, last_error AS error, last_sqlstate AS sqlstate,
 	   next_attempt_at
 FROM ws.snapshot_queue

@@ -35,11 +35,18 @@
  *	  asynchronous commit reaches disk; a subscriber could then consume an
  *	  event that a crash erases and whose position is later handed out again.
  *
+ * Writing
+ *	  A standard events table is written by event_writer.c, as COPY writes;
+ *	  one with triggers, rules, row-level security or altered columns goes
+ *	  through SPI.  The version is read straight from the (stream, version)
+ *	  index, so append checks INSERT and SELECT privileges itself.
+ *
  * Global reads
  *	  ws.read_all asks frontier.c for the safe position first and takes its
  *	  snapshot second (GetLatestSnapshot, whatever the isolation level), and
  *	  reads only up to the safe position.  See frontier.c for why that range
- *	  is closed.
+ *	  is closed.  A standby refuses global reads: it cannot see the
+ *	  primary's in-flight appends.
  *
  *-------------------------------------------------------------------------
  */
@@ -54,8 +61,8 @@
 #include "access/xlog.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
-#include "executor/tuptable.h"
 #include "common/hashfn.h"
+#include "executor/tuptable.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"

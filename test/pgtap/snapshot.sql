@@ -1,7 +1,7 @@
 -- pgTAP: snapshots.  The contract of set_snapshot_policy, load and
 -- snapshot, and every error path with its SQLSTATE.
 BEGIN;
-SELECT plan(24);
+SELECT plan(27);
 
 SELECT has_function('ws', 'set_snapshot_policy', ARRAY['text', 'regprocedure', 'integer', 'integer']);
 SELECT has_function('ws', 'load', ARRAY['text', 'text']);
@@ -41,6 +41,17 @@ SELECT results_eq($$SELECT version, state FROM ws.snapshots WHERE store = 'tap_s
 	$$VALUES (7::bigint, '{"n": 7, "v": 7}'::jsonb)$$, 'the snapshot is stored');
 SELECT throws_ok($$SELECT * FROM ws.load(NULL, 's')$$, '22004', NULL, 'load: NULL store');
 SELECT throws_ok($$SELECT * FROM ws.load('tap_snap', NULL)$$, '22004', NULL, 'load: NULL stream');
+
+-- Snapshots are shown only to roles that may read the store.
+CREATE ROLE ws_tap_stranger;
+SET LOCAL ROLE ws_tap_stranger;
+SELECT is((SELECT count(*) FROM ws.snapshots), 0::bigint, 'a stranger sees no snapshot');
+SELECT throws_ok($$SELECT * FROM ws.load('tap_snap', 's')$$, '42501', NULL, 'nor can load the stream');
+RESET ROLE;
+GRANT SELECT ON ws.tap_snap_events TO ws_tap_stranger;
+SET LOCAL ROLE ws_tap_stranger;
+SELECT is((SELECT count(*) FROM ws.snapshots), 1::bigint, 'a reader of the store sees its snapshot');
+RESET ROLE;
 
 SELECT * FROM finish();
 ROLLBACK;
