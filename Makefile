@@ -13,6 +13,7 @@ OBJS = \
 	src/event_writer.o \
 	src/snapshot.o \
 	src/worker.o \
+	src/bulk.o \
 	src/stats.o
 DATA = write_scaling--0.1.0.sql
 PGFILEDESC = "write_scaling - write scaling patterns inside PostgreSQL"
@@ -21,7 +22,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Werror
 
 # pg_regress runs on a temporary instance with the library preloaded.
-REGRESS = event_store snapshot
+REGRESS = event_store snapshot bulk
 REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/regress.conf
 
 # Perl TAP tests on PostgreSQL::Test::Cluster.

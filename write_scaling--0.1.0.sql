@@ -409,6 +409,39 @@ COMMENT ON VIEW ws.stat_workers IS
 GRANT SELECT ON ws.stat_workers TO PUBLIC;
 
 ------------------------------------------------------------------------------
+-- Buffered bulk inserts
+------------------------------------------------------------------------------
+
+CREATE FUNCTION ws.buffered_insert(target regclass, "row" anyelement)
+RETURNS void
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_scaling_buffered_insert';
+COMMENT ON FUNCTION ws.buffered_insert(regclass, anyelement) IS
+	'Buffers a row for the table and returns at once; rows are written through COPY FROM in batches, always before commit';
+
+CREATE FUNCTION ws.flush(target regclass DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_scaling_flush';
+COMMENT ON FUNCTION ws.flush(regclass) IS
+	'Writes the rows buffered for a table, or for every table; returns how many';
+
+CREATE FUNCTION ws.copy_rows(target regclass, "rows" anyarray)
+RETURNS bigint
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_scaling_copy_rows';
+COMMENT ON FUNCTION ws.copy_rows(regclass, anyarray) IS
+	'Writes an array of rows through the buffered COPY path; returns how many';
+
+CREATE FUNCTION ws._bulk_stats(OUT rows_buffered bigint, OUT flushes bigint,
+							   OUT rows_flushed bigint)
+RETURNS SETOF record
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'write_scaling_bulk_stats';
+COMMENT ON FUNCTION ws._bulk_stats() IS
+	'Internal: counters of the buffered path since server start, all databases';
+
+------------------------------------------------------------------------------
 -- Every counter in one view
 ------------------------------------------------------------------------------
 
@@ -430,7 +463,14 @@ FROM ws.stat_workers w,
 					 ('seconds_since_last_pass',
 					  extract(epoch FROM now() - w.last_pass)::bigint))
 	 AS c (counter, value)
-WHERE w.database = pg_catalog.current_database();
+WHERE w.database = pg_catalog.current_database()
+UNION ALL
+SELECT 'buffered_insert', 'all databases', c.counter, c.value
+FROM ws._bulk_stats() b,
+	 LATERAL (VALUES ('rows_buffered', b.rows_buffered),
+					 ('flushes', b.flushes),
+					 ('rows_flushed', b.rows_flushed))
+	 AS c (counter, value);
 COMMENT ON VIEW ws.stats IS
 	'Every write_scaling counter of this database, one row per (area, object, counter); counters start at zero at server start';
 GRANT SELECT ON ws.stats TO PUBLIC;

@@ -25,6 +25,11 @@ int			ws_launcher_naptime = 10000;
 int			ws_snapshot_naptime = 1000;
 int			ws_snapshot_batch_size = 100;
 
+/* The buffered bulk-insert path (bulk.c); the defaults are COPY's. */
+int			ws_batch_rows = 1000;
+int			ws_batch_bytes = 64;
+bool		ws_buffered_async_commit = false;
+
 /*
  * ws_define_gucs registers the settings; called from _PG_init.
  */
@@ -84,6 +89,33 @@ ws_define_gucs(void)
 							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("write_scaling.batch_rows",
+							"Rows ws.buffered_insert keeps per table before it flushes them.",
+							NULL,
+							&ws_batch_rows,
+							1000, 1, 1000000,
+							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("write_scaling.batch_bytes",
+							"Bytes ws.buffered_insert keeps per table before it flushes them.",
+							NULL,
+							&ws_batch_bytes,
+							64, 1, 1024 * 1024,
+							PGC_USERSET,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("write_scaling.buffered_async_commit",
+							 "Commits transactions that used ws.buffered_insert with synchronous_commit off.",
+							 "A crash can then lose the last few hundred milliseconds of such commits, never corrupt data.",
+							 &ws_buffered_async_commit,
+							 false,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("write_scaling");
 }

@@ -14,6 +14,9 @@ extern char *ws_worker_role;
 extern int	ws_launcher_naptime;
 extern int	ws_snapshot_naptime;
 extern int	ws_snapshot_batch_size;
+extern int	ws_batch_rows;
+extern int	ws_batch_bytes;
+extern bool ws_buffered_async_commit;
 
 extern void ws_define_gucs(void);
 

@@ -22,6 +22,7 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 
+#include "bulk.h"
 #include "frontier.h"
 #include "shmem.h"
 #include "worker.h"
@@ -63,7 +64,8 @@ ws_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 
-	RequestAddinShmemSpace(add_size(ws_frontier_shmem_size(), ws_worker_shmem_size()));
+	RequestAddinShmemSpace(add_size(add_size(ws_frontier_shmem_size(), ws_worker_shmem_size()),
+									ws_bulk_shmem_size()));
 }
 
 static void
@@ -79,5 +81,6 @@ ws_shmem_startup(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	ws_frontier_shmem_init();
 	ws_worker_shmem_init();
+	ws_bulk_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }

@@ -16,6 +16,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 
+#include "bulk.h"
 #include "frontier.h"
 #include "guc.h"
 #include "shmem.h"
@@ -38,4 +39,5 @@ _PG_init(void)
 
 	ws_frontier_register_callbacks();
 	ws_worker_register_callbacks();
+	ws_bulk_register_callbacks();
 }

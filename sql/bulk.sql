@@ -1,0 +1,118 @@
+-- Buffered bulk inserts: rows written through COPY FROM behave as inserted
+-- rows do (defaults, generated columns, constraints, triggers, partitions),
+-- are flushed by size, on ws.flush and before commit, vanish with a
+-- rollback or a rolled-back savepoint, and an error names the row.
+CREATE EXTENSION write_scaling;
+\set SHOW_CONTEXT errors
+
+CREATE TABLE orders (
+	id int PRIMARY KEY,
+	customer text NOT NULL,
+	qty int NOT NULL CHECK (qty > 0),
+	total numeric GENERATED ALWAYS AS (qty * 2.5) STORED,
+	created date DEFAULT '2026-01-01'
+);
+CREATE TABLE audit (order_id int, note text);
+CREATE FUNCTION audit_order() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO audit VALUES (NEW.id, 'buffered ' || NEW.customer);
+	NEW.customer := upper(NEW.customer);
+	RETURN NEW;
+END $$;
+CREATE TRIGGER audit BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION audit_order();
+
+-- Nothing is written before a flush; the generated column is computed,
+-- the trigger fires, and a NULL stays NULL as with INSERT of a full row.
+BEGIN;
+SELECT ws.buffered_insert('orders', ROW(1, 'ann', 2, NULL, '2026-05-01')::orders);
+SELECT ws.buffered_insert('orders', ROW(2, 'bob', 3, NULL, NULL)::orders);
+SELECT count(*) AS before_flush FROM orders;
+SELECT ws.flush('orders');
+SELECT * FROM orders ORDER BY id;
+SELECT * FROM audit ORDER BY order_id;
+-- Flushed before commit without asking.
+SELECT ws.buffered_insert('orders', ROW(3, 'cy', 1, NULL, NULL)::orders);
+COMMIT;
+SELECT id, customer FROM orders ORDER BY id;
+
+-- A rollback discards what is buffered and what was flushed.
+BEGIN;
+SELECT ws.buffered_insert('orders', ROW(4, 'dee', 1, NULL, NULL)::orders);
+SELECT ws.flush();
+SELECT ws.buffered_insert('orders', ROW(5, 'eve', 1, NULL, NULL)::orders);
+ROLLBACK;
+SELECT count(*) AS after_rollback FROM orders;
+
+-- A savepoint rolled back discards exactly its rows, even when a flush
+-- inside it wrote rows buffered before it.
+BEGIN;
+SELECT ws.buffered_insert('orders', ROW(10, 'outer', 1, NULL, NULL)::orders);
+SAVEPOINT s1;
+SELECT ws.buffered_insert('orders', ROW(11, 'inner', 1, NULL, NULL)::orders);
+SELECT ws.flush();
+ROLLBACK TO s1;
+SAVEPOINT s2;
+SELECT ws.buffered_insert('orders', ROW(12, 'kept', 1, NULL, NULL)::orders);
+RELEASE s2;
+COMMIT;
+SELECT id, customer FROM orders WHERE id >= 10 ORDER BY id;
+
+-- Flush by size: write_scaling.batch_rows rows.
+SET write_scaling.batch_rows = 3;
+BEGIN;
+SELECT ws.buffered_insert('orders', ROW(i, 'n' || i, 1, NULL, NULL)::orders) FROM generate_series(20, 24) i;
+SELECT count(*) AS flushed_by_size FROM orders WHERE id >= 20;
+COMMIT;
+RESET write_scaling.batch_rows;
+SELECT count(*) FROM orders WHERE id >= 20;
+
+-- A constraint violation names the row, as COPY does; nothing of the
+-- transaction is written.
+BEGIN;
+SELECT ws.buffered_insert('orders', ROW(30, 'ok', 1, NULL, NULL)::orders);
+SELECT ws.buffered_insert('orders', ROW(31, 'bad', 0, NULL, NULL)::orders);
+COMMIT;
+SELECT count(*) FROM orders WHERE id >= 30;
+\set VERBOSITY terse
+SELECT ws.copy_rows('orders', ARRAY[ROW(40, 'a', 1, NULL, NULL), ROW(1, 'dup', 1, NULL, NULL)]::orders[]);
+\set VERBOSITY default
+
+-- copy_rows loads an array in one call.
+SELECT ws.copy_rows('orders', ARRAY[ROW(50, 'x', 1, NULL, NULL), ROW(51, 'y', 2, NULL, NULL)]::orders[]);
+SELECT id, customer, total FROM orders WHERE id >= 50 ORDER BY id;
+
+-- Partition routing.
+CREATE TABLE events (at date NOT NULL, what text) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+SELECT ws.copy_rows('events', ARRAY[ROW('2025-06-01', 'old'), ROW('2026-06-01', 'new')]::events[]);
+SELECT tableoid::regclass, * FROM events ORDER BY at;
+
+-- Bad input: rejected at the call.
+SELECT ws.buffered_insert(NULL, ROW(1, 'a', 1, NULL, NULL)::orders);
+SELECT ws.buffered_insert('orders', NULL::orders);
+SELECT ws.buffered_insert('orders', ROW(1, 'a'));
+SELECT ws.buffered_insert('orders', ROW('2026-01-01', 'x')::events);
+CREATE VIEW order_view AS SELECT * FROM orders;
+SELECT ws.buffered_insert('order_view', ROW(1, 'a', 1, NULL, NULL)::order_view);
+CREATE SEQUENCE seq;
+SELECT ws.buffered_insert('seq', ROW(1, 'a', 1, NULL, NULL)::orders);
+SELECT ws.copy_rows('orders', NULL::orders[]);
+SELECT ws.copy_rows('orders', ARRAY[NULL]::orders[]);
+CREATE ROLE ws_bulk_outsider;
+SET ROLE ws_bulk_outsider;
+SELECT ws.buffered_insert('orders', ROW(99, 'x', 1, NULL, NULL)::orders);
+RESET ROLE;
+BEGIN READ ONLY;
+SELECT ws.buffered_insert('orders', ROW(99, 'x', 1, NULL, NULL)::orders);
+ROLLBACK;
+SELECT count(*) FROM orders WHERE id = 99;
+
+SELECT counter, value > 0 AS counted FROM ws.stats WHERE area = 'buffered_insert' ORDER BY counter;
+
+DROP ROLE ws_bulk_outsider;
+DROP VIEW order_view;
+DROP TABLE orders, audit, events;
+DROP FUNCTION audit_order();
+DROP SEQUENCE seq;
+DROP EXTENSION write_scaling;

@@ -1,0 +1,697 @@
+/*-------------------------------------------------------------------------
+ *
+ * bulk.c
+ *	  Buffered bulk inserts: ws.buffered_insert keeps rows in a per-session
+ *	  buffer per table and writes them through PostgreSQL's own COPY FROM,
+ *	  so many small inserts become COPY's multi-inserts.
+ *
+ * Design
+ *	  A buffer lives in a memory context under TopTransactionContext, so a
+ *	  rollback discards it with the transaction.  It is flushed when it
+ *	  holds write_scaling.batch_rows rows or write_scaling.batch_bytes bytes,
+ *	  on ws.flush, and always in XACT_EVENT_PRE_COMMIT (and PRE_PREPARE):
+ *	  nothing buffered is written outside its transaction or lost.  A flush
+ *	  serialises the rows in COPY's binary format (each column's send
+ *	  function) and hands them to BeginCopyFrom/CopyFrom through a data
+ *	  source callback, so defaults of dropped-out columns, generated
+ *	  columns, constraints, triggers, partition routing and foreign tables
+ *	  behave exactly as for COPY, and an error names the row as COPY does
+ *	  ("COPY t, line N": the Nth row of that flush).  A flush at commit runs
+ *	  AfterTriggerFireDeferred again, since deferred triggers queued this
+ *	  late would otherwise be missed.
+ *
+ * Subtransactions
+ *	  Each row remembers the subtransaction that buffered it (its origin).
+ *	  A savepoint rolled back drops the rows it buffered.  A flush writes in
+ *	  the current subtransaction, so rows of outer levels that it writes are
+ *	  also kept in a journal until that subtransaction commits; if it rolls
+ *	  back instead, they go back into the buffer, since their write was
+ *	  undone but they were not.
+ *
+ * Durability
+ *	  With write_scaling.buffered_async_commit on, a transaction that used
+ *	  the buffered path commits with synchronous_commit off (a crash can
+ *	  lose its last few hundred milliseconds of commits, never corrupt
+ *	  data).  An event store append in the same transaction still forces a
+ *	  synchronous commit.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "commands/copy.h"
+#include "commands/trigger.h"
+#include "foreign/fdwapi.h"
+#include "funcapi.h"
+#include "libpq/pqformat.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_node.h"
+#include "parser/parse_relation.h"
+#include "port/atomics.h"
+#include "storage/shmem.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/rls.h"
+#include "utils/snapmgr.h"
+
+#include "bulk.h"
+#include "guc.h"
+
+typedef struct BufferedRow
+{
+	HeapTuple	tuple;
+	SubTransactionId origin;	/* subtransaction that buffered it */
+	SubTransactionId flushed_in;	/* journal only: where it was written */
+} BufferedRow;
+
+typedef struct RowArray
+{
+	BufferedRow *rows;
+	int			count;
+	int			max;
+} RowArray;
+
+typedef struct TableBuffer
+{
+	Oid			relid;			/* hash key */
+	Oid			rowtype;		/* checked, with the privileges, at first use */
+	RowArray	pending;		/* buffered, not yet written */
+	RowArray	journal;		/* outer-level rows written in a subxact */
+	Size		bytes;			/* of pending */
+	FmgrInfo   *send;			/* per attribute, NULL until first flush */
+} TableBuffer;
+
+typedef struct WsBulkShared
+{
+	pg_atomic_uint64 rows_buffered;
+	pg_atomic_uint64 flushes;
+	pg_atomic_uint64 rows_flushed;
+} WsBulkShared;
+
+static WsBulkShared *bulk_stats = NULL;
+
+/* This transaction's buffers; NULL when it has none. */
+static HTAB *buffers = NULL;
+static MemoryContext buffer_context = NULL;
+static bool used_buffered_path = false;
+
+/* The COPY data of the flush in progress, read by copy_source. */
+static StringInfo copy_data = NULL;
+
+PG_FUNCTION_INFO_V1(write_scaling_buffered_insert);
+PG_FUNCTION_INFO_V1(write_scaling_flush);
+PG_FUNCTION_INFO_V1(write_scaling_copy_rows);
+PG_FUNCTION_INFO_V1(write_scaling_bulk_stats);
+
+static void count(pg_atomic_uint64 *counter, uint64 n);
+
+Size
+ws_bulk_shmem_size(void)
+{
+	return MAXALIGN(sizeof(WsBulkShared));
+}
+
+/*
+ * ws_bulk_shmem_init sets up the counters; the caller holds
+ * AddinShmemInitLock.
+ */
+void
+ws_bulk_shmem_init(void)
+{
+	bool		found;
+
+	bulk_stats = ShmemInitStruct("write_scaling bulk", ws_bulk_shmem_size(), &found);
+	if (!found)
+	{
+		pg_atomic_init_u64(&bulk_stats->rows_buffered, 0);
+		pg_atomic_init_u64(&bulk_stats->flushes, 0);
+		pg_atomic_init_u64(&bulk_stats->rows_flushed, 0);
+	}
+}
+
+static void
+count(pg_atomic_uint64 *counter, uint64 n)
+{
+	if (bulk_stats != NULL)
+		pg_atomic_fetch_add_u64(counter, n);
+}
+
+static void
+push_row(RowArray *array, BufferedRow row)
+{
+	if (array->count == array->max)
+	{
+		array->max = Max(64, array->max * 2);
+		array->rows = array->rows == NULL ?
+			MemoryContextAlloc(buffer_context, array->max * sizeof(BufferedRow)) :
+			repalloc(array->rows, array->max * sizeof(BufferedRow));
+	}
+	array->rows[array->count++] = row;
+}
+
+/*
+ * open_target opens the target table for buffering with RowExclusiveLock,
+ * after checking that COPY could write it and that the caller may insert.
+ */
+static Relation
+open_target(Oid relid)
+{
+	Relation	rel = table_open(relid, RowExclusiveLock);
+	char		kind = rel->rd_rel->relkind;
+
+	if (kind == RELKIND_FOREIGN_TABLE)
+	{
+		FdwRoutine *fdw = GetFdwRoutineForRelation(rel, false);
+
+		if (fdw->ExecForeignInsert == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot buffer rows for foreign table \"%s\"",
+							RelationGetRelationName(rel)),
+					 errdetail("Its foreign-data wrapper does not support inserts.")));
+	}
+	else if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("cannot buffer rows for \"%s\"", RelationGetRelationName(rel)),
+				 errdetail("Only tables, partitioned tables and foreign tables can be written through the buffered path."),
+				 errhint("Insert into the underlying table instead.")));
+
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, get_relkind_objtype(kind),
+					   RelationGetRelationName(rel));
+	if (check_enable_rls(relid, InvalidOid, false) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot buffer rows for table \"%s\" with row-level security",
+						RelationGetRelationName(rel)),
+				 errdetail("COPY FROM, which flushes the buffer, does not apply row-level security policies.")));
+	return rel;
+}
+
+/*
+ * buffer_for returns this transaction's buffer for relid, creating it.
+ */
+static TableBuffer *
+buffer_for(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	TableBuffer *buf;
+	bool		found;
+
+	if (buffers == NULL)
+	{
+		HASHCTL		ctl;
+
+		buffer_context = AllocSetContextCreate(TopTransactionContext,
+											   "write_scaling buffered rows",
+											   ALLOCSET_DEFAULT_SIZES);
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(TableBuffer);
+		ctl.hcxt = buffer_context;
+		buffers = hash_create("write_scaling buffers", 8, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	buf = hash_search(buffers, &relid, HASH_ENTER, &found);
+	if (!found)
+	{
+		memset(&buf->pending, 0, sizeof(RowArray));
+		memset(&buf->journal, 0, sizeof(RowArray));
+		buf->rowtype = rel->rd_rel->reltype;
+		buf->bytes = 0;
+		buf->send = NULL;
+	}
+	return buf;
+}
+
+/*
+ * check_row_type refuses a row whose type is not the table's row type.
+ */
+static void
+check_row_type(Relation rel, Oid type)
+{
+	if (type != rel->rd_rel->reltype)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("row of type %s does not match table \"%s\"",
+						format_type_be(type), RelationGetRelationName(rel)),
+				 errhint("Pass a value of the table's row type, for example ROW(...)::%s.",
+						 format_type_be(rel->rd_rel->reltype))));
+}
+
+static void
+add_row(TableBuffer *buf, HeapTupleHeader td)
+{
+	HeapTupleData tmp;
+	BufferedRow row;
+
+	tmp.t_len = HeapTupleHeaderGetDatumLength(td);
+	ItemPointerSetInvalid(&tmp.t_self);
+	tmp.t_tableOid = InvalidOid;
+	tmp.t_data = td;
+	row.tuple = MemoryContextAllocHuge(buffer_context, HEAPTUPLESIZE + tmp.t_len);
+	row.tuple->t_len = tmp.t_len;
+	row.tuple->t_self = tmp.t_self;
+	row.tuple->t_tableOid = InvalidOid;
+	row.tuple->t_data = (HeapTupleHeader) ((char *) row.tuple + HEAPTUPLESIZE);
+	memcpy(row.tuple->t_data, td, tmp.t_len);
+	row.origin = GetCurrentSubTransactionId();
+	row.flushed_in = InvalidSubTransactionId;
+	push_row(&buf->pending, row);
+	buf->bytes += tmp.t_len;
+	used_buffered_path = true;
+	count(&bulk_stats->rows_buffered, 1);
+}
+
+static int
+copy_source(void *outbuf, int minread, int maxread)
+{
+	int			n = Min(maxread, copy_data->len - copy_data->cursor);
+
+	memcpy(outbuf, copy_data->data + copy_data->cursor, n);
+	copy_data->cursor += n;
+	return n;
+}
+
+/*
+ * serialise_rows writes the pending rows in COPY's binary format.
+ */
+static void
+serialise_rows(Relation rel, TableBuffer *buf, StringInfo out)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	Datum	   *values = palloc(desc->natts * sizeof(Datum));
+	bool	   *nulls = palloc(desc->natts * sizeof(bool));
+	int16		ncolumns = 0;
+	static const char signature[11] = "PGCOPY\n\377\r\n\0";
+
+	if (buf->send == NULL)
+	{
+		buf->send = MemoryContextAllocZero(buffer_context, desc->natts * sizeof(FmgrInfo));
+		for (int i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+			Oid			func;
+			bool		isvarlena;
+
+			if (att->attisdropped || att->attgenerated)
+				continue;
+			getTypeBinaryOutputInfo(att->atttypid, &func, &isvarlena);
+			fmgr_info_cxt(func, &buf->send[i], buffer_context);
+		}
+	}
+	for (int i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped && !TupleDescAttr(desc, i)->attgenerated)
+			ncolumns++;
+
+	appendBinaryStringInfo(out, signature, sizeof(signature));
+	pq_sendint32(out, 0);		/* flags */
+	pq_sendint32(out, 0);		/* header extension length */
+	for (int r = 0; r < buf->pending.count; r++)
+	{
+		heap_deform_tuple(buf->pending.rows[r].tuple, desc, values, nulls);
+		pq_sendint16(out, ncolumns);
+		for (int i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+			bytea	   *bytes;
+
+			if (att->attisdropped || att->attgenerated)
+				continue;
+			if (nulls[i])
+			{
+				pq_sendint32(out, -1);
+				continue;
+			}
+			bytes = SendFunctionCall(&buf->send[i], values[i]);
+			pq_sendint32(out, VARSIZE(bytes) - VARHDRSZ);
+			appendBinaryStringInfo(out, VARDATA(bytes), VARSIZE(bytes) - VARHDRSZ);
+			pfree(bytes);
+		}
+	}
+	pq_sendint16(out, -1);		/* trailer */
+}
+
+static void
+flush_error_context(void *arg)
+{
+	errcontext("flushing rows buffered by ws.buffered_insert into \"%s\"",
+			   (const char *) arg);
+}
+
+/*
+ * flush_buffer writes the buffer's pending rows through COPY FROM and
+ * returns how many it wrote.  Outer-level rows go to the journal (see the
+ * file header).
+ */
+static uint64
+flush_buffer(TableBuffer *buf)
+{
+	MemoryContext context;
+	MemoryContext old;
+	Relation	rel;
+	ParseState *pstate;
+	CopyFromState cstate;
+	StringInfoData data;
+	StringInfo	saved_data = copy_data;
+	ErrorContextCallback errcallback;
+	SubTransactionId current = GetCurrentSubTransactionId();
+	bool		pushed_snapshot = false;
+	uint64		written;
+
+	if (buf->pending.count == 0)
+		return 0;
+
+	context = AllocSetContextCreate(CurrentMemoryContext, "write_scaling flush",
+									ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(context);
+
+	rel = table_open(buf->relid, RowExclusiveLock);
+	initStringInfo(&data);
+	serialise_rows(rel, buf, &data);
+
+	if (!ActiveSnapshotSet())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pushed_snapshot = true;
+	}
+
+	errcallback.callback = flush_error_context;
+	errcallback.arg = pstrdup(RelationGetRelationName(rel));
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	pstate = make_parsestate(NULL);
+	(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
+	copy_data = &data;
+	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_source, NIL,
+						   list_make1(makeDefElem("format", (Node *) makeString("binary"), -1)));
+	written = CopyFrom(cstate);
+	EndCopyFrom(cstate);
+	copy_data = saved_data;
+
+	error_context_stack = errcallback.previous;
+	if (pushed_snapshot)
+		PopActiveSnapshot();
+	CommandCounterIncrement();
+	table_close(rel, NoLock);
+
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(context);
+
+	for (int r = 0; r < buf->pending.count; r++)
+	{
+		BufferedRow row = buf->pending.rows[r];
+
+		if (row.origin != current)
+		{
+			row.flushed_in = current;
+			push_row(&buf->journal, row);
+		}
+		else
+			pfree(row.tuple);
+	}
+	buf->pending.count = 0;
+	buf->bytes = 0;
+
+	count(&bulk_stats->flushes, 1);
+	count(&bulk_stats->rows_flushed, written);
+	return written;
+}
+
+static bool
+buffer_full(TableBuffer *buf)
+{
+	return buf->pending.count >= ws_batch_rows ||
+		buf->bytes >= (Size) ws_batch_bytes * 1024;
+}
+
+/*
+ * flush_all flushes every buffer of this transaction; returns rows written.
+ */
+static uint64
+flush_all(void)
+{
+	HASH_SEQ_STATUS status;
+	TableBuffer *buf;
+	uint64		written = 0;
+
+	if (buffers == NULL)
+		return 0;
+	hash_seq_init(&status, buffers);
+	while ((buf = hash_seq_search(&status)) != NULL)
+		written += flush_buffer(buf);
+	return written;
+}
+
+/*
+ * ws.buffered_insert(target regclass, row anyelement) adds row to this
+ * transaction's buffer for target.
+ */
+Datum
+write_scaling_buffered_insert(PG_FUNCTION_ARGS)
+{
+	Relation	rel;
+	TableBuffer *buf;
+	Oid			relid;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("target table must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("row must not be null"),
+				 errhint("Pass a row of the table's type; columns inside it may be null.")));
+	/*
+	 * The table was checked and locked by this transaction's first call for
+	 * it; later calls only compare the row type.
+	 */
+	relid = PG_GETARG_OID(0);
+	buf = buffers ? hash_search(buffers, &relid, HASH_FIND, NULL) : NULL;
+	if (buf == NULL)
+	{
+		PreventCommandIfReadOnly("ws.buffered_insert()");
+		rel = open_target(relid);
+		check_row_type(rel, get_fn_expr_argtype(fcinfo->flinfo, 1));
+		buf = buffer_for(rel);
+		table_close(rel, NoLock);
+	}
+	else if (get_fn_expr_argtype(fcinfo->flinfo, 1) != buf->rowtype)
+	{
+		rel = table_open(relid, NoLock);
+		check_row_type(rel, get_fn_expr_argtype(fcinfo->flinfo, 1));
+	}
+	add_row(buf, PG_GETARG_HEAPTUPLEHEADER(1));
+
+	if (buffer_full(buf))
+		flush_buffer(buf);
+	PG_RETURN_VOID();
+}
+
+/*
+ * ws.flush(target regclass default null) writes the buffered rows of target,
+ * or of every table; returns how many rows it wrote.
+ */
+Datum
+write_scaling_flush(PG_FUNCTION_ARGS)
+{
+	TableBuffer *buf;
+	Oid			relid;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_INT64((int64) flush_all());
+	if (buffers == NULL)
+		PG_RETURN_INT64(0);
+	relid = PG_GETARG_OID(0);
+	buf = hash_search(buffers, &relid, HASH_FIND, NULL);
+	PG_RETURN_INT64(buf == NULL ? 0 : (int64) flush_buffer(buf));
+}
+
+/*
+ * ws.copy_rows(target regclass, rows anyarray) writes an array of rows through
+ * the buffered path and flushes it; returns how many rows it loaded.
+ */
+Datum
+write_scaling_copy_rows(PG_FUNCTION_ARGS)
+{
+	Relation	rel;
+	TableBuffer *buf;
+	ArrayType  *array;
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			nelems;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("target table must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("rows must not be null")));
+	PreventCommandIfReadOnly("ws.copy_rows()");
+
+	rel = open_target(PG_GETARG_OID(0));
+	array = PG_GETARG_ARRAYTYPE_P(1);
+	check_row_type(rel, ARR_ELEMTYPE(array));
+	get_typlenbyvalalign(ARR_ELEMTYPE(array), &typlen, &typbyval, &typalign);
+	deconstruct_array(array, ARR_ELEMTYPE(array), typlen, typbyval, typalign,
+					  &elems, &elem_nulls, &nelems);
+	for (int i = 0; i < nelems; i++)
+		if (elem_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("element %d of rows is null", i + 1)));
+
+	buf = buffer_for(rel);
+	for (int i = 0; i < nelems; i++)
+	{
+		add_row(buf, DatumGetHeapTupleHeader(elems[i]));
+		if (buffer_full(buf))
+			flush_buffer(buf);
+	}
+	flush_buffer(buf);
+	table_close(rel, NoLock);
+	PG_RETURN_INT64(nelems);
+}
+
+/*
+ * ws._bulk_stats() returns the buffered path's counters since server start.
+ */
+Datum
+write_scaling_bulk_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (bulk_stats == NULL)
+		return (Datum) 0;
+	values[0] = Int64GetDatum((int64) pg_atomic_read_u64(&bulk_stats->rows_buffered));
+	values[1] = Int64GetDatum((int64) pg_atomic_read_u64(&bulk_stats->flushes));
+	values[2] = Int64GetDatum((int64) pg_atomic_read_u64(&bulk_stats->rows_flushed));
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	return (Datum) 0;
+}
+
+static void
+bulk_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			if (flush_all() > 0)
+				AfterTriggerFireDeferred();
+			if (used_buffered_path && ws_buffered_async_commit)
+				(void) set_config_option("synchronous_commit", "off",
+										 PGC_USERSET, PGC_S_SESSION,
+										 GUC_ACTION_LOCAL, true, 0, false);
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			/* The memory goes with TopTransactionContext. */
+			buffers = NULL;
+			buffer_context = NULL;
+			used_buffered_path = false;
+			copy_data = NULL;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+bulk_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					  SubTransactionId parentSubid, void *arg)
+{
+	HASH_SEQ_STATUS status;
+	TableBuffer *buf;
+
+	if (buffers == NULL ||
+		(event != SUBXACT_EVENT_ABORT_SUB && event != SUBXACT_EVENT_COMMIT_SUB))
+		return;
+
+	hash_seq_init(&status, buffers);
+	while ((buf = hash_seq_search(&status)) != NULL)
+	{
+		int			kept = 0;
+
+		if (event == SUBXACT_EVENT_COMMIT_SUB)
+		{
+			for (int r = 0; r < buf->pending.count; r++)
+				if (buf->pending.rows[r].origin == mySubid)
+					buf->pending.rows[r].origin = parentSubid;
+			for (int r = 0; r < buf->journal.count; r++)
+			{
+				BufferedRow *row = &buf->journal.rows[r];
+
+				if (row->flushed_in == mySubid)
+					row->flushed_in = parentSubid;
+				/* Written at its own level now: nothing to undo any more. */
+				if (row->flushed_in != row->origin)
+					buf->journal.rows[kept++] = *row;
+			}
+			buf->journal.count = kept;
+			continue;
+		}
+
+		/* Rolled back: its own rows vanish ... */
+		for (int r = 0; r < buf->pending.count; r++)
+		{
+			if (buf->pending.rows[r].origin != mySubid)
+				buf->pending.rows[kept++] = buf->pending.rows[r];
+			else
+				buf->bytes -= buf->pending.rows[r].tuple->t_len;
+		}
+		buf->pending.count = kept;
+
+		/* ... and outer rows it wrote are pending again. */
+		kept = 0;
+		for (int r = 0; r < buf->journal.count; r++)
+		{
+			BufferedRow row = buf->journal.rows[r];
+
+			if (row.flushed_in == mySubid)
+			{
+				row.flushed_in = InvalidSubTransactionId;
+				push_row(&buf->pending, row);
+				buf->bytes += row.tuple->t_len;
+			}
+			else
+				buf->journal.rows[kept++] = row;
+		}
+		buf->journal.count = kept;
+	}
+}
+
+/*
+ * ws_bulk_register_callbacks hooks the buffers into transaction end.
+ */
+void
+ws_bulk_register_callbacks(void)
+{
+	RegisterXactCallback(bulk_xact_callback, NULL);
+	RegisterSubXactCallback(bulk_subxact_callback, NULL);
+}
