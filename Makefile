@@ -14,6 +14,7 @@ OBJS = \
 	src/snapshot.o \
 	src/worker.o \
 	src/bulk.o \
+	src/wal_advice.o \
 	src/stats.o
 DATA = write_scaling--0.1.0.sql
 PGFILEDESC = "write_scaling - write scaling patterns inside PostgreSQL"

@@ -442,6 +442,167 @@ COMMENT ON FUNCTION ws._bulk_stats() IS
 	'Internal: counters of the buffered path since server start, all databases';
 
 ------------------------------------------------------------------------------
+-- WAL and commit settings
+------------------------------------------------------------------------------
+
+CREATE FUNCTION ws._wal_flush_probe(samples int, OUT median_us float8, OUT max_us float8)
+RETURNS SETOF record
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'write_scaling_wal_flush_probe';
+COMMENT ON FUNCTION ws._wal_flush_probe(int) IS
+	'Internal: flushes a tiny WAL record n times and reports the median and maximum time, in microseconds';
+
+CREATE FUNCTION ws._alter_system(name text, value text)
+RETURNS void
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'write_scaling_alter_system';
+COMMENT ON FUNCTION ws._alter_system(text, text) IS
+	'Internal: ALTER SYSTEM SET name = value, callable from a function (superuser only, not transactional)';
+
+CREATE FUNCTION ws.wal_report()
+RETURNS TABLE (setting text, current_value text, recommended text, reason text,
+			   needs_restart boolean, based_on text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	flush_us float8;
+	flush_max_us float8;
+	probe text;
+	w pg_stat_wal;
+	b pg_stat_bgwriter;
+	fpi_share float8;
+	requested_share float8;
+	lz4 boolean;
+BEGIN
+	IF pg_is_in_recovery() THEN
+		probe := 'no flush probe: the server is in recovery';
+	ELSE
+		SELECT p.median_us, p.max_us INTO flush_us, flush_max_us FROM ws._wal_flush_probe(20) p;
+		probe := format('flush probe: median %s µs, max %s µs over 20 WAL flushes',
+						round(flush_us::numeric), round(flush_max_us::numeric));
+	END IF;
+	SELECT * INTO w FROM pg_stat_wal;
+	SELECT * INTO b FROM pg_stat_bgwriter;
+	fpi_share := CASE WHEN w.wal_records > 0 THEN w.wal_fpi::float8 / w.wal_records END;
+	requested_share := CASE WHEN b.checkpoints_timed + b.checkpoints_req > 0
+						    THEN b.checkpoints_req::float8 / (b.checkpoints_timed + b.checkpoints_req) END;
+	lz4 := EXISTS (SELECT FROM pg_settings s WHERE s.name = 'wal_compression' AND 'lz4' = ANY (s.enumvals));
+
+	RETURN QUERY
+	WITH advice (ord, name, recommended, reason, based_on) AS (VALUES
+		(1, 'synchronous_commit', 'on',
+		 'Keep commits durable everywhere, and make only the paths that may lose their last few hundred milliseconds of commits asynchronous (write_scaling.buffered_async_commit): that is where synchronous_commit = off pays, without risking the rest.',
+		 probe),
+		(2, 'commit_delay',
+		 CASE WHEN flush_us IS NULL OR flush_us < 1000 THEN '0'
+			  ELSE round(flush_us / 2)::text END,
+		 CASE WHEN flush_us IS NULL OR flush_us < 1000
+			  THEN 'WAL flushes are fast here: a commit_delay makes every commit wait longer than the flush it hopes to share (the often-quoted 10000 cut 8-client INSERT throughput to about 0.13x on such storage).'
+			  ELSE 'WAL flushes are slow here: waiting about half a flush lets concurrent commits share one.' END,
+		 probe),
+		(3, 'commit_siblings', '5',
+		 'commit_delay waits only when at least this many other transactions are active.',
+		 'PostgreSQL default'),
+		(4, 'wal_buffers',
+		 CASE WHEN w.wal_buffers_full > 0 THEN '64MB' ELSE current_setting('wal_buffers') END,
+		 CASE WHEN w.wal_buffers_full > 0
+			  THEN format('Backends wrote WAL themselves %s times because the WAL buffers were full.', w.wal_buffers_full)
+			  ELSE 'The WAL buffers have never been full: they are large enough.' END,
+		 format('pg_stat_wal.wal_buffers_full = %s since %s', w.wal_buffers_full, w.stats_reset)),
+		(5, 'max_wal_size',
+		 CASE WHEN requested_share > 0.1
+			  THEN least((SELECT s.setting::bigint * 2 FROM pg_settings s WHERE s.name = 'max_wal_size'), 65536)::text || 'MB'
+			  ELSE current_setting('max_wal_size') END,
+		 CASE WHEN requested_share > 0.1
+			  THEN format('%s%% of checkpoints were forced by WAL volume rather than timed: more room between checkpoints means fewer of them and fewer full-page images.', round((requested_share * 100)::numeric))
+			  ELSE 'Checkpoints are rarely forced by WAL volume.' END,
+		 format('pg_stat_bgwriter: %s timed, %s requested checkpoints', b.checkpoints_timed, b.checkpoints_req)),
+		(6, 'checkpoint_timeout',
+		 CASE WHEN current_setting('checkpoint_timeout')::interval < interval '15 min' THEN '15min'
+			  ELSE current_setting('checkpoint_timeout') END,
+		 'Fewer checkpoints write fewer full-page images after each; crash recovery takes longer in exchange.',
+		 format('pg_stat_wal: %s%% of WAL records carry a full-page image', coalesce(round((fpi_share * 100)::numeric, 1), 0))),
+		(7, 'checkpoint_completion_target', '0.9',
+		 'Spreads checkpoint writes over the whole interval instead of bursts.',
+		 'PostgreSQL 14+ default'),
+		(8, 'wal_compression',
+		 CASE WHEN fpi_share > 0.05 THEN CASE WHEN lz4 THEN 'lz4' ELSE 'pglz' END
+			  ELSE current_setting('wal_compression') END,
+		 CASE WHEN fpi_share > 0.05
+			  THEN 'Full-page images are a large share of WAL: compressing them cuts WAL volume for a little CPU.'
+			  ELSE 'Full-page images are a small share of WAL: compression would gain little.' END,
+		 format('pg_stat_wal: %s full-page images in %s records', w.wal_fpi, w.wal_records)),
+		(9, 'full_page_writes', 'on',
+		 'Never off: a page torn by a crash could not be repaired, and data would be corrupt.',
+		 'correctness'),
+		(10, 'fsync', 'on',
+		 'Never off: a crash or power loss could corrupt the whole cluster.',
+		 'correctness'),
+		(11, 'wal_sync_method', current_setting('wal_sync_method'),
+		 'The flush probe measured this method; change it only after pg_test_fsync shows a faster one.',
+		 probe)
+	)
+	SELECT a.name, current_setting(a.name), a.recommended, a.reason,
+		   s.context = 'postmaster', a.based_on
+	FROM advice a JOIN pg_settings s ON s.name = a.name
+	ORDER BY a.ord;
+END
+$$;
+COMMENT ON FUNCTION ws.wal_report() IS
+	'One row per setting that decides write throughput and durability: current value, recommendation for a write-heavy profile, why, and what it rests on';
+
+CREATE FUNCTION ws.tune_wal(profile text DEFAULT 'throughput', apply boolean DEFAULT false)
+RETURNS TABLE (statement text, applied boolean, needs_restart boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	IF profile IS DISTINCT FROM 'throughput' THEN
+		RAISE EXCEPTION 'unknown WAL profile "%"', left(profile, 64)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The profile is ''throughput'' (a write-heavy server).';
+	END IF;
+	IF apply IS NULL THEN
+		RAISE EXCEPTION 'apply must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF apply AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+		RAISE EXCEPTION 'permission denied to apply WAL settings'
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Run the statements as a superuser, or call ws.tune_wal(apply => false) to list them.';
+	END IF;
+
+	FOR r IN SELECT * FROM ws.wal_report() w
+			 WHERE w.recommended IS DISTINCT FROM w.current_value
+			   AND w.setting NOT IN ('fsync', 'full_page_writes')
+	LOOP
+		IF apply THEN
+			PERFORM ws._alter_system(r.setting, r.recommended);
+		END IF;
+		statement := format('ALTER SYSTEM SET %s = %L;', r.setting, r.recommended);
+		applied := apply;
+		needs_restart := r.needs_restart;
+		RETURN NEXT;
+	END LOOP;
+	IF apply THEN
+		PERFORM pg_reload_conf();
+	END IF;
+	RAISE NOTICE 'ws.tune_wal never turns fsync or full_page_writes off';
+END
+$$;
+COMMENT ON FUNCTION ws.tune_wal(text, boolean) IS
+	'Returns the ALTER SYSTEM statements that apply ws.wal_report''s recommendations, and applies them (superuser) when asked; never turns fsync or full_page_writes off';
+
+REVOKE ALL ON FUNCTION ws._wal_flush_probe(int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._alter_system(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws.wal_report() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws.tune_wal(text, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ws.wal_report() TO pg_monitor;
+GRANT EXECUTE ON FUNCTION ws._wal_flush_probe(int) TO pg_monitor;
+
+------------------------------------------------------------------------------
 -- Every counter in one view
 ------------------------------------------------------------------------------
 
