@@ -1,3 +1,5 @@
+# Shared helpers of the benchmark parts.
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/cluster.sh"
 # Helpers for the benchmark parts; sourced by bench/*/run, which bench/run
 # calls with BENCH_PORT, BENCH_DIR, BENCH_SECONDS and BENCH_CLIENTS set.
 
