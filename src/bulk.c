@@ -55,6 +55,7 @@
 #include "parser/parse_relation.h"
 #include "port/atomics.h"
 #include "storage/shmem.h"
+#include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -373,6 +374,8 @@ flush_buffer(TableBuffer *buf)
 
 	if (buf->pending.count == 0)
 		return 0;
+	/* SET TRANSACTION READ ONLY may have come after the rows. */
+	PreventCommandIfReadOnly("ws.flush()");
 
 	context = AllocSetContextCreate(CurrentMemoryContext, "write_scaling flush",
 									ALLOCSET_DEFAULT_SIZES);
