@@ -11,6 +11,7 @@
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "guc.h"
@@ -36,15 +37,6 @@ bool		ws_buffered_async_commit = false;
 void
 ws_define_gucs(void)
 {
-	DefineCustomIntVariable("write_scaling.max_event_stores",
-							"Maximum number of event stores, across all databases, that can be appended to.",
-							"Each event store takes one slot of shared memory for its position counter and in-flight appends.",
-							&ws_max_event_stores,
-							64, 1, 10000,
-							PGC_POSTMASTER,
-							0,
-							NULL, NULL, NULL);
-
 	DefineCustomBoolVariable("write_scaling.workers",
 							 "Runs write_scaling's background workers.",
 							 "Off stops the snapshot workers; the launcher stays and waits.",
@@ -116,6 +108,20 @@ ws_define_gucs(void)
 							 PGC_USERSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	/*
+	 * Settings of shared memory exist only when the library is preloaded:
+	 * PostgreSQL refuses PGC_POSTMASTER settings defined later.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("write_scaling.max_event_stores",
+								"Maximum number of event stores, across all databases, that can be appended to.",
+								"Each event store takes one slot of shared memory for its position counter and in-flight appends.",
+								&ws_max_event_stores,
+								64, 1, 10000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("write_scaling");
 }
