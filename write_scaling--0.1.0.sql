@@ -228,25 +228,30 @@ COMMENT ON TABLE ws.snapshots IS
 SELECT pg_catalog.pg_extension_config_dump('ws.snapshots', '');
 GRANT SELECT ON ws.snapshots TO PUBLIC;
 
--- Streams the snapshot worker has to visit: an append adds its stream when
--- the stream's version crosses a multiple of the policy's "every", so that
--- no pass scans an events table.  A reducer error stays here with the
--- error, and is retried with backoff.
+-- Streams the snapshot worker has to visit: an append adds a row when the
+-- stream's version crosses a multiple of the policy's "every" (due_version
+-- is that multiple), so that no pass scans an events table.  A new row per
+-- crossing, never an update: an append never waits for the worker, and a
+-- crossing that happens while the worker snapshots the stream is not lost.
+-- The worker deletes the rows its snapshot covers.  A reducer error stays
+-- here with the error, and is retried with backoff.
 CREATE TABLE ws.snapshot_queue (
 	store text NOT NULL REFERENCES ws.event_stores (name) ON DELETE CASCADE,
 	stream text COLLATE "C" NOT NULL,
+	due_version bigint NOT NULL,
 	queued_at timestamptz NOT NULL DEFAULT now(),
-	attempts int NOT NULL DEFAULT 0,
+	attempts int NOT NULL DEFAULT 0 CHECK (attempts >= 0),
 	next_attempt_at timestamptz NOT NULL DEFAULT now(),
 	last_error text,
 	last_sqlstate text,
-	PRIMARY KEY (store, stream)
+	PRIMARY KEY (store, stream, due_version)
 );
 COMMENT ON TABLE ws.snapshot_queue IS
 	'Streams due for a snapshot, with the last reducer error of those that failed';
 SELECT pg_catalog.pg_extension_config_dump('ws.snapshot_queue', '');
 -- Appends (run as the appending role) queue streams here.
-GRANT SELECT, INSERT ON ws.snapshot_queue TO PUBLIC;
+GRANT SELECT ON ws.snapshot_queue TO PUBLIC;
+GRANT INSERT (store, stream, due_version) ON ws.snapshot_queue TO PUBLIC;
 
 -- Snapshots and queued streams show only to roles that may read (or, to
 -- queue, write) the store's events table: row-level security, since the
@@ -272,10 +277,12 @@ CREATE POLICY writers_of_the_store ON ws.snapshot_queue FOR INSERT
 	WITH CHECK (ws._may_access_store(store, 'INSERT'));
 
 CREATE VIEW ws.snapshot_errors WITH (security_invoker = true) AS
-SELECT store, stream, attempts, last_error AS error, last_sqlstate AS sqlstate,
+SELECT DISTINCT ON (store, stream)
+	   store, stream, attempts, last_error AS error, last_sqlstate AS sqlstate,
 	   next_attempt_at
 FROM ws.snapshot_queue
-WHERE last_error IS NOT NULL;
+WHERE last_error IS NOT NULL
+ORDER BY store, stream, attempts DESC;
 COMMENT ON VIEW ws.snapshot_errors IS
 	'Streams whose reducer failed in the snapshot worker, with the error; retried with backoff';
 GRANT SELECT ON ws.snapshot_errors TO PUBLIC;
@@ -344,8 +351,8 @@ BEGIN
 	-- "every" events or more past their snapshot, or whose snapshot the new
 	-- policy cannot use.  This scans the events table once.
 	EXECUTE format($q$
-		INSERT INTO ws.snapshot_queue (store, stream)
-		SELECT $1, e.stream FROM %s e
+		INSERT INTO ws.snapshot_queue (store, stream, due_version)
+		SELECT $1, e.stream, max(e.version) FROM %s e
 		LEFT JOIN ws.snapshots s ON s.store = $1 AND s.stream = e.stream
 		GROUP BY e.stream, s.version, s.reducer, s.reducer_version, s.fingerprint
 		HAVING max(e.version) - coalesce(s.version, 0) >= $2
@@ -491,12 +498,14 @@ BEGIN
 
 	RETURN QUERY
 	WITH advice (ord, name, recommended, reason, based_on) AS (VALUES
-		(1, 'synchronous_commit', 'on',
+		(1, 'synchronous_commit',
+		 CASE WHEN current_setting('synchronous_commit') IN ('on', 'remote_write', 'remote_apply')
+			  THEN current_setting('synchronous_commit') ELSE 'on' END,
 		 'Keep commits durable everywhere, and make only the paths that may lose their last few hundred milliseconds of commits asynchronous (write_scaling.buffered_async_commit): that is where synchronous_commit = off pays, without risking the rest.',
 		 probe),
 		(2, 'commit_delay',
 		 CASE WHEN flush_us IS NULL OR flush_us < 1000 THEN '0'
-			  ELSE round(flush_us / 2)::text END,
+			  ELSE least(round(flush_us / 2), 100000)::text END,
 		 CASE WHEN flush_us IS NULL OR flush_us < 1000
 			  THEN 'WAL flushes are fast here: a commit_delay makes every commit wait longer than the flush it hopes to share (the often-quoted 10000 cut 8-client INSERT throughput to about 0.13x on such storage).'
 			  ELSE 'WAL flushes are slow here: waiting about half a flush lets concurrent commits share one.' END,
@@ -505,13 +514,15 @@ BEGIN
 		 'commit_delay waits only when at least this many other transactions are active.',
 		 'PostgreSQL default'),
 		(4, 'wal_buffers',
-		 CASE WHEN w.wal_buffers_full > 0 THEN '64MB' ELSE current_setting('wal_buffers') END,
+		 CASE WHEN w.wal_buffers_full > 0 AND (SELECT s.setting::bigint * 8 FROM pg_settings s WHERE s.name = 'wal_buffers') < 65536
+			  THEN '64MB' ELSE current_setting('wal_buffers') END,
 		 CASE WHEN w.wal_buffers_full > 0
 			  THEN format('Backends wrote WAL themselves %s times because the WAL buffers were full.', w.wal_buffers_full)
 			  ELSE 'The WAL buffers have never been full: they are large enough.' END,
 		 format('pg_stat_wal.wal_buffers_full = %s since %s', w.wal_buffers_full, w.stats_reset)),
 		(5, 'max_wal_size',
 		 CASE WHEN requested_share > 0.1
+				   AND (SELECT s.setting::bigint FROM pg_settings s WHERE s.name = 'max_wal_size') < 65536
 			  THEN least((SELECT s.setting::bigint * 2 FROM pg_settings s WHERE s.name = 'max_wal_size'), 65536)::text || 'MB'
 			  ELSE current_setting('max_wal_size') END,
 		 CASE WHEN requested_share > 0.1

@@ -81,6 +81,42 @@ SELECT ws.copy_rows('orders', ARRAY[ROW(40, 'a', 1, NULL, NULL), ROW(1, 'dup', 1
 SELECT ws.copy_rows('orders', ARRAY[ROW(50, 'x', 1, NULL, NULL), ROW(51, 'y', 2, NULL, NULL)]::orders[]);
 SELECT id, customer, total FROM orders WHERE id >= 50 ORDER BY id;
 
+-- The table may change between two flushes of one transaction.
+CREATE TABLE growing (id int);
+BEGIN;
+SELECT ws.buffered_insert('growing', ROW(1)::growing);
+SELECT ws.flush();
+ALTER TABLE growing ADD COLUMN note text;
+SELECT ws.buffered_insert('growing', ROW(2, 'after')::growing);
+COMMIT;
+SELECT * FROM growing ORDER BY id;
+
+-- Rows that triggers buffer while a flush runs are written too.
+CREATE TABLE chain (id int);
+CREATE FUNCTION chain_more() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.id < 100 THEN
+		PERFORM ws.buffered_insert('chain', ROW(NEW.id + 100)::chain);
+	END IF;
+	RETURN NULL;
+END $$;
+CREATE TRIGGER more AFTER INSERT ON chain FOR EACH ROW EXECUTE FUNCTION chain_more();
+SELECT ws.copy_rows('chain', ARRAY[ROW(1), ROW(2), ROW(3)]::chain[]);
+SELECT id FROM chain ORDER BY id;
+
+-- A flush error caught inside a savepoint keeps the rows buffered outside it.
+BEGIN;
+SELECT ws.buffered_insert('orders', ROW(60, 'outside', 1, NULL, NULL)::orders);
+DO $$
+BEGIN
+	PERFORM ws.buffered_insert('orders', ROW(61, 'inside', 0, NULL, NULL)::orders);
+	PERFORM ws.flush();
+EXCEPTION WHEN check_violation THEN
+	RAISE NOTICE 'caught: %', SQLERRM;
+END $$;
+COMMIT;
+SELECT id, customer FROM orders WHERE id >= 60 ORDER BY id;
+
 -- Partition routing.
 CREATE TABLE events (at date NOT NULL, what text) PARTITION BY RANGE (at);
 CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
@@ -112,7 +148,7 @@ SELECT counter, value > 0 AS counted FROM ws.stats WHERE area = 'buffered_insert
 
 DROP ROLE ws_bulk_outsider;
 DROP VIEW order_view;
-DROP TABLE orders, audit, events;
-DROP FUNCTION audit_order();
+DROP TABLE orders, audit, events, growing, chain;
+DROP FUNCTION audit_order(), chain_more();
 DROP SEQUENCE seq;
 DROP EXTENSION write_scaling;

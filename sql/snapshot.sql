@@ -42,8 +42,10 @@ FROM generate_series(1, 1234) i;
 SELECT s AS stream, l.version, l.state IS NOT DISTINCT FROM replay(s) AS equals_replay, l.state
 FROM unnest(ARRAY['none', 'one', 'nine', 'ten', 'many']) s, ws.load('acct', s) l;
 
--- Appends queue a stream each time its version crosses a multiple of 10.
-SELECT stream, attempts FROM ws.snapshot_queue ORDER BY stream;
+-- Appends queue a stream each time its version crosses a multiple of 10,
+-- one row per crossing.
+SELECT stream, count(*) AS crossings, max(due_version) FROM ws.snapshot_queue
+GROUP BY stream ORDER BY stream;
 
 -- Snapshots, then appends after them: load folds snapshot + tail.
 SELECT ws.snapshot('acct', s) FROM unnest(ARRAY['none', 'one', 'nine', 'ten', 'many']) s;
@@ -64,7 +66,7 @@ SELECT ws.set_snapshot_policy('acct', 'balance(jsonb, ws.event)', every => 10, r
 SELECT doctored_by('many'), l.state IS NOT DISTINCT FROM replay('many') AS equals_replay
 FROM ws.load('acct', 'many') l;
 -- ... and the policy change queued the streams whose snapshots it obsoleted.
-SELECT stream FROM ws.snapshot_queue ORDER BY stream;
+SELECT DISTINCT stream FROM ws.snapshot_queue ORDER BY stream;
 
 -- Replacing the reducer's body (same function, same OID) does too.
 SELECT ws.snapshot('acct', 'many');
@@ -81,6 +83,14 @@ LANGUAGE sql AS $$
 $$;
 SELECT doctored_by('many'), l.state IS NOT DISTINCT FROM replay('many') AS equals_replay
 FROM ws.load('acct', 'many') l;
+
+-- The fingerprint covers SQL-standard bodies (BEGIN ATOMIC) too.
+CREATE FUNCTION atomic_count(state jsonb, e ws.event) RETURNS jsonb
+LANGUAGE sql BEGIN ATOMIC SELECT jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1); END;
+SELECT ws._reducer_fingerprint('atomic_count(jsonb, ws.event)') AS before_replace \gset
+CREATE OR REPLACE FUNCTION atomic_count(state jsonb, e ws.event) RETURNS jsonb
+LANGUAGE sql BEGIN ATOMIC SELECT jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 2); END;
+SELECT ws._reducer_fingerprint('atomic_count(jsonb, ws.event)') <> :before_replace AS fingerprint_changed;
 
 -- A reducer that fails fails the load, with its own error.
 CREATE FUNCTION picky(state jsonb, e ws.event) RETURNS jsonb LANGUAGE plpgsql AS $$
@@ -116,5 +126,5 @@ SELECT ws.drop_event_store('acct');
 SELECT (SELECT count(*) FROM ws.snapshot_policies) AS policies,
        (SELECT count(*) FROM ws.snapshots) AS snapshots,
        (SELECT count(*) FROM ws.snapshot_queue) AS queued;
-DROP FUNCTION balance, replay, doctored_by, picky, not_a_reducer, strict_reducer;
+DROP FUNCTION balance, replay, doctored_by, picky, not_a_reducer, strict_reducer, atomic_count;
 DROP EXTENSION write_scaling;

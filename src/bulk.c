@@ -32,8 +32,8 @@
  *	  With write_scaling.buffered_async_commit on, a transaction that used
  *	  the buffered path commits with synchronous_commit off (a crash can
  *	  lose its last few hundred milliseconds of commits, never corrupt
- *	  data).  An event store append in the same transaction still forces a
- *	  synchronous commit.
+ *	  data).  A transaction that also appended to an event store keeps its
+ *	  synchronous_commit, so its append stays durable and replicated.
  *
  *-------------------------------------------------------------------------
  */
@@ -54,6 +54,7 @@
 #include "parser/parse_node.h"
 #include "parser/parse_relation.h"
 #include "port/atomics.h"
+#include "storage/lmgr.h"
 #include "storage/shmem.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
@@ -68,6 +69,7 @@
 #include "utils/snapmgr.h"
 
 #include "bulk.h"
+#include "frontier.h"
 #include "guc.h"
 
 typedef struct BufferedRow
@@ -91,7 +93,6 @@ typedef struct TableBuffer
 	RowArray	pending;		/* buffered, not yet written */
 	RowArray	journal;		/* outer-level rows written in a subxact */
 	Size		bytes;			/* of pending */
-	FmgrInfo   *send;			/* per attribute, NULL until first flush */
 } TableBuffer;
 
 typedef struct WsBulkShared
@@ -232,7 +233,6 @@ buffer_for(Relation rel)
 		memset(&buf->journal, 0, sizeof(RowArray));
 		buf->rowtype = rel->rd_rel->reltype;
 		buf->bytes = 0;
-		buf->send = NULL;
 	}
 	return buf;
 }
@@ -287,31 +287,31 @@ copy_source(void *outbuf, int minread, int maxread)
 }
 
 /*
- * serialise_rows writes the pending rows in COPY's binary format.
+ * serialise_rows writes rows in COPY's binary format, with the table's
+ * current columns (the table may have changed since the rows were
+ * buffered; the row type changes with it).  Called in a short-lived memory
+ * context.
  */
 static void
-serialise_rows(Relation rel, TableBuffer *buf, StringInfo out)
+serialise_rows(Relation rel, RowArray *rows, StringInfo out)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	Datum	   *values = palloc(desc->natts * sizeof(Datum));
 	bool	   *nulls = palloc(desc->natts * sizeof(bool));
+	FmgrInfo   *send = palloc0(desc->natts * sizeof(FmgrInfo));
 	int16		ncolumns = 0;
 	static const char signature[11] = "PGCOPY\n\377\r\n\0";
 
-	if (buf->send == NULL)
+	for (int i = 0; i < desc->natts; i++)
 	{
-		buf->send = MemoryContextAllocZero(buffer_context, desc->natts * sizeof(FmgrInfo));
-		for (int i = 0; i < desc->natts; i++)
-		{
-			Form_pg_attribute att = TupleDescAttr(desc, i);
-			Oid			func;
-			bool		isvarlena;
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		Oid			func;
+		bool		isvarlena;
 
-			if (att->attisdropped || att->attgenerated)
-				continue;
-			getTypeBinaryOutputInfo(att->atttypid, &func, &isvarlena);
-			fmgr_info_cxt(func, &buf->send[i], buffer_context);
-		}
+		if (att->attisdropped || att->attgenerated)
+			continue;
+		getTypeBinaryOutputInfo(att->atttypid, &func, &isvarlena);
+		fmgr_info(func, &send[i]);
 	}
 	for (int i = 0; i < desc->natts; i++)
 		if (!TupleDescAttr(desc, i)->attisdropped && !TupleDescAttr(desc, i)->attgenerated)
@@ -320,9 +320,9 @@ serialise_rows(Relation rel, TableBuffer *buf, StringInfo out)
 	appendBinaryStringInfo(out, signature, sizeof(signature));
 	pq_sendint32(out, 0);		/* flags */
 	pq_sendint32(out, 0);		/* header extension length */
-	for (int r = 0; r < buf->pending.count; r++)
+	for (int r = 0; r < rows->count; r++)
 	{
-		heap_deform_tuple(buf->pending.rows[r].tuple, desc, values, nulls);
+		heap_deform_tuple(rows->rows[r].tuple, desc, values, nulls);
 		pq_sendint16(out, ncolumns);
 		for (int i = 0; i < desc->natts; i++)
 		{
@@ -336,7 +336,7 @@ serialise_rows(Relation rel, TableBuffer *buf, StringInfo out)
 				pq_sendint32(out, -1);
 				continue;
 			}
-			bytes = SendFunctionCall(&buf->send[i], values[i]);
+			bytes = SendFunctionCall(&send[i], values[i]);
 			pq_sendint32(out, VARSIZE(bytes) - VARHDRSZ);
 			appendBinaryStringInfo(out, VARDATA(bytes), VARSIZE(bytes) - VARHDRSZ);
 			pfree(bytes);
@@ -370,9 +370,10 @@ flush_buffer(TableBuffer *buf)
 	ErrorContextCallback errcallback;
 	SubTransactionId current = GetCurrentSubTransactionId();
 	bool		pushed_snapshot = false;
+	RowArray	rows = buf->pending;
 	uint64		written;
 
-	if (buf->pending.count == 0)
+	if (rows.count == 0)
 		return 0;
 	/* SET TRANSACTION READ ONLY may have come after the rows. */
 	PreventCommandIfReadOnly("ws.flush()");
@@ -381,9 +382,13 @@ flush_buffer(TableBuffer *buf)
 									ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(context);
 
-	rel = table_open(buf->relid, RowExclusiveLock);
+	rel = try_table_open(buf->relid, RowExclusiveLock);
+	if (rel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table with OID %u, which has buffered rows, was dropped", buf->relid)));
 	initStringInfo(&data);
-	serialise_rows(rel, buf, &data);
+	serialise_rows(rel, &rows, &data);
 
 	if (!ActiveSnapshotSet())
 	{
@@ -398,11 +403,39 @@ flush_buffer(TableBuffer *buf)
 
 	pstate = make_parsestate(NULL);
 	(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
-	copy_data = &data;
-	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_source, NIL,
-						   list_make1(makeDefElem("format", (Node *) makeString("binary"), -1)));
-	written = CopyFrom(cstate);
-	EndCopyFrom(cstate);
+
+	/*
+	 * Detach the rows: a trigger fired by this COPY may buffer new rows for
+	 * this very table, and they must stay pending.
+	 */
+	memset(&buf->pending, 0, sizeof(RowArray));
+	buf->bytes = 0;
+	PG_TRY();
+	{
+		copy_data = &data;
+		cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_source, NIL,
+							   list_make1(makeDefElem("format", (Node *) makeString("binary"), -1)));
+		written = CopyFrom(cstate);
+		EndCopyFrom(cstate);
+	}
+	PG_CATCH();
+	{
+		RowArray	later = buf->pending;
+
+		/*
+		 * Put the rows back, in front of any buffered meanwhile: if a
+		 * savepoint catches this error, the rows buffered outside it must
+		 * still be written (or fail) at commit.
+		 */
+		copy_data = saved_data;
+		buf->pending = rows;
+		for (int r = 0; r < later.count; r++)
+			push_row(&buf->pending, later.rows[r]);
+		for (int r = 0; r < buf->pending.count; r++)
+			buf->bytes += buf->pending.rows[r].tuple->t_len;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	copy_data = saved_data;
 
 	error_context_stack = errcallback.previous;
@@ -414,9 +447,9 @@ flush_buffer(TableBuffer *buf)
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(context);
 
-	for (int r = 0; r < buf->pending.count; r++)
+	for (int r = 0; r < rows.count; r++)
 	{
-		BufferedRow row = buf->pending.rows[r];
+		BufferedRow row = rows.rows[r];
 
 		if (row.origin != current)
 		{
@@ -426,8 +459,8 @@ flush_buffer(TableBuffer *buf)
 		else
 			pfree(row.tuple);
 	}
-	buf->pending.count = 0;
-	buf->bytes = 0;
+	if (rows.rows != NULL)
+		pfree(rows.rows);
 
 	count(&bulk_stats->flushes, 1);
 	count(&bulk_stats->rows_flushed, written);
@@ -480,8 +513,10 @@ write_scaling_buffered_insert(PG_FUNCTION_ARGS)
 				 errmsg("row must not be null"),
 				 errhint("Pass a row of the table's type; columns inside it may be null.")));
 	/*
-	 * The table was checked and locked by this transaction's first call for
-	 * it; later calls only compare the row type.
+	 * After this transaction's first call for the table, which checked
+	 * everything, a call only takes the lock (a savepoint may have released
+	 * it) and checks the privilege of the current user (a SECURITY DEFINER
+	 * function may have made the first call) and the row type.
 	 */
 	relid = PG_GETARG_OID(0);
 	buf = buffers ? hash_search(buffers, &relid, HASH_FIND, NULL) : NULL;
@@ -493,10 +528,16 @@ write_scaling_buffered_insert(PG_FUNCTION_ARGS)
 		buf = buffer_for(rel);
 		table_close(rel, NoLock);
 	}
-	else if (get_fn_expr_argtype(fcinfo->flinfo, 1) != buf->rowtype)
+	else
 	{
-		rel = table_open(relid, NoLock);
-		check_row_type(rel, get_fn_expr_argtype(fcinfo->flinfo, 1));
+		LockRelationOid(relid, RowExclusiveLock);
+		if (pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+			aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, get_rel_name(relid));
+		if (get_fn_expr_argtype(fcinfo->flinfo, 1) != buf->rowtype)
+		{
+			rel = table_open(relid, NoLock);
+			check_row_type(rel, get_fn_expr_argtype(fcinfo->flinfo, 1));
+		}
 	}
 	add_row(buf, PG_GETARG_HEAPTUPLEHEADER(1));
 
@@ -602,9 +643,22 @@ bulk_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_PRE_COMMIT:
 		case XACT_EVENT_PRE_PREPARE:
-			if (flush_all() > 0)
+
+			/*
+			 * Triggers fired by a flush, deferred ones included, may buffer
+			 * more rows: flush until nothing is left.
+			 */
+			for (int round = 0; flush_all() > 0; round++)
+			{
 				AfterTriggerFireDeferred();
-			if (used_buffered_path && ws_buffered_async_commit)
+				if (round >= 100)
+					ereport(ERROR,
+							(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+							 errmsg("buffered rows kept buffering more rows at commit"),
+							 errdetail("Triggers of the flushed tables buffered new rows 100 times in a row.")));
+			}
+			if (used_buffered_path && ws_buffered_async_commit &&
+				!ws_frontier_appended_in_xact())
 				(void) set_config_option("synchronous_commit", "off",
 										 PGC_USERSET, PGC_S_SESSION,
 										 GUC_ACTION_LOCAL, true, 0, false);

@@ -230,7 +230,8 @@ write_scaling_append(PG_FUNCTION_ARGS)
 	/* Crossing a multiple of the snapshot interval makes the stream due. */
 	if (store->snapshot_every > 0 &&
 		current / store->snapshot_every != (current + batch.count) / store->snapshot_every)
-		ws_queue_snapshot(store, stream);
+		ws_queue_snapshot(store, stream,
+						  (current + batch.count) / store->snapshot_every * store->snapshot_every);
 
 	ForceSyncCommit();
 	ws_frontier_count(slot, WS_COUNT_APPENDS, 1);

@@ -71,7 +71,8 @@ extern SPIPlanPtr ws_store_plan(StoreEntry *store, StorePlan which);
 extern void ws_parse_events(Jsonb *events, EventBatch *batch);
 
 /* snapshot.c */
-extern void ws_queue_snapshot(StoreEntry *store, text *stream);
+extern void ws_queue_snapshot(StoreEntry *store, text *stream, int64 due_version);
+extern void ws_run_reducers_as_owner(void);
 
 /* event_writer.c */
 extern bool ws_can_write_directly(Relation rel);

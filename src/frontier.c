@@ -540,6 +540,16 @@ ws_frontier_report(WsStoreReport **reports)
 	return n;
 }
 
+/*
+ * ws_frontier_appended_in_xact says whether the current transaction holds
+ * positions, that is, appended to an event store.
+ */
+bool
+ws_frontier_appended_in_xact(void)
+{
+	return n_local_reservations > 0;
+}
+
 static void
 frontier_xact_callback(XactEvent event, void *arg)
 {

@@ -46,5 +46,6 @@ extern int64 ws_frontier_safe_position(int slot);
 extern void ws_frontier_count(int slot, WsStoreCounter counter, int64 n);
 extern void ws_frontier_forget_at_commit(Oid relid);
 extern int	ws_frontier_report(WsStoreReport **reports);
+extern bool ws_frontier_appended_in_xact(void);
 
 #endif							/* WS_FRONTIER_H */

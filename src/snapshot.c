@@ -30,14 +30,18 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/objectaccess.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -54,6 +58,14 @@ PG_FUNCTION_INFO_V1(write_scaling_store_changed);
 
 /* Events fetched per cursor round trip while folding. */
 #define FOLD_FETCH_SIZE 1000
+
+/*
+ * Set in the snapshot worker: there each reducer runs as the role that owns
+ * it, in a security-restricted context, never as the worker's role (a
+ * superuser by default).  Sessions run reducers as themselves, as any
+ * function they call.
+ */
+static bool reducers_run_as_owner = false;
 
 /* A store's snapshot policy as ws.load needs it. */
 typedef struct SnapshotPolicy
@@ -77,9 +89,11 @@ static int64
 fingerprint_of(Oid reducer)
 {
 	HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(reducer));
+	static const AttrNumber definition[] = {
+		Anum_pg_proc_prosrc, Anum_pg_proc_probin, Anum_pg_proc_prosqlbody,
+		Anum_pg_proc_proconfig
+	};
 	bool		isnull;
-	Datum		src;
-	Datum		bin;
 	uint64		hash;
 
 	if (!HeapTupleIsValid(tuple))
@@ -87,13 +101,22 @@ fingerprint_of(Oid reducer)
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("reducer function with OID %u does not exist", reducer)));
 
-	src = SysCacheGetAttr(PROCOID, tuple, Anum_pg_proc_prosrc, &isnull);
-	hash = isnull ? 0 : hash_bytes_extended((unsigned char *) VARDATA_ANY(DatumGetTextPP(src)),
-											VARSIZE_ANY_EXHDR(DatumGetTextPP(src)), 0);
-	bin = SysCacheGetAttr(PROCOID, tuple, Anum_pg_proc_probin, &isnull);
-	if (!isnull)
-		hash = hash_bytes_extended((unsigned char *) VARDATA_ANY(DatumGetTextPP(bin)),
-								   VARSIZE_ANY_EXHDR(DatumGetTextPP(bin)), hash);
+	hash = ((Form_pg_proc) GETSTRUCT(tuple))->prolang;
+	for (int i = 0; i < lengthof(definition); i++)
+	{
+		Datum		d = SysCacheGetAttr(PROCOID, tuple, definition[i], &isnull);
+		text	   *t;
+
+		if (isnull)
+			continue;
+		/* prosqlbody is a node tree, proconfig an array: hash their text. */
+		t = definition[i] == Anum_pg_proc_prosqlbody ? DatumGetTextPP(d) :
+			definition[i] == Anum_pg_proc_proconfig ?
+			cstring_to_text(OidOutputFunctionCall(F_ARRAY_OUT, d)) :
+			DatumGetTextPP(d);
+		hash = hash_bytes_extended((unsigned char *) VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
+								   hash + i);
+	}
 	ReleaseSysCache(tuple);
 	return (int64) hash;
 }
@@ -124,17 +147,28 @@ write_scaling_store_changed(PG_FUNCTION_ARGS)
  * connected to SPI.
  */
 void
-ws_queue_snapshot(StoreEntry *store, text *stream)
+ws_queue_snapshot(StoreEntry *store, text *stream, int64 due_version)
 {
-	Datum		values[2];
+	Datum		values[3];
 	int			rc;
 
 	values[0] = CStringGetTextDatum(store->name);
 	values[1] = PointerGetDatum(stream);
+	values[2] = Int64GetDatum(due_version);
 	rc = SPI_execute_plan(ws_store_plan(store, PLAN_QUEUE_SNAPSHOT), values, NULL,
 						  false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+}
+
+/*
+ * ws_run_reducers_as_owner makes this process run every reducer as its
+ * owner; called once by the snapshot worker.
+ */
+void
+ws_run_reducers_as_owner(void)
+{
+	reducers_run_as_owner = true;
 }
 
 /*
@@ -181,6 +215,9 @@ fold(StoreEntry *store, text *stream, SnapshotPolicy *policy,
 	Oid		   *argtypes;
 	int			nargs;
 	Oid			event_type;
+	Oid			owner = InvalidOid;
+	Oid			saved_user = InvalidOid;
+	int			saved_context = 0;
 	Portal		portal;
 	MemoryContext states[2];
 	MemoryContext call_context;
@@ -233,6 +270,19 @@ fold(StoreEntry *store, text *stream, SnapshotPolicy *policy,
 	}
 
 	/* The reducer's second argument is ws.event: the policy checked it. */
+	if (reducers_run_as_owner)
+	{
+		HeapTuple	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(policy->reducer));
+
+		if (!HeapTupleIsValid(proc))
+			elog(ERROR, "cache lookup failed for function %u", policy->reducer);
+		owner = ((Form_pg_proc) GETSTRUCT(proc))->proowner;
+		ReleaseSysCache(proc);
+		GetUserIdAndSecContext(&saved_user, &saved_context);
+	}
+	else if (pg_proc_aclcheck(policy->reducer, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FUNCTION, get_func_name(policy->reducer));
+	InvokeFunctionExecuteHook(policy->reducer);
 	fmgr_info(policy->reducer, &flinfo);
 	(void) get_func_signature(policy->reducer, &argtypes, &nargs);
 	event_type = argtypes[1];
@@ -266,7 +316,12 @@ fold(StoreEntry *store, text *stream, SnapshotPolicy *policy,
 			fcinfo->args[0].isnull = state_isnull;
 			fcinfo->args[1].value = event;
 			fcinfo->args[1].isnull = false;
+			/* An error restores the user with the (sub)transaction's abort. */
+			if (reducers_run_as_owner)
+				SetUserIdAndSecContext(owner, saved_context | SECURITY_RESTRICTED_OPERATION);
 			next = FunctionCallInvoke(fcinfo);
+			if (reducers_run_as_owner)
+				SetUserIdAndSecContext(saved_user, saved_context);
 			isnull = fcinfo->isnull;
 
 			/* Keep the new state in the other context; drop the old one. */

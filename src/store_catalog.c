@@ -249,10 +249,11 @@ ws_store_plan(StoreEntry *store, StorePlan which)
 			types[nargs++] = INT8OID;
 			break;
 		case PLAN_QUEUE_SNAPSHOT:
-			sql = "INSERT INTO ws.snapshot_queue (store, stream) VALUES ($1, $2)"
-				" ON CONFLICT DO NOTHING";
+			sql = "INSERT INTO ws.snapshot_queue (store, stream, due_version)"
+				" VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
 			types[nargs++] = TEXTOID;
 			types[nargs++] = TEXTOID;
+			types[nargs++] = INT8OID;
 			break;
 		case PLAN_READ_ALL:
 			sql = "SELECT " EVENT_COLUMNS

@@ -55,6 +55,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "event_store.h"
 #include "guc.h"
 #include "shmem.h"
 #include "worker.h"
@@ -321,10 +322,10 @@ start_worker(Oid dboid, const char *datname, BackgroundWorkerHandle **handle)
  * worker waits for its restart delay.
  */
 static bool
-launcher_pass(List **launched, MemoryContext context)
+launcher_pass(List **launched, MemoryContext context, MemoryContext pass_context)
 {
 	List	   *names;
-	List	   *oids = database_list(context, &names);
+	List	   *oids = database_list(pass_context, &names);
 	TimestampTz now = GetCurrentTimestamp();
 	bool		retry_all;
 	bool		pending = false;
@@ -341,7 +342,7 @@ launcher_pass(List **launched, MemoryContext context)
 		Oid			dboid = lfirst_oid(lc_oid);
 		LaunchedWorker *lw = NULL;
 		ListCell   *lc;
-		pid_t		pid;
+		pid_t		pid = 0;
 		WorkerState state = WORKER_FREE;
 		TimestampTz since = 0;
 
@@ -349,7 +350,9 @@ launcher_pass(List **launched, MemoryContext context)
 			if (((LaunchedWorker *) lfirst(lc))->dboid == dboid)
 				lw = lfirst(lc);
 
-		if (lw != NULL && GetBackgroundWorkerPid(lw->handle, &pid) != BGWH_STOPPED)
+		/* A worker that could not be registered has no handle. */
+		if (lw != NULL && lw->handle != NULL &&
+			GetBackgroundWorkerPid(lw->handle, &pid) != BGWH_STOPPED)
 		{
 			if (!ws_workers_enabled)
 				TerminateBackgroundWorker(lw->handle);
@@ -364,8 +367,17 @@ launcher_pass(List **launched, MemoryContext context)
 			{
 				state = workers->slots[i].state;
 				since = workers->slots[i].state_since;
+				pid = workers->slots[i].pid;
 			}
 		LWLockRelease(&workers->lock);
+
+		/*
+		 * A worker started by an earlier launcher (this one restarted) is
+		 * still running: leave it.  It clears its pid when it exits.
+		 */
+		if (lw == NULL && state != WORKER_FREE && state != WORKER_STOPPED &&
+			state != WORKER_NO_EXTENSION && pid != 0 && kill(pid, 0) == 0)
+			continue;
 
 		if (state == WORKER_NO_EXTENSION && !retry_all &&
 			!TimestampDifferenceExceeds(since, now, ws_launcher_naptime * 6))
@@ -390,8 +402,21 @@ launcher_pass(List **launched, MemoryContext context)
 		lw->handle = NULL;
 		lw->started_at = now;
 		if (!start_worker(dboid, lfirst(lc_name), &lw->handle))
+		{
+			lw->handle = NULL;
 			pending = true;
+		}
 	}
+
+	/* Forget the slots of databases that are gone. */
+	LWLockAcquire(&workers->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < WS_MAX_DATABASES; i++)
+		if (workers->slots[i].dboid != InvalidOid && workers->slots[i].pid == 0 &&
+			!list_member_oid(oids, workers->slots[i].dboid))
+			workers->slots[i].dboid = InvalidOid;
+	LWLockRelease(&workers->lock);
+
+	MemoryContextReset(pass_context);
 	return pending;
 }
 
@@ -402,6 +427,7 @@ void
 write_scaling_launcher_main(Datum main_arg)
 {
 	MemoryContext context;
+	MemoryContext pass_context;
 	List	   *launched = NIL;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -418,6 +444,8 @@ write_scaling_launcher_main(Datum main_arg)
 	ereport(LOG, (errmsg("write_scaling launcher started")));
 	context = AllocSetContextCreate(TopMemoryContext, "write_scaling launcher",
 									ALLOCSET_DEFAULT_SIZES);
+	pass_context = AllocSetContextCreate(context, "write_scaling launcher pass",
+										 ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
@@ -430,7 +458,7 @@ write_scaling_launcher_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
-		pending = launcher_pass(&launched, context);
+		pending = launcher_pass(&launched, context, pass_context);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 pending ? Min(1000, ws_launcher_naptime) : ws_launcher_naptime,
@@ -466,11 +494,17 @@ snapshot_one(QueuedStream *q)
 	BeginInternalSubTransaction(NULL);
 	PG_TRY();
 	{
+		bool		isnull;
+
 		if (SPI_execute_with_args("SELECT ws.snapshot($1, $2)", 2,
-								  (Oid[]) {TEXTOID, TEXTOID}, args, NULL, false, 0) != SPI_OK_SELECT ||
-			SPI_execute_with_args("DELETE FROM ws.snapshot_queue WHERE store = $1 AND stream = $2",
-								  2, (Oid[]) {TEXTOID, TEXTOID}, args, NULL, false, 0) != SPI_OK_DELETE)
+								  (Oid[]) {TEXTOID, TEXTOID}, args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "snapshot statement failed");
+		/* Rows of crossings the snapshot does not cover stay queued. */
+		args[2] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (SPI_execute_with_args("DELETE FROM ws.snapshot_queue"
+								  " WHERE store = $1 AND stream = $2 AND due_version <= $3",
+								  3, (Oid[]) {TEXTOID, TEXTOID, INT8OID}, args, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not remove snapshotted streams from ws.snapshot_queue");
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(old);
 		CurrentResourceOwner = owner;
@@ -493,7 +527,7 @@ snapshot_one(QueuedStream *q)
 		args[3] = CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode));
 		if (SPI_execute_with_args("UPDATE ws.snapshot_queue"
 								  " SET attempts = attempts + 1, last_error = $3, last_sqlstate = $4,"
-								  " next_attempt_at = now() + least(interval '1 second' * power(2, attempts), interval '1 hour')"
+								  " next_attempt_at = now() + least(interval '1 second' * power(2, least(attempts, 12)), interval '1 hour')"
 								  " WHERE store = $1 AND stream = $2",
 								  4, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID},
 								  args, NULL, false, 0) != SPI_OK_UPDATE)
@@ -516,6 +550,7 @@ snapshot_pass(Oid dboid)
 	int			taken = 0;
 	int			failed = 0;
 	int64		behind = 0;
+	uint64		rows;
 	List	   *queued = NIL;
 	ListCell   *lc;
 	Datum		limit = Int32GetDatum(ws_snapshot_batch_size);
@@ -536,17 +571,30 @@ snapshot_pass(Oid dboid)
 		elog(ERROR, "SPI_connect failed");
 	pgstat_report_activity(STATE_RUNNING, "write_scaling: snapshot pass");
 
+	/* One row per crossing: take each stream once. */
 	if (SPI_execute_with_args("SELECT store, stream FROM ws.snapshot_queue"
 							  " WHERE next_attempt_at <= now()"
 							  " ORDER BY queued_at LIMIT $1 FOR UPDATE SKIP LOCKED",
 							  1, (Oid[]) {INT4OID}, &limit, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read ws.snapshot_queue");
-	for (uint64 i = 0; i < SPI_processed; i++)
+	rows = SPI_processed;
+	for (uint64 i = 0; i < rows; i++)
 	{
-		QueuedStream *q = palloc(sizeof(QueuedStream));
+		char	   *store = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		char	   *stream = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		bool		seen = false;
+		QueuedStream *q;
 
-		q->store = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		q->stream = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		foreach(lc, queued)
+		{
+			q = lfirst(lc);
+			seen |= (strcmp(q->store, store) == 0 && strcmp(q->stream, stream) == 0);
+		}
+		if (seen)
+			continue;
+		q = palloc(sizeof(QueuedStream));
+		q->store = store;
+		q->stream = stream;
 		queued = lappend(queued, q);
 	}
 
@@ -561,7 +609,7 @@ snapshot_pass(Oid dboid)
 	}
 
 	/* Not read-only: the count must see the deletes made above. */
-	if (SPI_execute("SELECT count(*) FROM ws.snapshot_queue", false, 0) != SPI_OK_SELECT)
+	if (SPI_execute("SELECT count(DISTINCT (store, stream)) FROM ws.snapshot_queue", false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not count ws.snapshot_queue");
 	behind = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
@@ -585,7 +633,7 @@ snapshot_pass(Oid dboid)
 	}
 	LWLockRelease(&workers->lock);
 
-	return list_length(queued);
+	return (int) rows;
 }
 
 /*
@@ -609,6 +657,7 @@ write_scaling_worker_main(Datum main_arg)
 										 0);
 	set_state(dboid, WORKER_STARTING);
 	before_shmem_exit(mark_worker_stopped, ObjectIdGetDatum(dboid));
+	ws_run_reducers_as_owner();
 
 	pass_context = AllocSetContextCreate(TopMemoryContext, "write_scaling snapshot pass",
 										 ALLOCSET_DEFAULT_SIZES);

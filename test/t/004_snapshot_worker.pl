@@ -28,8 +28,12 @@ $node->safe_psql('postgres', qq{
 		END IF;
 		RETURN jsonb_build_object(
 			'balance', coalesce((state->>'balance')::bigint, 0) + (e.data->>'amount')::bigint,
-			'n', coalesce((state->>'n')::int, 0) + 1);
+			'n', coalesce((state->>'n')::int, 0) + 1,
+			'by', current_user);
 	END \$\$;
+	-- The worker runs reducers as their owner, not as itself.
+	CREATE ROLE reducer_owner;
+	ALTER FUNCTION balance(jsonb, ws.event) OWNER TO reducer_owner;
 	-- The full replay, computed without the extension.
 	CREATE FUNCTION replay(s text, upto bigint) RETURNS jsonb LANGUAGE sql AS \$\$
 		SELECT jsonb_build_object('balance', sum((data->>'amount')::bigint), 'n', count(*))
@@ -47,7 +51,7 @@ my $caught_up = qq{
 	LEFT JOIN ws.snapshots s ON s.store = 'acct' AND s.stream = v.stream};
 # Every snapshot equals the replay up to its version.
 my $consistent = q{
-	SELECT count(*) FROM ws.snapshots s WHERE s.state <> replay(s.stream, s.version)};
+	SELECT count(*) FROM ws.snapshots s WHERE s.state - 'by' <> replay(s.stream, s.version)};
 
 sub worker_pid
 {
@@ -76,12 +80,14 @@ is($node->safe_psql('postgres', $consistent), '0', 'every snapshot equals the re
 is( $node->safe_psql(
 		'postgres', q{
 	SELECT count(*) FROM (SELECT DISTINCT stream FROM ws.acct_events) v, ws.load('acct', v.stream) l
-	WHERE l.state <> replay(v.stream, l.version)
+	WHERE l.state - 'by' <> replay(v.stream, l.version)
 	   OR l.version <> (SELECT max(version) FROM ws.acct_events e WHERE e.stream = v.stream)}),
 	'0',
 	'load equals the full replay for every stream');
 cmp_ok($node->safe_psql('postgres', q{SELECT snapshots_taken FROM ws.stat_workers WHERE database = 'postgres'}),
 	'>=', 100, 'ws.stat_workers counts the snapshots');
+is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT state->>'by', ',') FROM ws.snapshots}),
+	'reducer_owner', 'the worker ran the reducer as its owner');
 ok($node->poll_query_until('postgres', q{SELECT streams_behind = 0 FROM ws.stat_workers WHERE database = 'postgres'}),
 	'ws.stat_workers shows no stream behind');
 
@@ -97,6 +103,13 @@ ok( $node->poll_query_until(
 $node->safe_psql('postgres',
 	q{SELECT ws.append('acct', 'account-1', NULL, jsonb_build_object('type', 'Posted', 'data', jsonb_build_object('amount', 1))) FROM generate_series(1, 120)});
 ok($node->poll_query_until('postgres', $caught_up), 'the new worker catches up');
+
+# A restarted launcher leaves the running worker alone.
+my $launcher = $node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'write_scaling launcher'});
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($launcher)");
+ok( $node->poll_query_until(
+		'postgres', qq{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'write_scaling launcher' AND pid <> $launcher}),
+	'the postmaster restarts the launcher');
 
 # A reducer error on one stream: recorded, the others go on.
 $node->safe_psql('postgres', qq{
@@ -121,7 +134,7 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM ws.snapshots WHERE stream
 cmp_ok($node->safe_psql('postgres', q{SELECT errors FROM ws.stat_workers WHERE database = 'postgres'}),
 	'>=', 1, 'ws.stat_workers counts the error');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM pg_stat_activity WHERE backend_type = \'write_scaling snapshot worker\''),
-	'1', 'the worker survived the reducer error');
+	'1', 'the worker survived the reducer error, and the new launcher started no second one');
 
 # Crash in the middle of appends: snapshots stay consistent and the worker
 # comes back with the server.
