@@ -1,7 +1,7 @@
 -- pgTAP: snapshots.  The contract of set_snapshot_policy, load and
 -- snapshot, and every error path with its SQLSTATE.
 BEGIN;
-SELECT plan(27);
+SELECT plan(28);
 
 SELECT has_function('ws', 'set_snapshot_policy', ARRAY['text', 'regprocedure', 'integer', 'integer']);
 SELECT has_function('ws', 'load', ARRAY['text', 'text']);
@@ -51,6 +51,11 @@ RESET ROLE;
 GRANT SELECT ON ws.tap_snap_events TO ws_tap_stranger;
 SET LOCAL ROLE ws_tap_stranger;
 SELECT is((SELECT count(*) FROM ws.snapshots), 1::bigint, 'a reader of the store sees its snapshot');
+RESET ROLE;
+-- ws.load runs the reducer as the caller, who needs EXECUTE on it.
+REVOKE EXECUTE ON FUNCTION tap_count(jsonb, ws.event) FROM PUBLIC;
+SET LOCAL ROLE ws_tap_stranger;
+SELECT throws_ok($$SELECT * FROM ws.load('tap_snap', 's')$$, '42501', NULL, 'load needs EXECUTE on the reducer');
 RESET ROLE;
 
 SELECT * FROM finish();
