@@ -493,6 +493,24 @@ flush_all(void)
 }
 
 /*
+ * require_args refuses a null target table or a null second argument, which
+ * the user knows as "what".
+ */
+static void
+require_args(FunctionCallInfo fcinfo, const char *what)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("target table must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what),
+				 errhint("Pass rows of the table's type; columns inside them may be null.")));
+}
+
+/*
  * ws.buffered_insert(target regclass, row anyelement) adds row to this
  * transaction's buffer for target.
  */
@@ -503,15 +521,7 @@ write_scaling_buffered_insert(PG_FUNCTION_ARGS)
 	TableBuffer *buf;
 	Oid			relid;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("target table must not be null")));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("row must not be null"),
-				 errhint("Pass a row of the table's type; columns inside it may be null.")));
+	require_args(fcinfo, "row");
 	/*
 	 * After this transaction's first call for the table, which checked
 	 * everything, a call only takes the lock (a savepoint may have released
@@ -582,14 +592,7 @@ write_scaling_copy_rows(PG_FUNCTION_ARGS)
 	bool		typbyval;
 	char		typalign;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("target table must not be null")));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("rows must not be null")));
+	require_args(fcinfo, "rows");
 	PreventCommandIfReadOnly("ws.copy_rows()");
 
 	rel = open_target(PG_GETARG_OID(0));
