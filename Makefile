@@ -34,6 +34,9 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies: rebuild everything when a header changes.
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
+
 .PHONY: deps demo test bench
 
 deps:

@@ -177,6 +177,15 @@ SELECT ws.append('orders', 'order-8', 0, '{"type": "Short", "data": {}}');
 SELECT version, type FROM ws.read_stream('orders', 'order-8');
 ALTER TABLE ws.orders_events ALTER COLUMN type TYPE text;
 
+-- Renaming the events table is followed: this session's kept statements
+-- are prepared again for the new name.
+SELECT count(*) FROM ws.read_stream('orders', 'order-8');
+ALTER TABLE ws.orders_events RENAME TO orders_events_renamed;
+SELECT count(*) FROM ws.read_stream('orders', 'order-8');
+SELECT ws.append('orders', 'order-8', NULL, '{"type": "Renamed", "data": {}}');
+ALTER TABLE ws.orders_events_renamed RENAME TO orders_events;
+SELECT version, type FROM ws.read_stream('orders', 'order-8');
+
 -- Appending in a read-only transaction is refused like any write.
 BEGIN READ ONLY;
 SELECT ws.append('orders', 'order-8', NULL, '{"type": "A", "data": {}}');
@@ -188,7 +197,7 @@ SAVEPOINT before_drop;
 SELECT ws.drop_event_store('orders');
 ROLLBACK TO before_drop;
 COMMIT;
-SELECT ws.append('orders', 'order-8', 1, '{"type": "AfterUndrop", "data": {}}');
+SELECT ws.append('orders', 'order-8', 2, '{"type": "AfterUndrop", "data": {}}');
 SELECT in_flight_appends, safe_position = last_position AS caught_up FROM ws.stat_event_stores;
 
 -- Dropping a store removes its table; a new store of that name starts anew.

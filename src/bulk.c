@@ -429,6 +429,7 @@ flush_buffer(TableBuffer *buf)
 		 */
 		copy_data = saved_data;
 		buf->pending = rows;
+		buf->bytes = 0;
 		for (int r = 0; r < later.count; r++)
 			push_row(&buf->pending, later.rows[r]);
 		for (int r = 0; r < buf->pending.count; r++)
@@ -507,7 +508,7 @@ require_args(FunctionCallInfo fcinfo, const char *what)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s must not be null", what),
-				 errhint("Pass rows of the table's type; columns inside them may be null.")));
+				 errhint("Pass values of the table's row type; columns inside them may be null.")));
 }
 
 /*
@@ -543,6 +544,11 @@ write_scaling_buffered_insert(PG_FUNCTION_ARGS)
 		LockRelationOid(relid, RowExclusiveLock);
 		if (pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
 			aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, get_rel_name(relid));
+		if (check_enable_rls(relid, InvalidOid, false) == RLS_ENABLED)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot buffer rows for table \"%s\" with row-level security",
+							get_rel_name(relid))));
 		if (get_fn_expr_argtype(fcinfo->flinfo, 1) != buf->rowtype)
 		{
 			rel = table_open(relid, NoLock);

@@ -35,6 +35,7 @@ typedef struct StoreEntry
 {
 	char		name[NAMEDATALEN];	/* hash key */
 	Oid			relid;			/* its events table */
+	char	   *table_name;		/* quoted, qualified; what the plans name */
 	int			snapshot_every; /* its snapshot policy's interval, 0 if none */
 	bool		valid;			/* cleared by a relcache invalidation */
 	int			slot;			/* frontier slot, -1 until attached */

@@ -65,6 +65,7 @@
 #include "access/xact.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
+#include "storage/lmgr.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
@@ -280,8 +281,13 @@ ws_frontier_attach(Oid relid)
 		{
 			WsStoreSlot *slot = &frontier->slots[i];
 
+			/*
+			 * Committed catalogs do not show a table another transaction
+			 * is still creating; that transaction holds a lock on it.
+			 */
 			if (slot->dboid == MyDatabaseId && slot->in_flight == 0 &&
-				!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(slot->relid)))
+				!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(slot->relid)) &&
+				ConditionalLockRelationOid(slot->relid, AccessExclusiveLock))
 				free_slot = i;
 		}
 	}

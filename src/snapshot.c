@@ -42,6 +42,8 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/regproc.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -218,6 +220,7 @@ fold(StoreEntry *store, text *stream, SnapshotPolicy *policy,
 	Oid			owner = InvalidOid;
 	Oid			saved_user = InvalidOid;
 	int			saved_context = 0;
+	int			guc_level = 0;
 	Portal		portal;
 	MemoryContext states[2];
 	MemoryContext call_context;
@@ -282,6 +285,11 @@ fold(StoreEntry *store, text *stream, SnapshotPolicy *policy,
 	}
 	else if (pg_proc_aclcheck(policy->reducer, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
 		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FUNCTION, get_func_name(policy->reducer));
+	if (func_strict(policy->reducer))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("reducer %s must not be STRICT", format_procedure(policy->reducer)),
+				 errdetail("The state is NULL before the first event, and a STRICT function would never be called.")));
 	InvokeFunctionExecuteHook(policy->reducer);
 	fmgr_info(policy->reducer, &flinfo);
 	(void) get_func_signature(policy->reducer, &argtypes, &nargs);
@@ -316,12 +324,22 @@ fold(StoreEntry *store, text *stream, SnapshotPolicy *policy,
 			fcinfo->args[0].isnull = state_isnull;
 			fcinfo->args[1].value = event;
 			fcinfo->args[1].isnull = false;
-			/* An error restores the user with the (sub)transaction's abort. */
+			/*
+			 * As its owner, and with its settings undone afterwards, so that
+			 * it cannot leave a search_path behind for the worker.  An error
+			 * restores both with the (sub)transaction's abort.
+			 */
 			if (reducers_run_as_owner)
+			{
 				SetUserIdAndSecContext(owner, saved_context | SECURITY_RESTRICTED_OPERATION);
+				guc_level = NewGUCNestLevel();
+			}
 			next = FunctionCallInvoke(fcinfo);
 			if (reducers_run_as_owner)
+			{
+				AtEOXact_GUC(false, guc_level);
 				SetUserIdAndSecContext(saved_user, saved_context);
+			}
 			isnull = fcinfo->isnull;
 
 			/* Keep the new state in the other context; drop the old one. */

@@ -89,7 +89,10 @@ ws_open_store(const char *name, LOCKMODE lockmode)
 
 			entry = hash_search(store_cache, name, HASH_ENTER, &found);
 			if (!found)
+			{
 				memset(entry->plans, 0, sizeof(entry->plans));
+				entry->table_name = NULL;
+			}
 			reset_entry(entry, relid, snapshot_every);
 		}
 
@@ -153,12 +156,18 @@ lookup_store(const char *name, int *snapshot_every)
 static void
 reset_entry(StoreEntry *entry, Oid relid, int snapshot_every)
 {
+	char	   *table_name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+														get_rel_name(relid));
+
 	/*
-	 * Plans of the same table stay: the plan cache revalidates them, and one
-	 * may be running (a trigger on the events table can call ws.* again).
-	 * A new table means the old one was dropped, so none of its plans runs.
+	 * Plans of the same table under the same name stay: the plan cache
+	 * revalidates them, and one may be running (a trigger on the events table
+	 * can call ws.* again).  A new table, or a renamed one (the plans name it
+	 * in their text), cannot have a plan running: DROP and ALTER refuse a
+	 * table in use.
 	 */
-	if (relid != entry->relid)
+	if (relid != entry->relid || entry->table_name == NULL ||
+		strcmp(table_name, entry->table_name) != 0)
 	{
 		for (int i = 0; i < NUM_STORE_PLANS; i++)
 		{
@@ -167,6 +176,9 @@ reset_entry(StoreEntry *entry, Oid relid, int snapshot_every)
 			entry->plans[i] = NULL;
 		}
 	}
+	if (entry->table_name != NULL)
+		pfree(entry->table_name);
+	entry->table_name = MemoryContextStrdup(CacheMemoryContext, table_name);
 	entry->relid = relid;
 	entry->snapshot_every = snapshot_every;
 	entry->slot = -1;
@@ -203,8 +215,7 @@ ws_store_plan(StoreEntry *store, StorePlan which)
 	if (store->plans[which] != NULL)
 		return store->plans[which];
 
-	table = quote_qualified_identifier(get_namespace_name(get_rel_namespace(store->relid)),
-									   get_rel_name(store->relid));
+	table = store->table_name;
 
 	switch (which)
 	{

@@ -658,6 +658,8 @@ write_scaling_worker_main(Datum main_arg)
 	set_state(dboid, WORKER_STARTING);
 	before_shmem_exit(mark_worker_stopped, ObjectIdGetDatum(dboid));
 	ws_run_reducers_as_owner();
+	/* The worker's own statements resolve nothing through user schemas. */
+	SetConfigOption("search_path", "pg_catalog", PGC_SUSET, PGC_S_OVERRIDE);
 
 	pass_context = AllocSetContextCreate(TopMemoryContext, "write_scaling snapshot pass",
 										 ALLOCSET_DEFAULT_SIZES);
