@@ -1,7 +1,7 @@
 -- pgTAP: the buffered path's error paths with their SQLSTATEs, and the WAL
 -- report and tuner.
 BEGIN;
-SELECT plan(20);
+SELECT plan(22);
 
 SELECT has_function('ws', 'buffered_insert', ARRAY['regclass', 'anyelement']);
 SELECT has_function('ws', 'flush', ARRAY['regclass']);
@@ -39,6 +39,21 @@ SELECT is((SELECT recommended FROM ws.wal_report() WHERE setting = 'fsync'), 'on
 SELECT throws_ok($$SELECT * FROM ws.tune_wal('fastest')$$, '22023', NULL, 'unknown profile');
 SELECT is((SELECT count(*) FROM ws.tune_wal() WHERE statement ~ '(fsync|full_page_writes)'), 0::bigint,
 	'tune_wal never touches fsync or full_page_writes');
+
+-- Row-level security is checked on every call, not only on the first of a
+-- transaction (which a SECURITY DEFINER function may have made).
+CREATE TABLE tap_notes (who text, note text);
+ALTER TABLE tap_notes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_notes ON tap_notes USING (who = current_user) WITH CHECK (who = current_user);
+GRANT INSERT, SELECT ON tap_notes TO ws_tap_bulk_outsider;
+CREATE FUNCTION tap_note_as_owner() RETURNS void LANGUAGE sql SECURITY DEFINER
+	AS $$ SELECT ws.buffered_insert('tap_notes', ROW('owner', 'via definer')::tap_notes) $$;
+GRANT EXECUTE ON FUNCTION tap_note_as_owner() TO ws_tap_bulk_outsider;
+SET LOCAL ROLE ws_tap_bulk_outsider;
+SELECT lives_ok($$SELECT tap_note_as_owner()$$, 'the owner buffers through a SECURITY DEFINER function');
+SELECT throws_ok($$SELECT ws.buffered_insert('tap_notes', ROW('someone else', 'forged')::tap_notes)$$, '0A000', NULL,
+	'a later direct call still meets row-level security');
+RESET ROLE;
 
 SELECT * FROM finish();
 ROLLBACK;
