@@ -13,6 +13,8 @@ OBJS = \
 	src/event_writer.o \
 	src/snapshot.o \
 	src/worker.o \
+	src/queue.o \
+	src/queue_worker.o \
 	src/bulk.o \
 	src/wal_advice.o \
 	src/stats.o

@@ -614,6 +614,368 @@ GRANT EXECUTE ON FUNCTION ws.wal_report() TO pg_monitor;
 GRANT EXECUTE ON FUNCTION ws._wal_flush_probe(int) TO pg_monitor;
 
 ------------------------------------------------------------------------------
+-- Async write queue
+------------------------------------------------------------------------------
+
+CREATE TABLE ws.topics (
+	topic_id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	topic text NOT NULL UNIQUE,
+	handler regprocedure NOT NULL,
+	owner regrole NOT NULL,
+	partitions int NOT NULL CHECK (partitions BETWEEN 1 AND 1024),
+	max_attempts int NOT NULL CHECK (max_attempts BETWEEN 1 AND 1000),
+	retry_delay interval NOT NULL CHECK (retry_delay > interval '0'),
+	async_commit boolean NOT NULL,
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ws.topics IS
+	'Topics created by ws.create_topic: the handler that applies their messages, run as the topic''s owner';
+SELECT pg_catalog.pg_extension_config_dump('ws.topics', '');
+GRANT SELECT ON ws.topics TO PUBLIC;
+
+-- Accepted messages wait in ws.queue until a worker applies them.  The
+-- table is split in three slots: enqueues go to the current one, and the
+-- current slot moves on every write_scaling.queue_rotation once the next
+-- slot is empty and truncated.  Applying a message deletes its row, so a
+-- retired slot drains and is then truncated: dead rows never outlive a few
+-- rotations, whatever vacuum can or cannot do.
+CREATE SEQUENCE ws.queue_id_seq;
+COMMENT ON SEQUENCE ws.queue_id_seq IS
+	'Request ids of ws.enqueue: they order the messages of a key';
+
+CREATE TABLE ws.queue (
+	id bigint NOT NULL,
+	topic_id int NOT NULL,
+	lane int NOT NULL,
+	key text NOT NULL,
+	payload jsonb NOT NULL,
+	enqueued_at timestamptz NOT NULL DEFAULT now(),
+	attempts int NOT NULL DEFAULT 0,
+	next_attempt_at timestamptz,
+	last_error text,
+	last_sqlstate text,
+	slot smallint NOT NULL
+) PARTITION BY LIST (slot);
+CREATE TABLE ws.queue_0 PARTITION OF ws.queue FOR VALUES IN (0);
+CREATE TABLE ws.queue_1 PARTITION OF ws.queue FOR VALUES IN (1);
+CREATE TABLE ws.queue_2 PARTITION OF ws.queue FOR VALUES IN (2);
+CREATE INDEX queue_id_idx ON ws.queue (id);
+COMMENT ON TABLE ws.queue IS
+	'Messages accepted by ws.enqueue and not yet applied; a worker deletes each one in the transaction that applies it';
+
+-- Applied messages, kept write_scaling.request_retention for
+-- ws.request_status; rotated the same way, a slot being truncated once
+-- everything in it is older than the retention.
+CREATE TABLE ws.queue_done (
+	id bigint NOT NULL,
+	topic_id int NOT NULL,
+	attempts int NOT NULL,
+	enqueued_at timestamptz NOT NULL,
+	applied_at timestamptz NOT NULL,
+	slot smallint NOT NULL
+) PARTITION BY LIST (slot);
+CREATE TABLE ws.queue_done_0 PARTITION OF ws.queue_done FOR VALUES IN (0);
+CREATE TABLE ws.queue_done_1 PARTITION OF ws.queue_done FOR VALUES IN (1);
+CREATE TABLE ws.queue_done_2 PARTITION OF ws.queue_done FOR VALUES IN (2);
+CREATE INDEX queue_done_id_idx ON ws.queue_done (id);
+COMMENT ON TABLE ws.queue_done IS
+	'Applied messages, kept for write_scaling.request_retention so that ws.request_status can say "done"';
+
+CREATE TABLE ws.queue_rotation (
+	log text PRIMARY KEY CHECK (log IN ('queue', 'queue_done')),
+	current smallint NOT NULL CHECK (current BETWEEN 0 AND 2),
+	switched_at timestamptz NOT NULL,
+	retired_at timestamptz[] NOT NULL
+);
+INSERT INTO ws.queue_rotation VALUES
+	('queue', 0, now(), '{-infinity,-infinity,-infinity}'),
+	('queue_done', 0, now(), '{-infinity,-infinity,-infinity}');
+COMMENT ON TABLE ws.queue_rotation IS
+	'Which slot of ws.queue and ws.queue_done takes new rows, and when each slot stopped taking them';
+
+CREATE TABLE ws.dead_letters (
+	id bigint PRIMARY KEY,
+	topic_id int NOT NULL,
+	topic text NOT NULL,
+	lane int NOT NULL,
+	key text NOT NULL,
+	payload jsonb NOT NULL,
+	enqueued_at timestamptz NOT NULL,
+	attempts int NOT NULL,
+	error text NOT NULL,
+	sqlstate text NOT NULL,
+	failed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX dead_letters_topic_idx ON ws.dead_letters (topic_id, id);
+COMMENT ON TABLE ws.dead_letters IS
+	'Messages whose handler failed max_attempts times, with the last error; ws.replay_dead_letters puts them back';
+SELECT pg_catalog.pg_extension_config_dump('ws.dead_letters', '');
+
+CREATE FUNCTION ws._topics_changed()
+RETURNS void
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_scaling_topics_changed';
+COMMENT ON FUNCTION ws._topics_changed() IS
+	'Internal: makes every session reload its topics, and starts this database''s queue workers, when the transaction commits';
+
+CREATE FUNCTION ws._wake_queue_workers()
+RETURNS void
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_scaling_wake_queue_workers';
+COMMENT ON FUNCTION ws._wake_queue_workers() IS
+	'Internal: wakes this database''s queue workers when the transaction commits';
+
+CREATE FUNCTION ws.create_topic(topic text, handler regprocedure,
+								partitions int DEFAULT 16,
+								max_attempts int DEFAULT 5,
+								retry_delay interval DEFAULT '1 second',
+								async_commit boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	f pg_proc;
+BEGIN
+	IF topic IS NULL OR handler IS NULL OR partitions IS NULL OR max_attempts IS NULL
+	   OR retry_delay IS NULL OR async_commit IS NULL THEN
+		RAISE EXCEPTION 'arguments of ws.create_topic must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF length(topic) NOT BETWEEN 1 AND 63 OR topic ~ '[[:cntrl:]]' THEN
+		RAISE EXCEPTION 'invalid topic name "%"', left(topic, 64)
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A topic name has 1 to 63 characters and no control characters.';
+	END IF;
+	IF partitions NOT BETWEEN 1 AND 1024 THEN
+		RAISE EXCEPTION 'partitions must be between 1 and 1024'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value was %s.', partitions);
+	END IF;
+	IF max_attempts NOT BETWEEN 1 AND 1000 THEN
+		RAISE EXCEPTION 'max_attempts must be between 1 and 1000'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value was %s.', max_attempts);
+	END IF;
+	IF retry_delay <= interval '0' THEN
+		RAISE EXCEPTION 'retry_delay must be greater than zero'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value was %s.', retry_delay);
+	END IF;
+	SELECT * INTO f FROM pg_proc WHERE oid = handler;
+	IF f.pronargs <> 4 OR f.proargtypes[0] <> 'text'::regtype
+	   OR f.proargtypes[1] <> 'jsonb'::regtype OR f.proargtypes[2] <> 'bigint'::regtype
+	   OR f.proargtypes[3] <> 'integer'::regtype OR f.proretset OR f.prokind <> 'f' THEN
+		RAISE EXCEPTION 'function % cannot be a queue handler', handler
+			USING ERRCODE = 'invalid_function_definition',
+				  HINT = 'A handler is a function (key text, payload jsonb, request_id bigint, attempt int); its result is ignored.';
+	END IF;
+	IF NOT has_function_privilege(handler, 'EXECUTE') THEN
+		RAISE EXCEPTION 'permission denied for function %', handler
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF EXISTS (SELECT FROM ws.topics t WHERE t.topic = create_topic.topic) THEN
+		RAISE EXCEPTION 'topic "%" already exists', topic
+			USING ERRCODE = 'duplicate_object';
+	END IF;
+
+	INSERT INTO ws.topics (topic, handler, owner, partitions, max_attempts, retry_delay, async_commit)
+	VALUES (topic, handler, current_user::regrole, partitions, max_attempts, retry_delay, async_commit);
+	PERFORM ws._topics_changed();
+END
+$$;
+COMMENT ON FUNCTION ws.create_topic(text, regprocedure, int, int, interval, boolean) IS
+	'Creates a topic whose messages a background worker applies through handler(key text, payload jsonb, request_id bigint, attempt int), run as the topic''s owner';
+
+CREATE FUNCTION ws.drop_topic(topic text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t ws.topics;
+BEGIN
+	IF topic IS NULL THEN
+		RAISE EXCEPTION 'topic name must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	-- Waits for enqueues and worker batches in flight, and holds new ones
+	-- back until the topic is gone.
+	LOCK TABLE ws.queue IN SHARE MODE;
+	DELETE FROM ws.topics d WHERE d.topic = drop_topic.topic RETURNING * INTO t;
+	IF t.topic_id IS NULL THEN
+		RAISE EXCEPTION 'topic "%" does not exist', left(topic, 64)
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	IF NOT pg_has_role(t.owner, 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of topic "%"', topic
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	DELETE FROM ws.queue q WHERE q.topic_id = t.topic_id;
+	DELETE FROM ws.dead_letters d WHERE d.topic_id = t.topic_id;
+	PERFORM ws._topics_changed();
+END
+$$;
+COMMENT ON FUNCTION ws.drop_topic(text) IS
+	'Drops a topic with its pending messages and dead letters';
+
+CREATE FUNCTION ws.enqueue(topic text, key text, payload jsonb)
+RETURNS bigint
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_scaling_enqueue';
+COMMENT ON FUNCTION ws.enqueue(text, text, jsonb) IS
+	'Accepts a message for a topic; returns its request id at once.  It is durable when the transaction commits, and applied by a worker after that';
+
+CREATE FUNCTION ws.enqueue(topic text, keys text[], payloads jsonb[])
+RETURNS SETOF bigint
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_scaling_enqueue_many';
+COMMENT ON FUNCTION ws.enqueue(text, text[], jsonb[]) IS
+	'Accepts keys[i], payloads[i] for each i, in that order; returns their request ids in the same order';
+
+CREATE FUNCTION ws.request_status(request_id bigint)
+RETURNS TABLE (status text, topic text, attempts int, error text, sqlstate text,
+			   enqueued_at timestamptz, finished_at timestamptz)
+LANGUAGE c STABLE
+AS 'MODULE_PATHNAME', 'write_scaling_request_status';
+COMMENT ON FUNCTION ws.request_status(bigint) IS
+	'Says what became of an enqueued request: pending, processing, done or failed (with the error); no row when unknown or past write_scaling.request_retention';
+
+CREATE FUNCTION ws.replay_dead_letters(topic text, ids bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t ws.topics;
+	replayed bigint;
+BEGIN
+	IF topic IS NULL THEN
+		RAISE EXCEPTION 'topic name must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO t FROM ws.topics x WHERE x.topic = replay_dead_letters.topic;
+	IF t.topic_id IS NULL THEN
+		RAISE EXCEPTION 'topic "%" does not exist', left(topic, 64)
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	-- Each message goes back under its own request id, so it keeps its
+	-- place before the later messages of its key.
+	WITH moved AS (
+		DELETE FROM ws.dead_letters d
+		WHERE d.topic_id = t.topic_id AND (ids IS NULL OR d.id = ANY (ids))
+		RETURNING d.*
+	)
+	INSERT INTO ws.queue (id, topic_id, lane, key, payload, enqueued_at, slot)
+	SELECT m.id, m.topic_id, m.lane, m.key, m.payload, m.enqueued_at,
+		   (SELECT r.current FROM ws.queue_rotation r WHERE r.log = 'queue')
+	FROM moved m ORDER BY m.id;
+	GET DIAGNOSTICS replayed = ROW_COUNT;
+	IF replayed > 0 THEN
+		PERFORM ws._wake_queue_workers();
+	END IF;
+	RETURN replayed;
+END
+$$;
+COMMENT ON FUNCTION ws.replay_dead_letters(text, bigint[]) IS
+	'Puts a topic''s dead letters (all, or those whose request ids are given) back in the queue, in their original order; returns how many';
+
+CREATE FUNCTION ws._rotate_queue(queue_period interval, retention interval)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r ws.queue_rotation;
+	part regclass;
+	busy boolean;
+	next_slot int;
+BEGIN
+	FOR r IN SELECT * FROM ws.queue_rotation ORDER BY log FOR UPDATE LOOP
+		-- Truncate the retired slots that are finished with: queue slots
+		-- once empty, done slots once older than the retention.
+		FOR s IN 0..2 LOOP
+			CONTINUE WHEN s = r.current;
+			part := format('ws.%s_%s', r.log, s)::regclass;
+			CONTINUE WHEN pg_relation_size(part) = 0;
+			CONTINUE WHEN r.log = 'queue_done' AND r.retired_at[s + 1] > now() - retention;
+			BEGIN
+				EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', part);
+			EXCEPTION WHEN lock_not_available THEN
+				CONTINUE;
+			END;
+			-- Under the lock, no enqueue or worker can be adding a row.
+			IF r.log = 'queue' THEN
+				EXECUTE format('SELECT EXISTS (SELECT FROM %s)', part) INTO busy;
+				CONTINUE WHEN busy;
+			END IF;
+			EXECUTE format('TRUNCATE %s', part);
+		END LOOP;
+
+		next_slot := (r.current + 1) % 3;
+		IF now() - r.switched_at >= (CASE r.log WHEN 'queue' THEN queue_period ELSE retention / 2 END)
+		   AND pg_relation_size(format('ws.%s_%s', r.log, next_slot)::regclass) = 0 THEN
+			UPDATE ws.queue_rotation x
+			SET current = next_slot, switched_at = now(),
+				retired_at[r.current + 1] = now()
+			WHERE x.log = r.log;
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION ws._rotate_queue(interval, interval) IS
+	'Internal: moves ws.queue and ws.queue_done on to their next slot and truncates the slots that are finished with';
+
+CREATE FUNCTION ws._queue_stats(
+	OUT topic_id int, OUT enqueued bigint, OUT applied bigint,
+	OUT retried bigint, OUT dead_lettered bigint)
+RETURNS SETOF record
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'write_scaling_queue_stats';
+COMMENT ON FUNCTION ws._queue_stats() IS
+	'Internal: shared-memory counters of this database''s topics, behind ws.stat_topics';
+
+CREATE FUNCTION ws._queue_worker_stats(
+	OUT dboid oid, OUT worker int, OUT pid int, OUT state text,
+	OUT batches bigint, OUT applied bigint, OUT last_batch timestamptz)
+RETURNS SETOF record
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'write_scaling_queue_worker_stats';
+COMMENT ON FUNCTION ws._queue_worker_stats() IS
+	'Internal: shared-memory state of the queue workers, behind ws.stat_queue_workers';
+
+CREATE VIEW ws.stat_topics AS
+SELECT t.topic,
+	   coalesce(s.enqueued, 0) AS enqueued,
+	   coalesce(s.applied, 0) AS applied,
+	   coalesce(s.retried, 0) AS retried,
+	   coalesce(s.dead_lettered, 0) AS dead_lettered,
+	   (SELECT count(*) FROM ws.queue q WHERE q.topic_id = t.topic_id) AS queue_depth,
+	   now() - (SELECT q.enqueued_at FROM ws.queue q WHERE q.topic_id = t.topic_id
+				ORDER BY q.id LIMIT 1) AS oldest_message_age,
+	   (SELECT count(*) FROM ws.dead_letters d WHERE d.topic_id = t.topic_id) AS dead_letters
+FROM ws.topics t
+LEFT JOIN ws._queue_stats() s ON s.topic_id = t.topic_id;
+COMMENT ON VIEW ws.stat_topics IS
+	'One row per topic: messages enqueued, applied, retried and dead-lettered since server start, and what waits now';
+GRANT SELECT ON ws.stat_topics TO PUBLIC;
+
+CREATE VIEW ws.stat_queue_workers AS
+SELECT d.datname AS database, w.worker, w.pid, w.state, w.batches, w.applied, w.last_batch
+FROM ws._queue_worker_stats() w
+LEFT JOIN pg_catalog.pg_database d ON d.oid = w.dboid;
+COMMENT ON VIEW ws.stat_queue_workers IS
+	'One row per queue worker: its state, and the batches and messages it applied since server start';
+GRANT SELECT ON ws.stat_queue_workers TO PUBLIC;
+
+REVOKE ALL ON FUNCTION ws.create_topic(text, regprocedure, int, int, interval, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws.drop_topic(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws.replay_dead_letters(text, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._topics_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._wake_queue_workers() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._rotate_queue(interval, interval) FROM PUBLIC;
+
+------------------------------------------------------------------------------
 -- Every counter in one view
 ------------------------------------------------------------------------------
 
@@ -636,6 +998,17 @@ FROM ws.stat_workers w,
 					  extract(epoch FROM now() - w.last_pass)::bigint))
 	 AS c (counter, value)
 WHERE w.database = pg_catalog.current_database()
+UNION ALL
+SELECT 'queue', t.topic, c.counter, c.value
+FROM ws.stat_topics t,
+	 LATERAL (VALUES ('enqueued', t.enqueued),
+					 ('applied', t.applied),
+					 ('retried', t.retried),
+					 ('dead_lettered', t.dead_lettered),
+					 ('queue_depth', t.queue_depth),
+					 ('oldest_message_age_ms',
+					  coalesce((extract(epoch FROM t.oldest_message_age) * 1000)::bigint, 0)))
+	 AS c (counter, value)
 UNION ALL
 SELECT 'buffered_insert', 'all databases', c.counter, c.value
 FROM ws._bulk_stats() b,

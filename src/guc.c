@@ -30,6 +30,11 @@ int			ws_snapshot_batch_size = 100;
 int			ws_batch_rows = 1000;
 int			ws_batch_bytes = 64;
 bool		ws_buffered_async_commit = false;
+int			ws_queue_workers = 2;
+int			ws_queue_batch_size = 500;
+int			ws_queue_naptime = 1000;
+int			ws_queue_rotation = 10000;
+int			ws_request_retention = 3600;
 
 /*
  * ws_define_gucs registers the settings; called from _PG_init.
@@ -108,6 +113,51 @@ ws_define_gucs(void)
 							 PGC_USERSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("write_scaling.queue_workers",
+							"Queue workers per database with topics.",
+							"Worker w of n applies the lanes with (topic_id + lane) mod n = w - 1.",
+							&ws_queue_workers,
+							2, 0, 32,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("write_scaling.queue_batch_size",
+							"Messages a queue worker applies in one transaction, at most.",
+							NULL,
+							&ws_queue_batch_size,
+							500, 1, 100000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("write_scaling.queue_naptime",
+							"Longest sleep of an idle queue worker; enqueues wake it at once.",
+							NULL,
+							&ws_queue_naptime,
+							1000, 10, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("write_scaling.queue_rotation",
+							"Time between two moves of ws.queue to its next slot.",
+							"A retired slot is truncated once its messages are applied.",
+							&ws_queue_rotation,
+							10000, 100, 24 * 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("write_scaling.request_retention",
+							"How long ws.request_status remembers applied requests.",
+							NULL,
+							&ws_request_retention,
+							3600, 1, 365 * 24 * 3600,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
 
 	/*
 	 * Settings of shared memory exist only when the library is preloaded:

@@ -17,6 +17,11 @@ extern int	ws_snapshot_batch_size;
 extern int	ws_batch_rows;
 extern int	ws_batch_bytes;
 extern bool ws_buffered_async_commit;
+extern int	ws_queue_workers;
+extern int	ws_queue_batch_size;
+extern int	ws_queue_naptime;
+extern int	ws_queue_rotation;
+extern int	ws_request_retention;
 
 extern void ws_define_gucs(void);
 

@@ -24,6 +24,7 @@
 
 #include "bulk.h"
 #include "frontier.h"
+#include "queue.h"
 #include "shmem.h"
 #include "worker.h"
 
@@ -65,7 +66,7 @@ ws_shmem_request(void)
 		prev_shmem_request_hook();
 
 	RequestAddinShmemSpace(add_size(add_size(ws_frontier_shmem_size(), ws_worker_shmem_size()),
-									ws_bulk_shmem_size()));
+									add_size(ws_bulk_shmem_size(), ws_queue_shmem_size())));
 }
 
 static void
@@ -82,5 +83,6 @@ ws_shmem_startup(void)
 	ws_frontier_shmem_init();
 	ws_worker_shmem_init();
 	ws_bulk_shmem_init();
+	ws_queue_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }

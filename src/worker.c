@@ -22,6 +22,10 @@
  * write_scaling.snapshot_naptime when the queue is empty.  Snapshotting
  * only reads events and writes ws.snapshots, so it never blocks appends.
  *
+ * In a database with topics (the database's worker notes it on each pass,
+ * ws.create_topic at commit), the launcher also keeps
+ * write_scaling.queue_workers queue workers running (queue_worker.c).
+ *
  * Signals: SIGHUP reloads the settings; SIGTERM ends the process.  Each
  * process reports itself in shared memory (a slot per database, under
  * WsWorkerShared.lock) for ws.stat_workers.
@@ -57,11 +61,9 @@
 
 #include "event_store.h"
 #include "guc.h"
+#include "queue.h"
 #include "shmem.h"
 #include "worker.h"
-
-/* Databases whose workers shared memory can track. */
-#define WS_MAX_DATABASES		64
 
 /* Minimum time between two starts of one database's worker. */
 #define WORKER_RESTART_DELAY_MS 5000
@@ -104,6 +106,7 @@ typedef struct WsWorkerShared
 typedef struct LaunchedWorker
 {
 	Oid			dboid;
+	int			queue_worker;	/* 0 for the database's own worker */
 	BackgroundWorkerHandle *handle;
 	TimestampTz started_at;
 } LaunchedWorker;
@@ -158,17 +161,26 @@ ws_register_launcher(void)
 	RegisterBackgroundWorker(&worker);
 }
 
+/*
+ * ws_wake_launcher makes the launcher look at every database now.
+ */
+void
+ws_wake_launcher(void)
+{
+	if (workers == NULL)
+		return;
+	LWLockAcquire(&workers->lock, LW_EXCLUSIVE);
+	workers->retry_all = true;
+	if (workers->launcher_latch)
+		SetLatch(workers->launcher_latch);
+	LWLockRelease(&workers->lock);
+}
+
 static void
 worker_xact_callback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_COMMIT && wake_launcher_at_commit && workers != NULL)
-	{
-		LWLockAcquire(&workers->lock, LW_EXCLUSIVE);
-		workers->retry_all = true;
-		if (workers->launcher_latch)
-			SetLatch(workers->launcher_latch);
-		LWLockRelease(&workers->lock);
-	}
+	if (event == XACT_EVENT_COMMIT && wake_launcher_at_commit)
+		ws_wake_launcher();
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
 		wake_launcher_at_commit = false;
 }
@@ -289,7 +301,7 @@ database_list(MemoryContext context, List **names)
 }
 
 static bool
-start_worker(Oid dboid, const char *datname, BackgroundWorkerHandle **handle)
+start_worker(Oid dboid, const char *datname, int queue_worker, BackgroundWorkerHandle **handle)
 {
 	BackgroundWorker worker;
 
@@ -298,10 +310,26 @@ start_worker(Oid dboid, const char *datname, BackgroundWorkerHandle **handle)
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "write_scaling");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "write_scaling_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "write_scaling snapshot worker for %s", datname);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "write_scaling snapshot worker");
-	strlcpy(worker.bgw_extra, datname, BGW_EXTRALEN);
+	if (queue_worker == 0)
+	{
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "write_scaling_worker_main");
+		snprintf(worker.bgw_name, BGW_MAXLEN, "write_scaling snapshot worker for %s", datname);
+		snprintf(worker.bgw_type, BGW_MAXLEN, "write_scaling snapshot worker");
+		strlcpy(worker.bgw_extra, datname, BGW_EXTRALEN);
+	}
+	else
+	{
+		WsQueueWorkerArgs args = {0};
+
+		StaticAssertStmt(sizeof(WsQueueWorkerArgs) <= BGW_EXTRALEN, "bgw_extra too small");
+		args.worker = queue_worker;
+		strlcpy(args.datname, datname, NAMEDATALEN);
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "write_scaling_queue_worker_main");
+		snprintf(worker.bgw_name, BGW_MAXLEN, "write_scaling queue worker %d for %s",
+				 queue_worker, datname);
+		snprintf(worker.bgw_type, BGW_MAXLEN, "write_scaling queue worker");
+		memcpy(worker.bgw_extra, &args, sizeof(args));
+	}
 	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
 	worker.bgw_notify_pid = MyProcPid;
 
@@ -314,6 +342,60 @@ start_worker(Oid dboid, const char *datname, BackgroundWorkerHandle **handle)
 		return false;
 	}
 	return true;
+}
+
+/*
+ * keep_running starts a database's worker (queue_worker 0) or one of its
+ * queue workers unless it runs: started by this launcher, or by an earlier
+ * one (adopted_pid).  Returns true when it waits for its restart delay or
+ * could not be started.
+ */
+static bool
+keep_running(List **launched, MemoryContext context, Oid dboid, const char *datname,
+			 int queue_worker, int adopted_pid, TimestampTz now)
+{
+	LaunchedWorker *lw = NULL;
+	ListCell   *lc;
+	pid_t		pid;
+
+	foreach(lc, *launched)
+	{
+		LaunchedWorker *l = lfirst(lc);
+
+		if (l->dboid == dboid && l->queue_worker == queue_worker)
+			lw = l;
+	}
+
+	/* A worker that could not be registered has no handle. */
+	if (lw != NULL && lw->handle != NULL &&
+		GetBackgroundWorkerPid(lw->handle, &pid) != BGWH_STOPPED)
+		return false;
+	/* It clears its pid when it exits. */
+	if (lw == NULL && adopted_pid != 0 && kill(adopted_pid, 0) == 0)
+		return false;
+	if (lw != NULL && !TimestampDifferenceExceeds(lw->started_at, now, WORKER_RESTART_DELAY_MS))
+		return true;
+
+	if (lw == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(context);
+
+		lw = palloc0(sizeof(LaunchedWorker));
+		lw->dboid = dboid;
+		lw->queue_worker = queue_worker;
+		*launched = lappend(*launched, lw);
+		MemoryContextSwitchTo(old);
+	}
+	else if (lw->handle != NULL)
+		pfree(lw->handle);
+	lw->handle = NULL;
+	lw->started_at = now;
+	if (!start_worker(dboid, datname, queue_worker, &lw->handle))
+	{
+		lw->handle = NULL;
+		return true;
+	}
+	return false;
 }
 
 /*
@@ -337,29 +419,29 @@ launcher_pass(List **launched, MemoryContext context, MemoryContext pass_context
 	workers->retry_all = false;
 	LWLockRelease(&workers->lock);
 
+	if (!ws_workers_enabled)
+	{
+		ListCell   *lc;
+
+		foreach(lc, *launched)
+		{
+			LaunchedWorker *lw = lfirst(lc);
+			pid_t		pid;
+
+			if (lw->handle != NULL && GetBackgroundWorkerPid(lw->handle, &pid) != BGWH_STOPPED)
+				TerminateBackgroundWorker(lw->handle);
+		}
+		MemoryContextReset(pass_context);
+		return false;
+	}
+
 	forboth(lc_oid, oids, lc_name, names)
 	{
 		Oid			dboid = lfirst_oid(lc_oid);
-		LaunchedWorker *lw = NULL;
-		ListCell   *lc;
-		pid_t		pid = 0;
+		const char *datname = lfirst(lc_name);
 		WorkerState state = WORKER_FREE;
 		TimestampTz since = 0;
-
-		foreach(lc, *launched)
-			if (((LaunchedWorker *) lfirst(lc))->dboid == dboid)
-				lw = lfirst(lc);
-
-		/* A worker that could not be registered has no handle. */
-		if (lw != NULL && lw->handle != NULL &&
-			GetBackgroundWorkerPid(lw->handle, &pid) != BGWH_STOPPED)
-		{
-			if (!ws_workers_enabled)
-				TerminateBackgroundWorker(lw->handle);
-			continue;
-		}
-		if (!ws_workers_enabled)
-			continue;
+		int			pid = 0;
 
 		LWLockAcquire(&workers->lock, LW_SHARED);
 		for (int i = 0; i < WS_MAX_DATABASES; i++)
@@ -371,41 +453,15 @@ launcher_pass(List **launched, MemoryContext context, MemoryContext pass_context
 			}
 		LWLockRelease(&workers->lock);
 
-		/*
-		 * A worker started by an earlier launcher (this one restarted) is
-		 * still running: leave it.  It clears its pid when it exits.
-		 */
-		if (lw == NULL && state != WORKER_FREE && state != WORKER_STOPPED &&
-			state != WORKER_NO_EXTENSION && pid != 0 && kill(pid, 0) == 0)
-			continue;
+		/* A database without the extension is looked at again now and then. */
+		if (!(state == WORKER_NO_EXTENSION && !retry_all &&
+			  !TimestampDifferenceExceeds(since, now, ws_launcher_naptime * 6)))
+			pending |= keep_running(launched, context, dboid, datname, 0, pid, now);
 
-		if (state == WORKER_NO_EXTENSION && !retry_all &&
-			!TimestampDifferenceExceeds(since, now, ws_launcher_naptime * 6))
-			continue;
-		if (lw != NULL && !TimestampDifferenceExceeds(lw->started_at, now, WORKER_RESTART_DELAY_MS))
-		{
-			pending = true;
-			continue;
-		}
-
-		if (lw == NULL)
-		{
-			MemoryContext old = MemoryContextSwitchTo(context);
-
-			lw = palloc0(sizeof(LaunchedWorker));
-			lw->dboid = dboid;
-			*launched = lappend(*launched, lw);
-			MemoryContextSwitchTo(old);
-		}
-		else if (lw->handle != NULL)
-			pfree(lw->handle);
-		lw->handle = NULL;
-		lw->started_at = now;
-		if (!start_worker(dboid, lfirst(lc_name), &lw->handle))
-		{
-			lw->handle = NULL;
-			pending = true;
-		}
+		if (ws_queue_wanted(dboid))
+			for (int w = 1; w <= ws_queue_workers; w++)
+				pending |= keep_running(launched, context, dboid, datname, w,
+										ws_queue_worker_pid(dboid, w), now);
 	}
 
 	/* Forget the slots of databases that are gone. */
@@ -415,6 +471,7 @@ launcher_pass(List **launched, MemoryContext context, MemoryContext pass_context
 			!list_member_oid(oids, workers->slots[i].dboid))
 			workers->slots[i].dboid = InvalidOid;
 	LWLockRelease(&workers->lock);
+	ws_queue_forget_databases(oids);
 
 	MemoryContextReset(pass_context);
 	return pending;
@@ -570,6 +627,12 @@ snapshot_pass(Oid dboid)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	pgstat_report_activity(STATE_RUNNING, "write_scaling: snapshot pass");
+
+	/* Tell the launcher whether this database needs queue workers. */
+	if (SPI_execute("SELECT EXISTS (SELECT FROM ws.topics)", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read ws.topics");
+	ws_queue_note_topics(dboid, DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+														   SPI_tuptable->tupdesc, 1, &isnull)));
 
 	/* One row per crossing: take each stream once. */
 	if (SPI_execute_with_args("SELECT store, stream FROM ws.snapshot_queue"

@@ -12,6 +12,9 @@
 
 #include "datatype/timestamp.h"
 
+/* Databases whose workers shared memory can track. */
+#define WS_MAX_DATABASES		64
+
 /* One database's worker, as ws.stat_workers shows it. */
 typedef struct WsWorkerReport
 {
@@ -29,5 +32,6 @@ extern void ws_worker_shmem_init(void);
 extern void ws_register_launcher(void);
 extern void ws_worker_register_callbacks(void);
 extern int	ws_worker_report(WsWorkerReport **reports);
+extern void ws_wake_launcher(void);
 
 #endif							/* WS_WORKER_H */

@@ -4,8 +4,8 @@
  *	  Module load: settings, shared memory and transaction callbacks.
  *
  * Loaded through shared_preload_libraries, the library reserves shared
- * memory for event store positions (frontier.c) and registers the launcher
- * of the background workers (worker.c).  Loaded on first use
+ * memory for event store positions (frontier.c) and the queue (queue.c), and
+ * registers the launcher of the background workers (worker.c).  Loaded on first use
  * instead, the functions that need shared memory say so in their error
  * (ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE) and the others work.
  *
@@ -19,6 +19,7 @@
 #include "bulk.h"
 #include "frontier.h"
 #include "guc.h"
+#include "queue.h"
 #include "shmem.h"
 #include "worker.h"
 
@@ -40,4 +41,5 @@ _PG_init(void)
 	ws_frontier_register_callbacks();
 	ws_worker_register_callbacks();
 	ws_bulk_register_callbacks();
+	ws_queue_register_callbacks();
 }
