@@ -25,7 +25,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Werror
 
 # pg_regress runs on a temporary instance with the library preloaded.
-REGRESS = event_store snapshot bulk
+REGRESS = event_store snapshot bulk queue
 REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/regress.conf
 
 # Perl TAP tests on PostgreSQL::Test::Cluster.

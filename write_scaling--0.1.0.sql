@@ -826,11 +826,11 @@ AS 'MODULE_PATHNAME', 'write_scaling_enqueue';
 COMMENT ON FUNCTION ws.enqueue(text, text, jsonb) IS
 	'Accepts a message for a topic; returns its request id at once.  It is durable when the transaction commits, and applied by a worker after that';
 
-CREATE FUNCTION ws.enqueue(topic text, keys text[], payloads jsonb[])
+CREATE FUNCTION ws.enqueue_batch(topic text, keys text[], payloads jsonb[])
 RETURNS SETOF bigint
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'write_scaling_enqueue_many';
-COMMENT ON FUNCTION ws.enqueue(text, text[], jsonb[]) IS
+AS 'MODULE_PATHNAME', 'write_scaling_enqueue_batch';
+COMMENT ON FUNCTION ws.enqueue_batch(text, text[], jsonb[]) IS
 	'Accepts keys[i], payloads[i] for each i, in that order; returns their request ids in the same order';
 
 CREATE FUNCTION ws.request_status(request_id bigint)

@@ -139,7 +139,7 @@ static bool topics_changed_at_commit = false;
 static bool async_commit_requested = false;
 
 PG_FUNCTION_INFO_V1(write_scaling_enqueue);
-PG_FUNCTION_INFO_V1(write_scaling_enqueue_many);
+PG_FUNCTION_INFO_V1(write_scaling_enqueue_batch);
 PG_FUNCTION_INFO_V1(write_scaling_request_status);
 PG_FUNCTION_INFO_V1(write_scaling_topics_changed);
 PG_FUNCTION_INFO_V1(write_scaling_wake_queue_workers);
@@ -725,11 +725,11 @@ write_scaling_enqueue(PG_FUNCTION_ARGS)
 }
 
 /*
- * ws.enqueue(topic, keys[], payloads[]) enqueues keys[i], payloads[i] in
+ * ws.enqueue_batch(topic, keys[], payloads[]) enqueues keys[i], payloads[i] in
  * order and returns their request ids in the same order.
  */
 Datum
-write_scaling_enqueue_many(PG_FUNCTION_ARGS)
+write_scaling_enqueue_batch(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	TopicEntry *topic;
@@ -752,7 +752,7 @@ write_scaling_enqueue_many(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("arrays of keys and payloads must not be null")));
-	PreventCommandIfReadOnly("ws.enqueue()");
+	PreventCommandIfReadOnly("ws.enqueue_batch()");
 
 	keys = PG_GETARG_ARRAYTYPE_P(1);
 	payloads = PG_GETARG_ARRAYTYPE_P(2);
