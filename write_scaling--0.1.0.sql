@@ -884,6 +884,8 @@ CREATE FUNCTION ws._rotate_queue(queue_period interval, retention interval)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- Workers' batches lock every slot for a moment: wait a little, not forever.
+SET lock_timeout = '200ms'
 AS $$
 DECLARE
 	r ws.queue_rotation;
@@ -900,7 +902,7 @@ BEGIN
 			CONTINUE WHEN pg_relation_size(part) = 0;
 			CONTINUE WHEN r.log = 'queue_done' AND r.retired_at[s + 1] > now() - retention;
 			BEGIN
-				EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', part);
+				EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', part);
 			EXCEPTION WHEN lock_not_available THEN
 				CONTINUE;
 			END;
