@@ -52,6 +52,7 @@ extern bool ws_queue_wanted(Oid dboid);
 extern int	ws_queue_worker_pid(Oid dboid, int worker);
 extern void ws_queue_note_topics(Oid dboid, bool has_topics);
 extern void ws_queue_forget_databases(List *live_dboids);
+extern void ws_queue_forget_slot(Oid dboid);
 
 /* For the queue workers (queue_worker.c). */
 extern void ws_queue_worker_attach(Oid dboid, int worker);

@@ -640,6 +640,7 @@ write_scaling_queue_worker_main(Datum main_arg)
 				TimestampDifferenceExceeds(last_rotation, GetCurrentTimestamp(), ROTATE_INTERVAL_MS))
 			{
 				rotate();
+				ws_queue_forget_slot(dboid);
 				last_rotation = GetCurrentTimestamp();
 			}
 		}
