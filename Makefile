@@ -15,6 +15,8 @@ OBJS = \
 	src/worker.o \
 	src/queue.o \
 	src/queue_worker.o \
+	src/shard_hash.o \
+	src/shard_map.o \
 	src/bulk.o \
 	src/wal_advice.o \
 	src/stats.o

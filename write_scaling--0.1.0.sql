@@ -978,6 +978,397 @@ REVOKE ALL ON FUNCTION ws._wake_queue_workers() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._rotate_queue(interval, interval) FROM PUBLIC;
 
 ------------------------------------------------------------------------------
+-- Shard maps
+------------------------------------------------------------------------------
+
+CREATE TABLE ws.shard_maps (
+	map text PRIMARY KEY,
+	strategy text NOT NULL CHECK (strategy IN ('hash', 'consistent')),
+	vnodes int NOT NULL CHECK (vnodes BETWEEN 1 AND 1024),
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ws.shard_maps IS
+	'Shard maps created by ws.create_shard_map: a fixed number of slots (vnodes) spread over shard servers';
+SELECT pg_catalog.pg_extension_config_dump('ws.shard_maps', '');
+GRANT SELECT ON ws.shard_maps TO PUBLIC;
+
+CREATE TABLE ws.shards (
+	map text NOT NULL REFERENCES ws.shard_maps ON DELETE CASCADE,
+	server name NOT NULL,
+	weight int NOT NULL CHECK (weight > 0),
+	position int NOT NULL,
+	added_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (map, server)
+);
+COMMENT ON TABLE ws.shards IS
+	'The foreign servers of each shard map, with their weights, in the order they were added';
+SELECT pg_catalog.pg_extension_config_dump('ws.shards', '');
+GRANT SELECT ON ws.shards TO PUBLIC;
+
+-- owner: where the map wants the slot; placed_on: where its rows are.
+-- They differ between add_shard/remove_shard and the end of ws.rebalance.
+CREATE TABLE ws.shard_slots (
+	map text NOT NULL REFERENCES ws.shard_maps ON DELETE CASCADE,
+	slot int NOT NULL,
+	owner name,
+	placed_on name,
+	PRIMARY KEY (map, slot)
+);
+COMMENT ON TABLE ws.shard_slots IS
+	'Per slot of a shard map: the server that should own it and the server its rows are on';
+SELECT pg_catalog.pg_extension_config_dump('ws.shard_slots', '');
+GRANT SELECT ON ws.shard_slots TO PUBLIC;
+
+CREATE TABLE ws.distributed_tables (
+	table_name regclass PRIMARY KEY,
+	partitioned regclass NOT NULL UNIQUE,
+	key_column name NOT NULL,
+	map text NOT NULL REFERENCES ws.shard_maps,
+	remote_schema name NOT NULL,
+	remote_table name NOT NULL,
+	remote_definition text NOT NULL,
+	distributed_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE ws.distributed_tables IS
+	'Tables made distributed by ws.distribute_table: the view users use, the partitioned table of foreign slots behind it, and what a slot''s table on a shard looks like';
+SELECT pg_catalog.pg_extension_config_dump('ws.distributed_tables', '');
+GRANT SELECT ON ws.distributed_tables TO PUBLIC;
+
+CREATE FUNCTION ws.key_hash(key text)
+RETURNS bigint
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'write_scaling_key_hash';
+COMMENT ON FUNCTION ws.key_hash(text) IS
+	'The stable 64-bit hash of a shard key''s text form (FNV-1a-64 then MurmurHash3''s fmix64), as a signed bigint';
+
+CREATE FUNCTION ws.key_slot(key text, slots int)
+RETURNS int
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'write_scaling_key_slot';
+COMMENT ON FUNCTION ws.key_slot(text, int) IS
+	'The slot of a shard key among a map''s slots: the hash partition PostgreSQL routes it to';
+
+-- Hash operator classes whose hash is ws.key_hash of the text form: a
+-- table hash-partitioned with them puts each key in the slot
+-- ws.key_slot gives, on any server and architecture.  The integer types
+-- share a family (42 hashes the same as a smallint, integer or bigint),
+-- so that a query comparing across them is pruned to one slot too.
+CREATE FUNCTION ws._slot_hash(text, bigint) RETURNS bigint
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'write_scaling_slot_hash_text';
+CREATE FUNCTION ws._slot_hash32(text) RETURNS int
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT (ws._slot_hash($1, 0) & 2147483647)::int $$;
+CREATE FUNCTION ws._slot_hash(smallint, bigint) RETURNS bigint
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'write_scaling_slot_hash_int2';
+CREATE FUNCTION ws._slot_hash32(smallint) RETURNS int
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT (ws._slot_hash($1, 0) & 2147483647)::int $$;
+CREATE FUNCTION ws._slot_hash(integer, bigint) RETURNS bigint
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'write_scaling_slot_hash_int4';
+CREATE FUNCTION ws._slot_hash32(integer) RETURNS int
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT (ws._slot_hash($1, 0) & 2147483647)::int $$;
+CREATE FUNCTION ws._slot_hash(bigint, bigint) RETURNS bigint
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'write_scaling_slot_hash_int8';
+CREATE FUNCTION ws._slot_hash32(bigint) RETURNS int
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT (ws._slot_hash($1, 0) & 2147483647)::int $$;
+CREATE FUNCTION ws._slot_hash(uuid, bigint) RETURNS bigint
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'write_scaling_slot_hash_uuid';
+CREATE FUNCTION ws._slot_hash32(uuid) RETURNS int
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT (ws._slot_hash($1, 0) & 2147483647)::int $$;
+CREATE OPERATOR FAMILY ws.integer_slot_ops USING hash;
+CREATE OPERATOR CLASS ws.text_slot_ops FOR TYPE text USING hash AS
+	OPERATOR 1 = (text, text),
+	FUNCTION 1 ws._slot_hash32(text),
+	FUNCTION 2 ws._slot_hash(text, bigint);
+CREATE OPERATOR CLASS ws.int2_slot_ops FOR TYPE smallint USING hash FAMILY ws.integer_slot_ops AS
+	OPERATOR 1 = (smallint, smallint),
+	FUNCTION 1 ws._slot_hash32(smallint),
+	FUNCTION 2 ws._slot_hash(smallint, bigint);
+CREATE OPERATOR CLASS ws.int4_slot_ops FOR TYPE integer USING hash FAMILY ws.integer_slot_ops AS
+	OPERATOR 1 = (integer, integer),
+	FUNCTION 1 ws._slot_hash32(integer),
+	FUNCTION 2 ws._slot_hash(integer, bigint);
+CREATE OPERATOR CLASS ws.int8_slot_ops FOR TYPE bigint USING hash FAMILY ws.integer_slot_ops AS
+	OPERATOR 1 = (bigint, bigint),
+	FUNCTION 1 ws._slot_hash32(bigint),
+	FUNCTION 2 ws._slot_hash(bigint, bigint);
+CREATE OPERATOR CLASS ws.uuid_slot_ops FOR TYPE uuid USING hash AS
+	OPERATOR 1 = (uuid, uuid),
+	FUNCTION 1 ws._slot_hash32(uuid),
+	FUNCTION 2 ws._slot_hash(uuid, bigint);
+ALTER OPERATOR FAMILY ws.integer_slot_ops USING hash ADD
+	OPERATOR 1 = (smallint, integer),
+	OPERATOR 1 = (smallint, bigint),
+	OPERATOR 1 = (integer, smallint),
+	OPERATOR 1 = (integer, bigint),
+	OPERATOR 1 = (bigint, smallint),
+	OPERATOR 1 = (bigint, integer);
+
+CREATE FUNCTION ws.shard_for(map text, key text)
+RETURNS name
+LANGUAGE c STABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'write_scaling_shard_for';
+COMMENT ON FUNCTION ws.shard_for(text, text) IS
+	'The foreign server that holds the rows of key in a shard map';
+
+CREATE FUNCTION ws._shard_maps_changed()
+RETURNS void
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_scaling_shard_maps_changed';
+COMMENT ON FUNCTION ws._shard_maps_changed() IS
+	'Internal: makes every session reload its shard maps when the transaction commits';
+
+CREATE FUNCTION ws.create_shard_map(map text, strategy text DEFAULT 'consistent',
+									vnodes int DEFAULT 150)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF map IS NULL OR strategy IS NULL OR vnodes IS NULL THEN
+		RAISE EXCEPTION 'arguments of ws.create_shard_map must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF map !~ '^[a-z][a-z0-9_]{0,47}$' THEN
+		RAISE EXCEPTION 'invalid shard map name "%"', left(map, 64)
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A shard map name has 1 to 48 characters: lower-case letters, digits and underscores, starting with a letter.';
+	END IF;
+	IF strategy NOT IN ('hash', 'consistent') THEN
+		RAISE EXCEPTION 'unknown sharding strategy "%"', left(strategy, 64)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The strategy is ''consistent'' (adding a shard moves only its share) or ''hash'' (slot mod number of shards).';
+	END IF;
+	IF vnodes NOT BETWEEN 1 AND 1024 THEN
+		RAISE EXCEPTION 'vnodes must be between 1 and 1024'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value was %s.', vnodes);
+	END IF;
+	IF EXISTS (SELECT FROM ws.shard_maps m WHERE m.map = create_shard_map.map) THEN
+		RAISE EXCEPTION 'shard map "%" already exists', map
+			USING ERRCODE = 'duplicate_object';
+	END IF;
+	INSERT INTO ws.shard_maps (map, strategy, vnodes) VALUES (map, strategy, vnodes);
+	INSERT INTO ws.shard_slots (map, slot)
+	SELECT create_shard_map.map, s FROM generate_series(0, vnodes - 1) s;
+	PERFORM ws._shard_maps_changed();
+END
+$$;
+COMMENT ON FUNCTION ws.create_shard_map(text, text, int) IS
+	'Creates a shard map of vnodes slots; strategy ''consistent'' moves only the share of an added or removed shard, ''hash'' places slot mod number of shards';
+
+-- Gives every slot of the map an owner: 'hash' by slot mod total weight;
+-- 'consistent' by weight with the fewest moves: slots of removed servers,
+-- and (when release is set) each server's slots above its share, go to
+-- the servers below their share.
+CREATE FUNCTION ws._assign_slots(p_map text, release boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m ws.shard_maps;
+	total_weight bigint;
+	servers name[];
+	targets int[];
+BEGIN
+	SELECT * INTO m FROM ws.shard_maps x WHERE x.map = p_map;
+	SELECT sum(weight) INTO total_weight FROM ws.shards s WHERE s.map = p_map;
+	IF total_weight IS NULL THEN
+		UPDATE ws.shard_slots s SET owner = NULL WHERE s.map = p_map;
+		RETURN;
+	END IF;
+
+	IF m.strategy = 'hash' THEN
+		WITH w AS (
+			SELECT s.server,
+				   sum(s.weight) OVER (ORDER BY s.position) - s.weight AS lo,
+				   sum(s.weight) OVER (ORDER BY s.position) AS hi
+			FROM ws.shards s WHERE s.map = p_map
+		)
+		UPDATE ws.shard_slots s SET owner = w.server
+		FROM w
+		WHERE s.map = p_map AND s.slot % total_weight >= w.lo AND s.slot % total_weight < w.hi;
+		RETURN;
+	END IF;
+
+	-- Each server's share of the slots, by largest remainder.
+	WITH exact AS (
+		SELECT s.server, s.position,
+			   floor(m.vnodes::numeric * s.weight / total_weight)::int AS base,
+			   m.vnodes::numeric * s.weight / total_weight
+				 - floor(m.vnodes::numeric * s.weight / total_weight) AS remainder
+		FROM ws.shards s WHERE s.map = p_map
+	), shares AS (
+		SELECT e.server, e.position,
+			   e.base + CASE WHEN row_number() OVER (ORDER BY e.remainder DESC, e.position)
+								  <= m.vnodes - sum(e.base) OVER () THEN 1 ELSE 0 END AS target
+		FROM exact e
+	)
+	SELECT array_agg(server ORDER BY position), array_agg(target ORDER BY position)
+	INTO servers, targets FROM shares;
+
+	UPDATE ws.shard_slots s SET owner = NULL
+	WHERE s.map = p_map AND s.owner IS NOT NULL AND s.owner <> ALL (servers);
+
+	IF release THEN
+		UPDATE ws.shard_slots s SET owner = NULL
+		FROM (
+			SELECT x.slot
+			FROM (SELECT slot, owner,
+						 row_number() OVER (PARTITION BY owner ORDER BY slot DESC) AS rn,
+						 count(*) OVER (PARTITION BY owner) AS held
+				  FROM ws.shard_slots WHERE map = p_map AND owner IS NOT NULL) x
+			JOIN unnest(servers, targets) AS t (server, target) ON t.server = x.owner
+			WHERE x.rn <= x.held - t.target
+		) r
+		WHERE s.map = p_map AND s.slot = r.slot;
+	END IF;
+
+	WITH held AS (
+		SELECT owner, count(*) AS n FROM ws.shard_slots
+		WHERE map = p_map AND owner IS NOT NULL GROUP BY owner
+	), seats AS (
+		SELECT t.server, row_number() OVER (ORDER BY t.ord, g) AS k
+		FROM unnest(servers, targets) WITH ORDINALITY AS t (server, target, ord)
+		LEFT JOIN held h ON h.owner = t.server
+		CROSS JOIN LATERAL generate_series(1, t.target - coalesce(h.n, 0)) g
+	), free AS (
+		SELECT slot, row_number() OVER (ORDER BY slot) AS k
+		FROM ws.shard_slots WHERE map = p_map AND owner IS NULL
+	)
+	UPDATE ws.shard_slots s SET owner = seats.server
+	FROM free JOIN seats USING (k)
+	WHERE s.map = p_map AND s.slot = free.slot;
+
+	-- Seats can fall short when a server stays above its share (removal):
+	-- what is left goes round the servers.
+	UPDATE ws.shard_slots s SET owner = servers[1 + (s.slot % array_length(servers, 1))]
+	WHERE s.map = p_map AND s.owner IS NULL;
+END
+$$;
+COMMENT ON FUNCTION ws._assign_slots(text, boolean) IS
+	'Internal: gives every slot of a shard map an owner after its servers changed';
+
+-- Where no table is distributed over the map, nothing has to move: the
+-- rows' placement follows the owners at once.
+CREATE FUNCTION ws._place_unused_slots(p_map text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	UPDATE ws.shard_slots s SET placed_on = s.owner
+	WHERE s.map = p_map AND s.placed_on IS DISTINCT FROM s.owner
+	  AND NOT EXISTS (SELECT FROM ws.distributed_tables d WHERE d.map = p_map);
+$$;
+
+CREATE FUNCTION ws._check_shard_server(server name)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	wrapper name;
+BEGIN
+	SELECT w.fdwname INTO wrapper
+	FROM pg_foreign_server s JOIN pg_foreign_data_wrapper w ON w.oid = s.srvfdw
+	WHERE s.srvname = server;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'server "%" does not exist', server
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Create it with CREATE SERVER ... FOREIGN DATA WRAPPER postgres_fdw, and a user mapping.';
+	END IF;
+	IF wrapper <> 'postgres_fdw' THEN
+		RAISE EXCEPTION 'server "%" does not use postgres_fdw', server
+			USING ERRCODE = 'wrong_object_type',
+				  DETAIL = format('Its foreign-data wrapper is %s.', wrapper);
+	END IF;
+END
+$$;
+
+CREATE FUNCTION ws.add_shard(map text, server name, weight int DEFAULT 1)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF map IS NULL OR server IS NULL OR weight IS NULL THEN
+		RAISE EXCEPTION 'arguments of ws.add_shard must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM FROM ws.shard_maps m WHERE m.map = add_shard.map FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'shard map "%" does not exist', left(map, 64)
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Create it with ws.create_shard_map().';
+	END IF;
+	IF weight <= 0 THEN
+		RAISE EXCEPTION 'shard weight must be greater than zero'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The weight was %s.', weight);
+	END IF;
+	PERFORM ws._check_shard_server(server);
+	IF EXISTS (SELECT FROM ws.shards s WHERE s.map = add_shard.map AND s.server = add_shard.server) THEN
+		RAISE EXCEPTION 'server "%" is already a shard of map "%"', server, map
+			USING ERRCODE = 'duplicate_object';
+	END IF;
+	INSERT INTO ws.shards (map, server, weight, position)
+	SELECT add_shard.map, add_shard.server, add_shard.weight, coalesce(max(s.position), 0) + 1
+	FROM ws.shards s WHERE s.map = add_shard.map;
+	PERFORM ws._assign_slots(map, true);
+	PERFORM ws._place_unused_slots(map);
+	PERFORM ws._shard_maps_changed();
+END
+$$;
+COMMENT ON FUNCTION ws.add_shard(text, name, int) IS
+	'Adds a postgres_fdw server to a shard map; ws.rebalance then moves the rows of the slots it takes over';
+
+CREATE FUNCTION ws.remove_shard(map text, server name)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF map IS NULL OR server IS NULL THEN
+		RAISE EXCEPTION 'arguments of ws.remove_shard must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM FROM ws.shard_maps m WHERE m.map = remove_shard.map FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'shard map "%" does not exist', left(map, 64)
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Create it with ws.create_shard_map().';
+	END IF;
+	DELETE FROM ws.shards s WHERE s.map = remove_shard.map AND s.server = remove_shard.server;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'server "%" is not a shard of map "%"', server, map
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	IF NOT EXISTS (SELECT FROM ws.shards s WHERE s.map = remove_shard.map)
+	   AND EXISTS (SELECT FROM ws.distributed_tables d WHERE d.map = remove_shard.map) THEN
+		RAISE EXCEPTION 'cannot remove the last shard of map "%"', map
+			USING ERRCODE = 'object_in_use',
+				  DETAIL = 'Tables are distributed over the map, and their rows would have nowhere to go.';
+	END IF;
+	PERFORM ws._assign_slots(map, false);
+	PERFORM ws._place_unused_slots(map);
+	PERFORM ws._shard_maps_changed();
+END
+$$;
+COMMENT ON FUNCTION ws.remove_shard(text, name) IS
+	'Removes a server from a shard map; only its slots get new owners, and ws.rebalance moves their rows';
+
+REVOKE ALL ON FUNCTION ws.create_shard_map(text, text, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws.add_shard(text, name, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws.remove_shard(text, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._assign_slots(text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._place_unused_slots(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._shard_maps_changed() FROM PUBLIC;
+
+------------------------------------------------------------------------------
 -- Every counter in one view
 ------------------------------------------------------------------------------
 

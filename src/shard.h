@@ -1,0 +1,16 @@
+/*-------------------------------------------------------------------------
+ *
+ * shard.h
+ *	  Shard maps, the key hash, and routing rows to shard servers.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef WS_SHARD_H
+#define WS_SHARD_H
+
+#include "postgres.h"
+
+extern uint64 ws_key_hash(const char *bytes, int len, uint64 seed);
+extern int	ws_key_slot(const char *bytes, int len, int nslots);
+
+#endif							/* WS_SHARD_H */
