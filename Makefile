@@ -17,13 +17,16 @@ OBJS = \
 	src/queue_worker.o \
 	src/shard_hash.o \
 	src/shard_map.o \
+	src/shard_route.o \
 	src/bulk.o \
 	src/wal_advice.o \
 	src/stats.o
 DATA = write_scaling--0.1.0.sql
 PGFILEDESC = "write_scaling - write scaling patterns inside PostgreSQL"
 
-PG_CPPFLAGS = -I$(srcdir)/src
+# libpq: rows for shards travel on postgres_fdw's connections (shard_route.c).
+PG_CPPFLAGS = -I$(srcdir)/src -I$(shell $(PG_CONFIG) --includedir)
+SHLIB_LINK = -lpq
 PG_CFLAGS = -Werror
 
 # pg_regress runs on a temporary instance with the library preloaded.

@@ -1369,6 +1369,393 @@ REVOKE ALL ON FUNCTION ws._place_unused_slots(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._shard_maps_changed() FROM PUBLIC;
 
 ------------------------------------------------------------------------------
+-- Distributed tables
+------------------------------------------------------------------------------
+
+-- ws_dist holds, per distributed table, the hash-partitioned table whose
+-- partitions (one per slot) are foreign tables on the shard servers.
+CREATE SCHEMA ws_dist;
+COMMENT ON SCHEMA ws_dist IS
+	'The partitioned tables of foreign slots behind the distributed tables';
+GRANT USAGE ON SCHEMA ws_dist TO PUBLIC;
+
+CREATE TABLE ws.shard_cleanup (
+	server name NOT NULL,
+	remote_schema name NOT NULL,
+	remote_table name NOT NULL,
+	queued_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (server, remote_schema, remote_table)
+);
+COMMENT ON TABLE ws.shard_cleanup IS
+	'Tables on shard servers that ws.rebalance moved away from and still has to drop; nothing reads them';
+
+CREATE TABLE ws.rebalance_log (
+	map text NOT NULL,
+	table_name regclass NOT NULL,
+	slot int NOT NULL,
+	from_server name NOT NULL,
+	to_server name NOT NULL,
+	rows_moved bigint NOT NULL,
+	moved_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE ws.rebalance_log IS
+	'Every slot ws.rebalance moved: which table, from and to which server, how many rows';
+GRANT SELECT ON ws.rebalance_log TO PUBLIC;
+
+CREATE FUNCTION ws._shard_exec(server name, command text)
+RETURNS void
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'write_scaling_shard_exec';
+COMMENT ON FUNCTION ws._shard_exec(name, text) IS
+	'Internal: runs a command on a shard server in this transaction''s postgres_fdw remote transaction';
+
+CREATE FUNCTION ws._route_insert()
+RETURNS trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_scaling_route_insert';
+COMMENT ON FUNCTION ws._route_insert() IS
+	'Internal: the INSTEAD OF INSERT trigger of a distributed table; buffers each row for its slot';
+
+CREATE FUNCTION ws._route_flush()
+RETURNS trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'write_scaling_route_flush';
+COMMENT ON FUNCTION ws._route_flush() IS
+	'Internal: the AFTER INSERT statement trigger of a distributed table; sends the buffered rows to their shards';
+
+CREATE FUNCTION ws._slot_table(base name, slot int)
+RETURNS name
+LANGUAGE sql IMMUTABLE STRICT
+AS $$ SELECT (base || '_s' || lpad(slot::text, 3, '0'))::name $$;
+
+CREATE FUNCTION ws.distribute_table(table_name regclass, key_column name, map text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m ws.shard_maps;
+	rel pg_class;
+	nsp name;
+	key_attnum int2;
+	key_type regtype;
+	opclass text;
+	columns text;
+	column_names text;
+	constraints text;
+	remote_definition text;
+	parent text;
+	bad text;
+	s record;
+	servers_ready name[] := '{}';
+	old_name name;
+BEGIN
+	IF table_name IS NULL OR key_column IS NULL OR map IS NULL THEN
+		RAISE EXCEPTION 'arguments of ws.distribute_table must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO m FROM ws.shard_maps x WHERE x.map = distribute_table.map;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'shard map "%" does not exist', left(map, 64)
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Create it with ws.create_shard_map().';
+	END IF;
+	IF EXISTS (SELECT FROM ws.shard_slots x WHERE x.map = m.map AND x.placed_on IS NULL) THEN
+		RAISE EXCEPTION 'shard map "%" has no shards', m.map
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Add one with ws.add_shard().';
+	END IF;
+	SELECT * INTO rel FROM pg_class c WHERE c.oid = table_name;
+	nsp := rel.relnamespace::regnamespace::name;
+	IF EXISTS (SELECT FROM ws.distributed_tables d WHERE d.table_name = distribute_table.table_name) THEN
+		RAISE EXCEPTION 'table "%" is already distributed', table_name
+			USING ERRCODE = 'duplicate_object';
+	END IF;
+	IF rel.relkind <> 'r' THEN
+		RAISE EXCEPTION 'cannot distribute "%"', table_name
+			USING ERRCODE = 'wrong_object_type',
+				  DETAIL = 'Only an ordinary table can be distributed.';
+	END IF;
+	IF NOT pg_has_role(rel.relowner, 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', table_name
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF length(rel.relname) > 50 THEN
+		RAISE EXCEPTION 'table name "%" is too long to distribute', rel.relname
+			USING ERRCODE = 'name_too_long',
+				  DETAIL = 'A distributed table''s name has at most 50 characters: its slots are named after it.';
+	END IF;
+	IF EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = table_name OR i.inhparent = table_name) THEN
+		RAISE EXCEPTION 'cannot distribute "%": it has inheritance parents or children', table_name
+			USING ERRCODE = 'feature_not_supported';
+	END IF;
+	SELECT a.attnum, a.atttypid::regtype INTO key_attnum, key_type
+	FROM pg_attribute a
+	WHERE a.attrelid = table_name AND a.attname = key_column AND a.attnum > 0 AND NOT a.attisdropped;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'column "%" of relation "%" does not exist', key_column, table_name
+			USING ERRCODE = 'undefined_column';
+	END IF;
+	opclass := CASE key_type
+		WHEN 'text'::regtype THEN 'ws.text_slot_ops'
+		WHEN 'character varying'::regtype THEN 'ws.text_slot_ops'
+		WHEN 'smallint'::regtype THEN 'ws.int2_slot_ops'
+		WHEN 'integer'::regtype THEN 'ws.int4_slot_ops'
+		WHEN 'bigint'::regtype THEN 'ws.int8_slot_ops'
+		WHEN 'uuid'::regtype THEN 'ws.uuid_slot_ops'
+	END;
+	IF opclass IS NULL THEN
+		RAISE EXCEPTION 'cannot distribute by column "%" of type %', key_column, key_type
+			USING ERRCODE = 'datatype_mismatch',
+				  HINT = 'A shard key is text, varchar, smallint, integer, bigint or uuid.';
+	END IF;
+	SELECT c.conname INTO bad FROM pg_constraint c
+	WHERE c.conrelid = table_name AND c.contype IN ('p', 'u', 'x') AND key_attnum <> ALL (c.conkey)
+	LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cannot distribute "%": constraint "%" does not include the shard key "%"',
+			table_name, bad, key_column
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Each shard can enforce uniqueness only among its own rows.';
+	END IF;
+	SELECT c.conname INTO bad FROM pg_constraint c
+	WHERE c.contype = 'f' AND (c.conrelid = table_name OR c.confrelid = table_name) LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cannot distribute "%": foreign key "%" refers to or from it', table_name, bad
+			USING ERRCODE = 'feature_not_supported';
+	END IF;
+	SELECT a.attname INTO bad FROM pg_attribute a
+	WHERE a.attrelid = table_name AND a.attnum > 0 AND NOT a.attisdropped
+	  AND (a.attidentity <> '' OR a.attgenerated <> '') LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cannot distribute "%": column "%" is an identity or generated column', table_name, bad
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Use a DEFAULT (a sequence''s nextval, say): defaults are evaluated on the coordinator.';
+	END IF;
+	IF to_regclass(format('ws_dist.%I', rel.relname)) IS NOT NULL THEN
+		RAISE EXCEPTION 'a distributed table named "%" already exists', rel.relname
+			USING ERRCODE = 'duplicate_table',
+				  DETAIL = 'Distributed tables are named by their table name alone, whatever their schema.';
+	END IF;
+
+	SELECT string_agg(format('%I %s%s', a.attname, format_type(a.atttypid, a.atttypmod),
+							 CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END), ', ' ORDER BY a.attnum),
+		   string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum)
+	INTO columns, column_names
+	FROM pg_attribute a
+	WHERE a.attrelid = table_name AND a.attnum > 0 AND NOT a.attisdropped;
+	-- Unnamed: each slot table gets its own index names.
+	SELECT string_agg(pg_get_constraintdef(c.oid), ', ' ORDER BY c.conname)
+	INTO constraints
+	FROM pg_constraint c WHERE c.conrelid = table_name AND c.contype IN ('p', 'u', 'c');
+	remote_definition := columns || coalesce(', ' || constraints, '');
+
+	-- The partitioned table of slots, each slot a table on its shard.
+	parent := format('ws_dist.%I', rel.relname);
+	EXECUTE format('CREATE TABLE %s (%s) PARTITION BY HASH (%I %s)', parent, columns, key_column, opclass);
+	FOR s IN SELECT x.slot, x.placed_on FROM ws.shard_slots x WHERE x.map = m.map ORDER BY x.slot LOOP
+		IF s.placed_on <> ALL (servers_ready) THEN
+			PERFORM ws._shard_exec(s.placed_on, format('CREATE SCHEMA IF NOT EXISTS %I', nsp));
+			servers_ready := servers_ready || s.placed_on;
+		END IF;
+		PERFORM ws._shard_exec(s.placed_on, format('CREATE TABLE %I.%I (%s)', nsp,
+									ws._slot_table(rel.relname, s.slot), remote_definition));
+		EXECUTE format('CREATE FOREIGN TABLE ws_dist.%I PARTITION OF %s'
+					   ' FOR VALUES WITH (MODULUS %s, REMAINDER %s) SERVER %I'
+					   ' OPTIONS (schema_name %L, table_name %L, async_capable ''true'', batch_size ''1000'')',
+					   ws._slot_table(rel.relname, s.slot), parent, m.vnodes, s.slot, s.placed_on,
+					   nsp, ws._slot_table(rel.relname, s.slot));
+	END LOOP;
+
+	-- The view takes the table's name; the old table's rows go through it.
+	old_name := left(rel.relname, 40) || '_ws_local';
+	EXECUTE format('ALTER TABLE %s RENAME TO %I', table_name, old_name);
+	EXECUTE format('CREATE VIEW %I.%I AS SELECT %s FROM %s', nsp, rel.relname, column_names, parent);
+	EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', nsp, rel.relname, rel.relowner::regrole);
+	EXECUTE format('ALTER TABLE %s OWNER TO %I', parent, rel.relowner::regrole);
+	FOR s IN SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) AS expr
+			 FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+			 WHERE d.adrelid = table_name LOOP
+		EXECUTE format('ALTER VIEW %I.%I ALTER COLUMN %I SET DEFAULT %s', nsp, rel.relname, s.attname, s.expr);
+	END LOOP;
+	-- A serial's sequence must outlive the old table.
+	FOR s IN SELECT d.objid::regclass AS seq FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+			 WHERE d.refobjid = table_name AND d.classid = 'pg_class'::regclass
+			   AND d.deptype = 'a' AND c.relkind = 'S' LOOP
+		EXECUTE format('ALTER SEQUENCE %s OWNED BY NONE', s.seq);
+	END LOOP;
+	EXECUTE format('CREATE TRIGGER ws_route INSTEAD OF INSERT ON %I.%I'
+				   ' FOR EACH ROW EXECUTE FUNCTION ws._route_insert()', nsp, rel.relname);
+	EXECUTE format('CREATE TRIGGER ws_route_flush AFTER INSERT ON %I.%I'
+				   ' FOR EACH STATEMENT EXECUTE FUNCTION ws._route_flush()', nsp, rel.relname);
+	INSERT INTO ws.distributed_tables (table_name, partitioned, key_column, map, remote_schema,
+									   remote_table, remote_definition)
+	VALUES (format('%I.%I', nsp, rel.relname)::regclass, parent::regclass, key_column, m.map, nsp,
+			rel.relname, remote_definition);
+	EXECUTE format('INSERT INTO %I.%I SELECT * FROM %I.%I', nsp, rel.relname, nsp, old_name);
+	EXECUTE format('DROP TABLE %I.%I', nsp, old_name);
+	PERFORM ws._shard_maps_changed();
+END
+$$;
+COMMENT ON FUNCTION ws.distribute_table(regclass, name, text) IS
+	'Moves a table''s rows to the shards of a map: a slot table on each shard, a view in the table''s place that routes inserts and reads all shards or, for a fixed key, one';
+
+-- Moves one slot of one distributed table: copies its rows to the new
+-- server, checks both sides count the same, and switches the slot's
+-- foreign table, all in the caller's transaction.  Writers of the slot
+-- wait from the first statement to the commit; readers see the old copy
+-- until the commit and the new one after it.
+CREATE FUNCTION ws._move_slot(d ws.distributed_tables, p_slot int, from_server name, to_server name)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '5s'
+AS $$
+DECLARE
+	vnodes int;
+	slot_name name := ws._slot_table(d.remote_table, p_slot);
+	incoming name := ws._slot_table(d.remote_table, p_slot) || '_in';
+	part regclass := format('ws_dist.%I', ws._slot_table(d.remote_table, p_slot))::regclass;
+	columns text;
+	moved bigint;
+	source_rows bigint;
+	copied_rows bigint;
+BEGIN
+	SELECT m.vnodes INTO vnodes FROM ws.shard_maps m WHERE m.map = d.map;
+	EXECUTE format('LOCK TABLE %s IN SHARE MODE', part);
+	DELETE FROM ws.shard_cleanup c
+	WHERE c.server = to_server AND c.remote_schema = d.remote_schema AND c.remote_table = slot_name;
+	PERFORM ws._shard_exec(to_server, format('CREATE SCHEMA IF NOT EXISTS %I', d.remote_schema));
+	-- What an interrupted earlier run left there was never visible.
+	PERFORM ws._shard_exec(to_server, format('DROP TABLE IF EXISTS %I.%I', d.remote_schema, slot_name));
+	PERFORM ws._shard_exec(to_server, format('CREATE TABLE %I.%I (%s)', d.remote_schema, slot_name,
+											 d.remote_definition));
+	SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
+	INTO columns
+	FROM pg_attribute a WHERE a.attrelid = d.partitioned AND a.attnum > 0 AND NOT a.attisdropped;
+	EXECUTE format('DROP FOREIGN TABLE IF EXISTS ws_dist.%I', incoming);
+	EXECUTE format('CREATE FOREIGN TABLE ws_dist.%I (%s) SERVER %I'
+				   ' OPTIONS (schema_name %L, table_name %L, async_capable ''true'', batch_size ''1000'')',
+				   incoming, columns, to_server, d.remote_schema, slot_name);
+
+	EXECUTE format('INSERT INTO ws_dist.%I SELECT * FROM %s', incoming, part);
+	GET DIAGNOSTICS moved = ROW_COUNT;
+	EXECUTE format('SELECT count(*) FROM %s', part) INTO source_rows;
+	EXECUTE format('SELECT count(*) FROM ws_dist.%I', incoming) INTO copied_rows;
+	IF source_rows <> moved OR copied_rows <> moved THEN
+		RAISE EXCEPTION 'slot % of "%" was not copied exactly', p_slot, d.table_name
+			USING ERRCODE = 'internal_error',
+				  DETAIL = format('%s rows on %s, %s copied, %s on %s.', source_rows, from_server,
+								  moved, copied_rows, to_server);
+	END IF;
+
+	EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', d.partitioned, part);
+	EXECUTE format('DROP FOREIGN TABLE %s', part);
+	EXECUTE format('ALTER FOREIGN TABLE ws_dist.%I RENAME TO %I', incoming, slot_name);
+	EXECUTE format('ALTER FOREIGN TABLE ws_dist.%I OWNER TO %I', slot_name,
+				   (SELECT c.relowner::regrole FROM pg_class c WHERE c.oid = d.partitioned));
+	EXECUTE format('ALTER TABLE %s ATTACH PARTITION ws_dist.%I FOR VALUES WITH (MODULUS %s, REMAINDER %s)',
+				   d.partitioned, slot_name, vnodes, p_slot);
+	INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
+	VALUES (from_server, d.remote_schema, slot_name) ON CONFLICT DO NOTHING;
+	INSERT INTO ws.rebalance_log (map, table_name, slot, from_server, to_server, rows_moved)
+	VALUES (d.map, d.table_name, p_slot, from_server, to_server, moved);
+	RETURN moved;
+END
+$$;
+
+-- Drops the tables that moved slots left behind, one transaction each.
+CREATE FUNCTION ws._shard_cleanup_one()
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c ws.shard_cleanup;
+BEGIN
+	DELETE FROM ws.shard_cleanup x
+	WHERE (x.server, x.remote_schema, x.remote_table) =
+		  (SELECT y.server, y.remote_schema, y.remote_table FROM ws.shard_cleanup y
+		   ORDER BY y.queued_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+	RETURNING x.* INTO c;
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	PERFORM ws._shard_exec(c.server, format('DROP TABLE IF EXISTS %I.%I', c.remote_schema, c.remote_table));
+	RETURN true;
+END
+$$;
+
+CREATE PROCEDURE ws.rebalance(map text, INOUT rows_moved jsonb DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	s record;
+	d ws.distributed_tables;
+	n bigint;
+	attempts int;
+BEGIN
+	IF map IS NULL THEN
+		RAISE EXCEPTION 'shard map name must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT EXISTS (SELECT FROM ws.shard_maps m WHERE m.map = rebalance.map) THEN
+		RAISE EXCEPTION 'shard map "%" does not exist', left(map, 64)
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	rows_moved := '{}';
+	WHILE ws._shard_cleanup_one() LOOP
+		COMMIT;
+	END LOOP;
+	COMMIT;
+
+	LOOP
+		SELECT x.slot, x.owner, x.placed_on INTO s FROM ws.shard_slots x
+		WHERE x.map = rebalance.map AND x.owner IS DISTINCT FROM x.placed_on
+		ORDER BY x.slot LIMIT 1;
+		EXIT WHEN NOT FOUND;
+
+		-- One slot of every table of the map per transaction; retried when
+		-- the switch cannot get its locks in time.
+		attempts := 0;
+		LOOP
+			BEGIN
+				n := 0;
+				FOR d IN SELECT * FROM ws.distributed_tables t WHERE t.map = rebalance.map
+						 ORDER BY t.table_name::oid LOOP
+					n := n + ws._move_slot(d, s.slot, s.placed_on, s.owner);
+				END LOOP;
+				UPDATE ws.shard_slots x SET placed_on = x.owner
+				WHERE x.map = rebalance.map AND x.slot = s.slot;
+				PERFORM ws._shard_maps_changed();
+				EXIT;
+			EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+				attempts := attempts + 1;
+				IF attempts >= 10 THEN
+					RAISE;
+				END IF;
+				PERFORM pg_sleep(0.2 * attempts);
+			END;
+		END LOOP;
+		COMMIT;
+		rows_moved := jsonb_set(rows_moved, ARRAY[s.owner::text],
+								to_jsonb(coalesce((rows_moved->>s.owner::text)::bigint, 0) + n));
+		WHILE ws._shard_cleanup_one() LOOP
+			COMMIT;
+		END LOOP;
+		COMMIT;
+	END LOOP;
+END
+$$;
+COMMENT ON PROCEDURE ws.rebalance(text, jsonb) IS
+	'Moves the rows of every slot whose owner changed, one slot per transaction, and reports the rows moved to each server; safe to interrupt and run again';
+
+REVOKE ALL ON FUNCTION ws._shard_exec(name, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws.distribute_table(regclass, name, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._move_slot(ws.distributed_tables, int, name, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._shard_cleanup_one() FROM PUBLIC;
+REVOKE ALL ON PROCEDURE ws.rebalance(text, jsonb) FROM PUBLIC;
+
+------------------------------------------------------------------------------
 -- Every counter in one view
 ------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@
 #include "frontier.h"
 #include "guc.h"
 #include "queue.h"
+#include "shard.h"
 #include "shmem.h"
 #include "worker.h"
 
@@ -42,4 +43,5 @@ _PG_init(void)
 	ws_worker_register_callbacks();
 	ws_bulk_register_callbacks();
 	ws_queue_register_callbacks();
+	ws_shard_register_callbacks();
 }

@@ -1,0 +1,695 @@
+/*-------------------------------------------------------------------------
+ *
+ * shard_route.c
+ *	  Writes rows of distributed tables to their shard servers.
+ *
+ * A distributed table is a view over a table hash-partitioned by the key
+ * (with the slot operator classes of shard_hash.c) whose partitions, one
+ * per slot, are postgres_fdw foreign tables.  Reads go through PostgreSQL's
+ * partitioning: pruning to one slot when the query fixes the key, an async
+ * Append over all slots otherwise.  Writes go through the view's INSTEAD OF
+ * INSERT trigger (ws._route_insert), because postgres_fdw sends several
+ * statements per inserted row: the trigger buffers each row, as COPY text,
+ * for its slot, and the view's AFTER INSERT statement trigger
+ * (ws._route_flush) sends each buffer in one statement, COPY for many rows
+ * and INSERT for one.
+ *
+ * Rows travel on postgres_fdw's own connection (GetConnection, looked up in
+ * postgres_fdw.so), so they belong to the same remote transaction as the
+ * reads, savepoints and commit that postgres_fdw manages: a rollback takes
+ * them back, and a read later in the transaction sees them.
+ *
+ * The trigger locks the slot's foreign table before trusting the cached
+ * placement: ws.rebalance holds that table in SHARE mode while it moves the
+ * slot, and replaces it when done, so a writer either goes first or waits
+ * and then finds the slot's new place.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "foreign/foreign.h"
+#include "libpq-fe.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "parser/parse_relation.h"
+#include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+
+#include "shard.h"
+
+/* A slot's buffer is sent when it holds this many rows or bytes. */
+#define ROUTE_BATCH_ROWS	1000
+#define ROUTE_BATCH_BYTES	(256 * 1024)
+
+/* postgres_fdw's connection functions (contrib/postgres_fdw/connection.c). */
+typedef PGconn *(*GetConnection_fn) (UserMapping *user, bool will_prep_stmt, void **state);
+typedef PGresult *(*pgfdw_get_result_fn) (PGconn *conn, const char *query);
+typedef void (*pgfdw_report_error_fn) (int elevel, PGresult *res, PGconn *conn,
+									   bool clear, const char *sql);
+
+static GetConnection_fn fdw_get_connection = NULL;
+static pgfdw_get_result_fn fdw_get_result = NULL;
+static pgfdw_report_error_fn fdw_report_error = NULL;
+
+/* One slot of a distributed table, as the cache holds it. */
+typedef struct SlotInfo
+{
+	Oid			partition;		/* the slot's foreign table */
+	Oid			serverid;
+	char	   *remote_table;	/* schema-qualified, quoted */
+} SlotInfo;
+
+typedef struct DistEntry
+{
+	Oid			view;			/* hash key: the distributed table */
+	bool		valid;
+	Oid			partitioned;
+	char	   *name;			/* for messages */
+	AttrNumber	key_attnum;
+	int			nslots;
+	SlotInfo   *slots;
+	char	   *column_list;	/* quoted, comma-separated */
+	FmgrInfo   *out_functions;	/* per column of the view */
+} DistEntry;
+
+/* Rows buffered for one slot; marks remember where each subtransaction began. */
+typedef struct SavepointMark
+{
+	SubTransactionId subid;
+	int			offset;
+	int			rows;
+} SavepointMark;
+
+typedef struct SlotBuffer
+{
+	Oid			partition;		/* hash key */
+	DistEntry  *dist;
+	int			slot;
+	StringInfoData copy_data;	/* COPY text lines */
+	StringInfoData first_row;	/* the first row as an SQL VALUES list */
+	int			rows;
+	List	   *marks;
+} SlotBuffer;
+
+static HTAB *dist_cache = NULL;
+static HTAB *buffers = NULL;	/* in TopTransactionContext */
+static MemoryContext buffer_context = NULL;
+
+PG_FUNCTION_INFO_V1(write_scaling_route_insert);
+PG_FUNCTION_INFO_V1(write_scaling_route_flush);
+PG_FUNCTION_INFO_V1(write_scaling_shard_exec);
+
+static void
+load_postgres_fdw(void)
+{
+	if (fdw_get_connection != NULL)
+		return;
+	fdw_get_result = (pgfdw_get_result_fn)
+		load_external_function("$libdir/postgres_fdw", "pgfdw_get_result", true, NULL);
+	fdw_report_error = (pgfdw_report_error_fn)
+		load_external_function("$libdir/postgres_fdw", "pgfdw_report_error", true, NULL);
+	fdw_get_connection = (GetConnection_fn)
+		load_external_function("$libdir/postgres_fdw", "GetConnection", true, NULL);
+}
+
+/*
+ * connection returns postgres_fdw's connection to serverid for the current
+ * user, in the remote transaction that matches ours.
+ */
+static PGconn *
+connection(Oid serverid)
+{
+	load_postgres_fdw();
+	return fdw_get_connection(GetUserMapping(GetUserId(), serverid), false, NULL);
+}
+
+/*
+ * copy_in_result waits, interruptibly, for the server to accept the COPY
+ * just sent.  (pgfdw_get_result waits for the end of the command, which
+ * for COPY FROM STDIN never comes before the data.)
+ */
+static PGresult *
+copy_in_result(PGconn *conn, const char *sql)
+{
+	while (PQisBusy(conn))
+	{
+		int			rc = WaitLatchOrSocket(MyLatch,
+										   WL_LATCH_SET | WL_SOCKET_READABLE | WL_EXIT_ON_PM_DEATH,
+										   PQsocket(conn), -1L, PG_WAIT_EXTENSION);
+
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if ((rc & WL_SOCKET_READABLE) && !PQconsumeInput(conn))
+			fdw_report_error(ERROR, NULL, conn, false, sql);
+	}
+	return PQgetResult(conn);
+}
+
+/*
+ * remote_command runs sql on conn and raises the remote error, if any.
+ */
+static void
+remote_command(PGconn *conn, const char *sql)
+{
+	PGresult   *res;
+
+	if (!PQsendQuery(conn, sql))
+		fdw_report_error(ERROR, NULL, conn, false, sql);
+	res = fdw_get_result(conn, sql);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
+		fdw_report_error(ERROR, res, conn, true, sql);
+	PQclear(res);
+}
+
+/*
+ * ws._shard_exec(server, sql) runs a command on a shard server inside this
+ * transaction's remote transaction.
+ */
+Datum
+write_scaling_shard_exec(PG_FUNCTION_ARGS)
+{
+	Name		server = PG_GETARG_NAME(0);
+	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	remote_command(connection(GetForeignServerByName(NameStr(*server), false)->serverid), sql);
+	PG_RETURN_VOID();
+}
+
+/* --- the cache of distributed tables ------------------------------------ */
+
+static void
+dist_cache_invalidate(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	DistEntry  *entry;
+
+	if (dist_cache == NULL)
+		return;
+	hash_seq_init(&status, dist_cache);
+	while ((entry = hash_seq_search(&status)) != NULL)
+		if (relid == InvalidOid || relid == entry->view || relid == entry->partitioned)
+			entry->valid = false;
+}
+
+/*
+ * fill_entry reads a distributed table's slots: the partitions of its
+ * partitioned table, in slot order, with their servers and remote names.
+ */
+static void
+fill_entry(DistEntry *entry, Relation view)
+{
+	MemoryContext old;
+	TupleDesc	desc = RelationGetDescr(view);
+	Datum		arg = ObjectIdGetDatum(RelationGetRelid(view));
+	StringInfoData columns;
+	bool		isnull;
+	uint64		rows;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT d.partitioned::oid, d.key_column, m.vnodes,"
+							  " d.remote_schema, d.remote_table"
+							  " FROM ws.distributed_tables d JOIN ws.shard_maps m USING (map)"
+							  " WHERE d.table_name = $1",
+							  1, (Oid[]) {OIDOID}, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read ws.distributed_tables");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("\"%s\" is not a distributed table", RelationGetRelationName(view))));
+
+	/* What an earlier fill left. */
+	if (entry->slots != NULL)
+	{
+		for (int s = 0; s < entry->nslots; s++)
+			pfree(entry->slots[s].remote_table);
+		pfree(entry->slots);
+		pfree(entry->name);
+		pfree(entry->column_list);
+		pfree(entry->out_functions);
+	}
+
+	old = MemoryContextSwitchTo(CacheMemoryContext);
+	entry->partitioned = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	entry->name = pstrdup(RelationGetRelationName(view));
+	entry->key_attnum = attnameAttNum(view, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), false);
+	entry->nslots = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	entry->slots = palloc0(sizeof(SlotInfo) * entry->nslots);
+	{
+		char	   *remote_schema = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+		char	   *remote_table = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
+
+		for (int s = 0; s < entry->nslots; s++)
+		{
+			char		name[NAMEDATALEN * 2];
+
+			snprintf(name, sizeof(name), "%s_s%03d", remote_table, s);
+			entry->slots[s].remote_table = quote_qualified_identifier(remote_schema, name);
+		}
+	}
+	initStringInfo(&columns);
+	entry->out_functions = palloc(sizeof(FmgrInfo) * desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		Oid			func;
+		bool		varlena;
+
+		if (att->attisdropped)
+			continue;
+		appendStringInfo(&columns, "%s%s", columns.len > 0 ? ", " : "",
+						 quote_identifier(NameStr(att->attname)));
+		getTypeOutputInfo(att->atttypid, &func, &varlena);
+		fmgr_info_cxt(func, &entry->out_functions[i], CacheMemoryContext);
+	}
+	entry->column_list = columns.data;
+	MemoryContextSwitchTo(old);
+
+	/* The partitions, by their bounds' remainders. */
+	arg = ObjectIdGetDatum(entry->partitioned);
+	if (SPI_execute_with_args("SELECT c.oid, (regexp_match(pg_get_expr(c.relpartbound, c.oid),"
+							  " 'remainder (\\d+)', 'i'))[1]::int, f.ftserver"
+							  " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+							  " JOIN pg_foreign_table f ON f.ftrelid = c.oid"
+							  " WHERE i.inhparent = $1",
+							  1, (Oid[]) {OIDOID}, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the slots of \"%s\"", entry->name);
+	rows = SPI_processed;
+	for (uint64 i = 0; i < rows; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		int			slot = DatumGetInt32(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 2, &isnull));
+
+		if (isnull || slot < 0 || slot >= entry->nslots)
+			continue;
+		entry->slots[slot].partition = DatumGetObjectId(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 1, &isnull));
+		entry->slots[slot].serverid = DatumGetObjectId(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 3, &isnull));
+	}
+	SPI_finish();
+	entry->valid = true;
+}
+
+static DistEntry *
+open_dist(Relation view)
+{
+	DistEntry  *entry;
+	bool		found;
+
+	if (dist_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(DistEntry);
+		ctl.hcxt = CacheMemoryContext;
+		dist_cache = hash_create("write_scaling distributed tables", 8, &ctl,
+								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		CacheRegisterRelcacheCallback(dist_cache_invalidate, (Datum) 0);
+	}
+	entry = hash_search(dist_cache, &view->rd_id, HASH_ENTER, &found);
+	if (!found)
+	{
+		entry->valid = false;
+		entry->slots = NULL;
+	}
+	if (!entry->valid)
+		fill_entry(entry, view);
+	return entry;
+}
+
+/* --- buffers -------------------------------------------------------------- */
+
+/*
+ * append_copy_value appends a value to a COPY text line, escaped.
+ */
+static void
+append_copy_value(StringInfo buf, const char *value)
+{
+	for (const char *p = value; *p; p++)
+	{
+		switch (*p)
+		{
+			case '\\':
+				appendStringInfoString(buf, "\\\\");
+				break;
+			case '\t':
+				appendStringInfoString(buf, "\\t");
+				break;
+			case '\n':
+				appendStringInfoString(buf, "\\n");
+				break;
+			case '\r':
+				appendStringInfoString(buf, "\\r");
+				break;
+			default:
+				appendStringInfoChar(buf, *p);
+		}
+	}
+}
+
+static SlotBuffer *
+buffer_for(DistEntry *dist, int slot)
+{
+	Oid			partition = dist->slots[slot].partition;
+	SlotBuffer *buf;
+	bool		found;
+
+	if (buffers == NULL)
+	{
+		HASHCTL		ctl;
+
+		buffer_context = AllocSetContextCreate(TopTransactionContext,
+											   "write_scaling routed rows",
+											   ALLOCSET_DEFAULT_SIZES);
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(SlotBuffer);
+		ctl.hcxt = buffer_context;
+		buffers = hash_create("write_scaling routed rows", 16, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	buf = hash_search(buffers, &partition, HASH_ENTER, &found);
+	if (!found)
+	{
+		MemoryContext old = MemoryContextSwitchTo(buffer_context);
+
+		buf->dist = dist;
+		buf->slot = slot;
+		initStringInfo(&buf->copy_data);
+		initStringInfo(&buf->first_row);
+		buf->rows = 0;
+		buf->marks = NIL;
+		MemoryContextSwitchTo(old);
+	}
+	return buf;
+}
+
+/*
+ * send_buffer writes a slot's buffered rows to its shard: one INSERT for a
+ * single row, COPY for more.
+ */
+static void
+send_buffer(SlotBuffer *buf)
+{
+	SlotInfo   *slot = &buf->dist->slots[buf->slot];
+	ForeignServer *server = GetForeignServer(slot->serverid);
+	StringInfoData sql;
+
+	if (buf->rows == 0)
+		return;
+
+	/* A failure below says where the rows were going. */
+	initStringInfo(&sql);
+	PG_TRY();
+	{
+		PGconn	   *conn = connection(slot->serverid);
+		PGresult   *res;
+
+		if (buf->rows == 1)
+		{
+			appendStringInfo(&sql, "INSERT INTO %s (%s) VALUES %s",
+							 slot->remote_table, buf->dist->column_list, buf->first_row.data);
+			remote_command(conn, sql.data);
+		}
+		else
+		{
+			appendStringInfo(&sql, "COPY %s (%s) FROM STDIN",
+							 slot->remote_table, buf->dist->column_list);
+			if (!PQsendQuery(conn, sql.data))
+				fdw_report_error(ERROR, NULL, conn, false, sql.data);
+			res = copy_in_result(conn, sql.data);
+			if (PQresultStatus(res) != PGRES_COPY_IN)
+				fdw_report_error(ERROR, res, conn, true, sql.data);
+			PQclear(res);
+			if (PQputCopyData(conn, buf->copy_data.data, buf->copy_data.len) != 1 ||
+				PQputCopyEnd(conn, NULL) != 1)
+				fdw_report_error(ERROR, NULL, conn, false, sql.data);
+			res = fdw_get_result(conn, sql.data);
+			if (PQresultStatus(res) != PGRES_COMMAND_OK)
+				fdw_report_error(ERROR, res, conn, true, sql.data);
+			PQclear(res);
+		}
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		MemoryContext old = MemoryContextSwitchTo(buffer_context);
+
+		edata = CopyErrorData();
+		FlushErrorState();
+		MemoryContextSwitchTo(old);
+		ereport(ERROR,
+				(errcode(edata->sqlerrcode),
+				 errmsg("could not write %d row%s of \"%s\" to shard server \"%s\": %s",
+						buf->rows, buf->rows == 1 ? "" : "s", buf->dist->name,
+						server->servername, edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+				 errcontext("slot %d, remote table %s", buf->slot, slot->remote_table)));
+	}
+	PG_END_TRY();
+
+	resetStringInfo(&buf->copy_data);
+	resetStringInfo(&buf->first_row);
+	buf->rows = 0;
+	list_free_deep(buf->marks);
+	buf->marks = NIL;
+}
+
+static void
+send_all(void)
+{
+	HASH_SEQ_STATUS status;
+	SlotBuffer *buf;
+
+	if (buffers == NULL)
+		return;
+	hash_seq_init(&status, buffers);
+	while ((buf = hash_seq_search(&status)) != NULL)
+		send_buffer(buf);
+}
+
+/*
+ * ws._route_insert() is the INSTEAD OF INSERT row trigger of a distributed
+ * table: it buffers the row for its slot and returns it.
+ */
+Datum
+write_scaling_route_insert(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	view;
+	TupleDesc	desc;
+	HeapTuple	tuple;
+	DistEntry  *dist;
+	SlotBuffer *buf;
+	MemoryContext old;
+	Datum		key;
+	bool		isnull;
+	char	   *key_text;
+	int			slot;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_INSTEAD(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("ws._route_insert() must be an INSTEAD OF INSERT row trigger")));
+	view = trigdata->tg_relation;
+	desc = RelationGetDescr(view);
+	tuple = trigdata->tg_trigtuple;
+
+	for (;;)
+	{
+		dist = open_dist(view);
+		key = heap_getattr(tuple, dist->key_attnum, desc, &isnull);
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_NOT_NULL_VIOLATION),
+					 errmsg("null value in column \"%s\" of distributed table \"%s\"",
+							NameStr(TupleDescAttr(desc, dist->key_attnum - 1)->attname), dist->name),
+					 errdetail("The shard key decides where a row lives.")));
+		key_text = OutputFunctionCall(&dist->out_functions[dist->key_attnum - 1], key);
+		slot = ws_key_slot(key_text, strlen(key_text), dist->nslots);
+		if (!OidIsValid(dist->slots[slot].partition))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("slot %d of distributed table \"%s\" has no partition", slot, dist->name)));
+
+		/* ws.rebalance holds a moving slot; the lock also brings news of the move. */
+		LockRelationOid(dist->slots[slot].partition, RowExclusiveLock);
+		if (dist->valid)
+			break;
+		UnlockRelationOid(dist->slots[slot].partition, RowExclusiveLock);
+	}
+
+	buf = buffer_for(dist, slot);
+	old = MemoryContextSwitchTo(buffer_context);
+	{
+		SubTransactionId subid = GetCurrentSubTransactionId();
+		SavepointMark *last = buf->marks != NIL ? llast(buf->marks) : NULL;
+
+		if (last == NULL || last->subid != subid)
+		{
+			SavepointMark *mark = palloc(sizeof(SavepointMark));
+
+			mark->subid = subid;
+			mark->offset = buf->copy_data.len;
+			mark->rows = buf->rows;
+			buf->marks = lappend(buf->marks, mark);
+		}
+	}
+	if (buf->rows == 0)
+		appendStringInfoChar(&buf->first_row, '(');
+	for (int i = 0, n = 0; i < desc->natts; i++)
+	{
+		Datum		value;
+		bool		null;
+		char	   *text;
+
+		if (TupleDescAttr(desc, i)->attisdropped)
+			continue;
+		if (n++ > 0)
+		{
+			appendStringInfoChar(&buf->copy_data, '\t');
+			if (buf->rows == 0)
+				appendStringInfoString(&buf->first_row, ", ");
+		}
+		value = heap_getattr(tuple, i + 1, desc, &null);
+		if (null)
+		{
+			appendStringInfoString(&buf->copy_data, "\\N");
+			if (buf->rows == 0)
+				appendStringInfoString(&buf->first_row, "NULL");
+			continue;
+		}
+		text = OutputFunctionCall(&dist->out_functions[i], value);
+		append_copy_value(&buf->copy_data, text);
+		if (buf->rows == 0)
+			appendStringInfoString(&buf->first_row, quote_literal_cstr(text));
+	}
+	appendStringInfoChar(&buf->copy_data, '\n');
+	if (buf->rows == 0)
+		appendStringInfoChar(&buf->first_row, ')');
+	buf->rows++;
+	MemoryContextSwitchTo(old);
+
+	if (buf->rows >= ROUTE_BATCH_ROWS || buf->copy_data.len >= ROUTE_BATCH_BYTES)
+		send_buffer(buf);
+
+	return PointerGetDatum(tuple);
+}
+
+/*
+ * ws._route_flush() is the AFTER INSERT statement trigger of a distributed
+ * table: every buffered row is sent before the statement ends.
+ */
+Datum
+write_scaling_route_flush(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("ws._route_flush() must be a statement trigger")));
+	send_all();
+	return PointerGetDatum(NULL);
+}
+
+/* --- transaction callbacks ------------------------------------------------ */
+
+static void
+route_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			if (buffers != NULL)
+			{
+				HASH_SEQ_STATUS status;
+				SlotBuffer *buf;
+
+				int			unsent = 0;
+
+				hash_seq_init(&status, buffers);
+				while ((buf = hash_seq_search(&status)) != NULL)
+					unsent += buf->rows;
+				if (unsent > 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_INTERNAL_ERROR),
+							 errmsg("%d rows routed to shards were not sent before commit", unsent)));
+			}
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* The memory goes with TopTransactionContext. */
+			buffers = NULL;
+			buffer_context = NULL;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * A rolled-back subtransaction takes back the rows it buffered, and those
+ * of its committed children.
+ */
+static void
+route_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	HASH_SEQ_STATUS status;
+	SlotBuffer *buf;
+
+	if (buffers == NULL ||
+		(event != SUBXACT_EVENT_ABORT_SUB && event != SUBXACT_EVENT_COMMIT_SUB))
+		return;
+	hash_seq_init(&status, buffers);
+	while ((buf = hash_seq_search(&status)) != NULL)
+	{
+		ListCell   *lc;
+
+		foreach(lc, buf->marks)
+		{
+			SavepointMark *mark = lfirst(lc);
+
+			if (mark->subid != mySubid)
+				continue;
+			if (event == SUBXACT_EVENT_COMMIT_SUB)
+			{
+				mark->subid = parentSubid;
+				continue;
+			}
+			buf->copy_data.len = mark->offset;
+			buf->copy_data.data[mark->offset] = '\0';
+			buf->rows = mark->rows;
+			if (buf->rows == 0)
+				resetStringInfo(&buf->first_row);
+			buf->marks = list_truncate(buf->marks, foreach_current_index(lc));
+			break;
+		}
+	}
+}
+
+/*
+ * ws_shard_register_callbacks arranges for the end-of-transaction checks.
+ */
+void
+ws_shard_register_callbacks(void)
+{
+	RegisterXactCallback(route_xact_callback, NULL);
+	RegisterSubXactCallback(route_subxact_callback, NULL);
+}
