@@ -624,13 +624,29 @@ CREATE TABLE ws.topics (
 	owner regrole NOT NULL,
 	partitions int NOT NULL CHECK (partitions BETWEEN 1 AND 1024),
 	max_attempts int NOT NULL CHECK (max_attempts BETWEEN 1 AND 1000),
-	retry_delay interval NOT NULL CHECK (retry_delay > interval '0'),
+	retry_delay interval NOT NULL CHECK (retry_delay > interval '0' AND retry_delay <= interval '1 hour'),
 	async_commit boolean NOT NULL,
 	created_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE ws.topics IS
 	'Topics created by ws.create_topic: the handler that applies their messages, run as the topic''s owner';
 SELECT pg_catalog.pg_extension_config_dump('ws.topics', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('ws.topics', 'topic_id'), '');
+
+-- A topic's handler runs as its owner, so a topic is always owned by the
+-- role that created it, whoever was granted INSERT on ws.topics.
+CREATE FUNCTION ws._topic_owner_is_creator()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	NEW.owner := current_user::regrole;
+	RETURN NEW;
+END
+$$;
+CREATE TRIGGER topic_owner_is_creator BEFORE INSERT OR UPDATE ON ws.topics
+	FOR EACH ROW EXECUTE FUNCTION ws._topic_owner_is_creator();
 GRANT SELECT ON ws.topics TO PUBLIC;
 
 -- Accepted messages wait in ws.queue until a worker applies them.  The
@@ -642,6 +658,7 @@ GRANT SELECT ON ws.topics TO PUBLIC;
 CREATE SEQUENCE ws.queue_id_seq;
 COMMENT ON SEQUENCE ws.queue_id_seq IS
 	'Request ids of ws.enqueue: they order the messages of a key';
+SELECT pg_catalog.pg_extension_config_dump('ws.queue_id_seq', '');
 
 CREATE TABLE ws.queue (
 	id bigint NOT NULL,
@@ -660,6 +677,10 @@ CREATE TABLE ws.queue_0 PARTITION OF ws.queue FOR VALUES IN (0);
 CREATE TABLE ws.queue_1 PARTITION OF ws.queue FOR VALUES IN (1);
 CREATE TABLE ws.queue_2 PARTITION OF ws.queue FOR VALUES IN (2);
 CREATE INDEX queue_id_idx ON ws.queue (id);
+-- pg_dump keeps accepted messages (the partitions hold the rows).
+SELECT pg_catalog.pg_extension_config_dump('ws.queue_0', '');
+SELECT pg_catalog.pg_extension_config_dump('ws.queue_1', '');
+SELECT pg_catalog.pg_extension_config_dump('ws.queue_2', '');
 COMMENT ON TABLE ws.queue IS
 	'Messages accepted by ws.enqueue and not yet applied; a worker deletes each one in the transaction that applies it';
 
@@ -690,6 +711,7 @@ CREATE TABLE ws.queue_rotation (
 INSERT INTO ws.queue_rotation VALUES
 	('queue', 0, now(), '{-infinity,-infinity,-infinity}'),
 	('queue_done', 0, now(), '{-infinity,-infinity,-infinity}');
+SELECT pg_catalog.pg_extension_config_dump('ws.queue_rotation', '');
 COMMENT ON TABLE ws.queue_rotation IS
 	'Which slot of ws.queue and ws.queue_done takes new rows, and when each slot stopped taking them';
 
@@ -717,6 +739,13 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'write_scaling_topics_changed';
 COMMENT ON FUNCTION ws._topics_changed() IS
 	'Internal: makes every session reload its topics, and starts this database''s queue workers, when the transaction commits';
+
+CREATE FUNCTION ws._lock_topic(topic_id int)
+RETURNS void
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'write_scaling_lock_topic';
+COMMENT ON FUNCTION ws._lock_topic(int) IS
+	'Internal: locks a topic against enqueues and batches until the transaction ends, and frees its counters if it commits';
 
 CREATE FUNCTION ws._wake_queue_workers()
 RETURNS void
@@ -757,8 +786,8 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = format('The value was %s.', max_attempts);
 	END IF;
-	IF retry_delay <= interval '0' THEN
-		RAISE EXCEPTION 'retry_delay must be greater than zero'
+	IF retry_delay <= interval '0' OR retry_delay > interval '1 hour' THEN
+		RAISE EXCEPTION 'retry_delay must be greater than zero and at most an hour'
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = format('The value was %s.', retry_delay);
 	END IF;
@@ -799,14 +828,15 @@ BEGIN
 		RAISE EXCEPTION 'topic name must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	-- Waits for enqueues and worker batches in flight, and holds new ones
-	-- back until the topic is gone.
-	LOCK TABLE ws.queue IN SHARE MODE;
-	DELETE FROM ws.topics d WHERE d.topic = drop_topic.topic RETURNING * INTO t;
+	SELECT * INTO t FROM ws.topics d WHERE d.topic = drop_topic.topic;
 	IF t.topic_id IS NULL THEN
 		RAISE EXCEPTION 'topic "%" does not exist', left(topic, 64)
 			USING ERRCODE = 'undefined_object';
 	END IF;
+	-- Waits for the topic's enqueues and batches in flight, and holds new
+	-- ones back until the topic is gone; other topics go on.
+	PERFORM ws._lock_topic(t.topic_id);
+	DELETE FROM ws.topics d WHERE d.topic_id = t.topic_id;
 	IF NOT pg_has_role(t.owner, 'USAGE') THEN
 		RAISE EXCEPTION 'must be owner of topic "%"', topic
 			USING ERRCODE = 'insufficient_privilege';
@@ -885,7 +915,7 @@ RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 -- Workers' batches lock every slot for a moment: wait a little, not forever.
-SET lock_timeout = '200ms'
+SET lock_timeout = '1s'
 AS $$
 DECLARE
 	r ws.queue_rotation;
@@ -894,19 +924,23 @@ DECLARE
 	next_slot int;
 BEGIN
 	FOR r IN SELECT * FROM ws.queue_rotation ORDER BY log FOR UPDATE LOOP
-		-- Truncate the retired slots that are finished with: queue slots
-		-- once empty, done slots once older than the retention.
 		FOR s IN 0..2 LOOP
 			CONTINUE WHEN s = r.current;
 			part := format('ws.%s_%s', r.log, s)::regclass;
 			CONTINUE WHEN pg_relation_size(part) = 0;
 			CONTINUE WHEN r.log = 'queue_done' AND r.retired_at[s + 1] > now() - retention;
+			-- Messages still waiting in a slot retired a period ago (a retry
+			-- due later, say) move to the current slot, keeping their ids.
+			IF r.log = 'queue' AND r.retired_at[s + 1] < now() - queue_period THEN
+				UPDATE ws.queue q SET slot = r.current WHERE q.slot = s;
+			END IF;
 			BEGIN
 				EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', part);
 			EXCEPTION WHEN lock_not_available THEN
 				CONTINUE;
 			END;
-			-- Under the lock, no enqueue or worker can be adding a row.
+			-- Under the lock, no enqueue or worker can be adding a row, and
+			-- (in read committed) this statement sees every committed one.
 			IF r.log = 'queue' THEN
 				EXECUTE format('SELECT EXISTS (SELECT FROM %s)', part) INTO busy;
 				CONTINUE WHEN busy;
@@ -914,13 +948,18 @@ BEGIN
 			EXECUTE format('TRUNCATE %s', part);
 		END LOOP;
 
-		next_slot := (r.current + 1) % 3;
-		IF now() - r.switched_at >= (CASE r.log WHEN 'queue' THEN queue_period ELSE retention / 2 END)
-		   AND pg_relation_size(format('ws.%s_%s', r.log, next_slot)::regclass) = 0 THEN
-			UPDATE ws.queue_rotation x
-			SET current = next_slot, switched_at = now(),
-				retired_at[r.current + 1] = now()
-			WHERE x.log = r.log;
+		IF now() - r.switched_at >= (CASE r.log WHEN 'queue' THEN queue_period ELSE retention / 2 END) THEN
+			-- The next slot, or the one after it, whichever is empty.
+			SELECT n INTO next_slot
+			FROM unnest(ARRAY[(r.current + 1) % 3, (r.current + 2) % 3]) WITH ORDINALITY AS x (n, ord)
+			WHERE pg_relation_size(format('ws.%s_%s', r.log, n)::regclass) = 0
+			ORDER BY ord LIMIT 1;
+			IF next_slot IS NOT NULL THEN
+				UPDATE ws.queue_rotation x
+				SET current = next_slot, switched_at = now(),
+					retired_at[r.current + 1] = now()
+				WHERE x.log = r.log;
+			END IF;
 		END IF;
 	END LOOP;
 END
@@ -975,6 +1014,7 @@ REVOKE ALL ON FUNCTION ws.drop_topic(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws.replay_dead_letters(text, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._topics_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._wake_queue_workers() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._lock_topic(int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._rotate_queue(interval, interval) FROM PUBLIC;
 
 ------------------------------------------------------------------------------

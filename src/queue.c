@@ -149,12 +149,15 @@ static uint64 wake_mask = 0;	/* bit w: wake queue worker w at commit */
 static bool wake_all_at_commit = false;
 static bool topics_changed_at_commit = false;
 static bool async_commit_requested = false;
+static int32 dropped_topics[8];	/* their counters are freed at commit */
+static int	ndropped_topics = 0;
 
 PG_FUNCTION_INFO_V1(write_scaling_enqueue);
 PG_FUNCTION_INFO_V1(write_scaling_enqueue_batch);
 PG_FUNCTION_INFO_V1(write_scaling_request_status);
 PG_FUNCTION_INFO_V1(write_scaling_topics_changed);
 PG_FUNCTION_INFO_V1(write_scaling_wake_queue_workers);
+PG_FUNCTION_INFO_V1(write_scaling_lock_topic);
 PG_FUNCTION_INFO_V1(write_scaling_queue_stats);
 PG_FUNCTION_INFO_V1(write_scaling_queue_worker_stats);
 
@@ -393,10 +396,11 @@ ws_queue_worker_attach(Oid dboid, int worker)
 	{
 		QueueWorkerSlot *slot = &my_db->workers[worker];
 
-		memset(slot, 0, sizeof(QueueWorkerSlot));
+		/* Counters go on from the worker this one replaces. */
 		slot->pid = MyProcPid;
 		slot->latch = MyLatch;
 		slot->state = QUEUE_WORKER_IDLE;
+		slot->batch_first = slot->batch_last = 0;
 	}
 	LWLockRelease(&queue_shared->lock);
 	if (my_db == NULL)
@@ -536,9 +540,42 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
+/* What enter_owner saved, for leave_owner. */
+typedef struct OwnerContext
+{
+	Oid			user;
+	int			sec_context;
+	int			guc_level;
+} OwnerContext;
+
 /*
- * lookup_topic reads a topic from ws.topics into entry; false if there is
- * no such topic.  The caller is connected to SPI, as the queue's owner.
+ * enter_owner connects to SPI as the owner of the queue's tables, with a
+ * search_path where no caller can have planted a function or operator.
+ */
+static void
+enter_owner(OwnerContext *ctx)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	GetUserIdAndSecContext(&ctx->user, &ctx->sec_context);
+	SetUserIdAndSecContext(queue_owner, ctx->sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	ctx->guc_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+static void
+leave_owner(OwnerContext *ctx)
+{
+	AtEOXact_GUC(false, ctx->guc_level);
+	SetUserIdAndSecContext(ctx->user, ctx->sec_context);
+	SPI_finish();
+}
+
+/*
+ * lookup_topic reads a topic from ws.topics into entry, with a new
+ * snapshot (a drop that committed while we waited for a lock is seen);
+ * false if there is no such topic.  The caller is inside enter_owner.
  */
 static bool
 lookup_topic(const char *name, TopicEntry *entry)
@@ -560,7 +597,7 @@ lookup_topic(const char *name, TopicEntry *entry)
 							1, (Oid[]) {TEXTOID});
 		plan_relid = topics_relid;
 	}
-	if (SPI_execute_plan(plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read ws.topics");
 	if (SPI_processed == 0)
 		return false;
@@ -604,15 +641,16 @@ note_enqueued(TopicEntry *topic, int64 n)
 }
 
 /*
- * open_topic returns the cached topic called name, with ws.queue locked
- * for the enqueue, after checking that the caller may enqueue into it.
+ * open_topic copies the topic called name into *topic, after checking that
+ * the caller may enqueue into it.  The topic's lock (AccessShareLock on the
+ * topic as an object) is held to the end of the transaction, so that
+ * ws.drop_topic waits for the enqueue to commit, and an enqueue that waited
+ * for a drop finds the topic gone.
  */
-static TopicEntry *
-open_topic(text *name_text)
+static void
+open_topic(text *name_text, TopicEntry *topic)
 {
 	char	   *name = text_to_cstring(name_text);
-	TopicEntry *entry;
-	AclResult	aclresult;
 
 	if (strlen(name) >= NAMEDATALEN)
 		ereport(ERROR,
@@ -620,45 +658,49 @@ open_topic(text *name_text)
 				 errmsg("topic \"%.*s...\" does not exist", 32, name)));
 
 	resolve_relids();
-	/* Taking the lock processes invalidations: the cache is current after. */
+	/* Taking a lock processes invalidations: the cache is current after. */
 	LockRelationOid(queue_relid, RowExclusiveLock);
 	resolve_relids();
 
-	entry = hash_search(topic_cache, name, HASH_FIND, NULL);
-	if (entry == NULL)
+	for (;;)
 	{
-		TopicEntry	found;
-		Oid			saved_user;
-		int			saved_context;
-		bool		exists;
+		TopicEntry *entry = hash_search(topic_cache, name, HASH_FIND, NULL);
 
-		GetUserIdAndSecContext(&saved_user, &saved_context);
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		SetUserIdAndSecContext(queue_owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
-		exists = lookup_topic(name, &found);
-		SetUserIdAndSecContext(saved_user, saved_context);
-		SPI_finish();
-		if (!exists)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("topic \"%s\" does not exist", name),
-					 errhint("Create it with ws.create_topic().")));
-		entry = hash_search(topic_cache, name, HASH_ENTER, NULL);
-		entry->topic_id = found.topic_id;
-		entry->partitions = found.partitions;
-		entry->handler = found.handler;
-		entry->async_commit = found.async_commit;
+		if (entry == NULL)
+		{
+			OwnerContext owner;
+			bool		exists;
+
+			enter_owner(&owner);
+			exists = lookup_topic(name, topic);
+			leave_owner(&owner);
+			if (!exists)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_OBJECT),
+						 errmsg("topic \"%s\" does not exist", name),
+						 errhint("Create it with ws.create_topic().")));
+			entry = hash_search(topic_cache, name, HASH_ENTER, NULL);
+			entry->topic_id = topic->topic_id;
+			entry->partitions = topic->partitions;
+			entry->handler = topic->handler;
+			entry->async_commit = topic->async_commit;
+		}
+		memcpy(topic, entry, sizeof(TopicEntry));
+
+		LockDatabaseObject(topics_relid, topic->topic_id, 0, AccessShareLock);
+		entry = hash_search(topic_cache, name, HASH_FIND, NULL);
+		if (entry != NULL && entry->topic_id == topic->topic_id)
+			break;
+		/* Dropped or replaced while we waited: look again. */
+		UnlockDatabaseObject(topics_relid, topic->topic_id, 0, AccessShareLock);
 	}
 
-	aclresult = pg_proc_aclcheck(entry->handler, GetUserId(), ACL_EXECUTE);
-	if (aclresult != ACLCHECK_OK)
+	if (pg_proc_aclcheck(topic->handler, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for topic \"%s\"", name),
 				 errdetail("Enqueueing into a topic needs EXECUTE on its handler %s.",
-						   format_procedure(entry->handler))));
-	return entry;
+						   format_procedure(topic->handler))));
 }
 
 static text *
@@ -695,8 +737,7 @@ ws_queue_forget_slot(Oid dboid)
  * current_slot returns the slot of ws.queue that takes new messages.  It
  * is read from ws.queue_rotation and kept in shared memory until the next
  * rotation; a stale value only delays the truncation of a slot, because a
- * slot is truncated only once it is empty.  The caller is connected to
- * SPI, as the queue's owner.
+ * slot is truncated only once it is empty.
  */
 static int
 current_slot(void)
@@ -717,11 +758,17 @@ current_slot(void)
 	if (known > 0)
 		return (int) known - 1;
 
-	if (plan == NULL)
-		plan = prepare_kept("SELECT current FROM ws.queue_rotation WHERE log = 'queue'", 0, NULL);
-	if (SPI_execute_plan(plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read ws.queue_rotation");
-	slot = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	{
+		OwnerContext owner;
+
+		enter_owner(&owner);
+		if (plan == NULL)
+			plan = prepare_kept("SELECT current FROM ws.queue_rotation WHERE log = 'queue'", 0, NULL);
+		if (SPI_execute_plan(plan, NULL, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "could not read ws.queue_rotation");
+		slot = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		leave_owner(&owner);
+	}
 	if (slot < 0 || slot >= lengthof(slot_relids))
 		elog(ERROR, "ws.queue_rotation names slot %d of ws.queue", slot);
 	if (backend_db != NULL)
@@ -739,7 +786,8 @@ static const Oid queue_column_types[] = {
  * insert_directly writes one message into a slot of ws.queue the way
  * CatalogTupleInsert writes catalogs: a heap insert and its index entry,
  * without the executor.  Returns false, writing nothing, unless the slot
- * is exactly as the install script made it.
+ * is exactly as the install script made it: no check constraint, trigger,
+ * rule or row-level security, here or on ws.queue, and one index.
  */
 static bool
 insert_directly(int slot, TopicEntry *topic, int32 lane, text *key, Datum payload, int64 *id)
@@ -752,9 +800,14 @@ insert_directly(int slot, TopicEntry *topic, int32 lane, text *key, Datum payloa
 	Datum		values[lengthof(queue_column_types)];
 	bool		nulls[lengthof(queue_column_types)];
 	HeapTuple	tuple;
-	bool		plain = rel->trigdesc == NULL && rel->rd_rules == NULL &&
-		!rel->rd_rel->relrowsecurity && desc->natts == lengthof(queue_column_types) &&
-		list_length(indexes) == 1;
+	Relation	parent = relation_open(queue_relid, NoLock);	/* locked by open_topic */
+	bool		plain = rel->rd_rel->relispartition && rel->trigdesc == NULL &&
+		rel->rd_rules == NULL && !rel->rd_rel->relrowsecurity &&
+		(desc->constr == NULL || desc->constr->num_check == 0) &&
+		parent->trigdesc == NULL && !parent->rd_rel->relrowsecurity &&
+		desc->natts == lengthof(queue_column_types) && list_length(indexes) == 1;
+
+	relation_close(parent, NoLock);
 
 	for (int i = 0; plain && i < desc->natts; i++)
 		plain = !TupleDescAttr(desc, i)->attisdropped &&
@@ -795,8 +848,7 @@ insert_directly(int slot, TopicEntry *topic, int32 lane, text *key, Datum payloa
 }
 
 /*
- * insert_message inserts one message and returns its request id.  The
- * caller is connected to SPI, as the queue's owner.
+ * insert_message inserts one message and returns its request id.
  */
 static int64
 insert_message(TopicEntry *topic, text *key, Datum payload)
@@ -806,6 +858,7 @@ insert_message(TopicEntry *topic, text *key, Datum payload)
 	Datum		args[4];
 	bool		isnull;
 	int64		id;
+	OwnerContext owner;
 
 	if (ws_queue_workers > 0)
 		wake_mask |= UINT64CONST(1) << ws_queue_lane_owner(topic->topic_id, lane, ws_queue_workers);
@@ -813,6 +866,7 @@ insert_message(TopicEntry *topic, text *key, Datum payload)
 		return id;
 
 	/* A slot someone altered: let the executor apply whatever they added. */
+	enter_owner(&owner);
 	if (insert_plan == NULL)
 		insert_plan = prepare_kept("INSERT INTO ws.queue (id, topic_id, lane, key, payload, slot)"
 								   " SELECT nextval('ws.queue_id_seq'), $1, $2, $3, $4, r.current"
@@ -826,7 +880,9 @@ insert_message(TopicEntry *topic, text *key, Datum payload)
 	if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "could not insert into ws.queue");
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	leave_owner(&owner);
+	return id;
 }
 
 /*
@@ -835,10 +891,8 @@ insert_message(TopicEntry *topic, text *key, Datum payload)
 Datum
 write_scaling_enqueue(PG_FUNCTION_ARGS)
 {
-	TopicEntry *topic;
+	TopicEntry	topic;
 	text	   *key;
-	Oid			saved_user;
-	int			saved_context;
 	int64		id;
 
 	if (PG_ARGISNULL(0))
@@ -857,18 +911,10 @@ write_scaling_enqueue(PG_FUNCTION_ARGS)
 				 errhint("Pass '{}'::jsonb or 'null'::jsonb for a message without data.")));
 	PreventCommandIfReadOnly("ws.enqueue()");
 
-	topic = open_topic(PG_GETARG_TEXT_PP(0));
+	open_topic(PG_GETARG_TEXT_PP(0), &topic);
 	key = key_arg(PG_GETARG_DATUM(1));
-
-	GetUserIdAndSecContext(&saved_user, &saved_context);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	SetUserIdAndSecContext(queue_owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
-	id = insert_message(topic, key, PG_GETARG_DATUM(2));
-	SetUserIdAndSecContext(saved_user, saved_context);
-	SPI_finish();
-
-	note_enqueued(topic, 1);
+	id = insert_message(&topic, key, PG_GETARG_DATUM(2));
+	note_enqueued(&topic, 1);
 	PG_RETURN_INT64(id);
 }
 
@@ -880,7 +926,7 @@ Datum
 write_scaling_enqueue_batch(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	TopicEntry *topic;
+	TopicEntry	topic;
 	ArrayType  *keys;
 	ArrayType  *payloads;
 	Datum	   *key_values;
@@ -889,8 +935,6 @@ write_scaling_enqueue_batch(PG_FUNCTION_ARGS)
 	bool	   *payload_nulls;
 	int			nkeys;
 	int			npayloads;
-	Oid			saved_user;
-	int			saved_context;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -917,35 +961,34 @@ write_scaling_enqueue_batch(PG_FUNCTION_ARGS)
 				 errmsg("arrays of keys and payloads must have the same length"),
 				 errdetail("There are %d keys and %d payloads.", nkeys, npayloads)));
 	for (int i = 0; i < nkeys; i++)
-		if (key_nulls[i] || payload_nulls[i])
+	{
+		if (key_nulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("message %d has a null %s", i + 1, key_nulls[i] ? "key" : "payload"),
+					 errmsg("key of message %d must not be null", i + 1),
 					 errdetail("Nothing was enqueued.")));
+		if (payload_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("payload of message %d must not be null", i + 1),
+					 errdetail("Nothing was enqueued.")));
+	}
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	if (nkeys == 0)
 		return (Datum) 0;
-	topic = open_topic(PG_GETARG_TEXT_PP(0));
+	open_topic(PG_GETARG_TEXT_PP(0), &topic);
 	for (int i = 0; i < nkeys; i++)
 		(void) key_arg(key_values[i]);
-
-	GetUserIdAndSecContext(&saved_user, &saved_context);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	SetUserIdAndSecContext(queue_owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
 	for (int i = 0; i < nkeys; i++)
 	{
-		Datum		id = Int64GetDatum(insert_message(topic, DatumGetTextPP(key_values[i]),
+		Datum		id = Int64GetDatum(insert_message(&topic, DatumGetTextPP(key_values[i]),
 													  payload_values[i]));
 		bool		isnull = false;
 
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
 	}
-	SetUserIdAndSecContext(saved_user, saved_context);
-	SPI_finish();
-
-	note_enqueued(topic, nkeys);
+	note_enqueued(&topic, nkeys);
 	return (Datum) 0;
 }
 
@@ -1000,8 +1043,7 @@ write_scaling_request_status(PG_FUNCTION_ARGS)
 	Datum		values[7];
 	bool		nulls[7];
 	int			where = -1;
-	Oid			saved_user;
-	int			saved_context;
+	OwnerContext owner;
 	Oid			handler = InvalidOid;
 	bool		isnull;
 
@@ -1013,10 +1055,7 @@ write_scaling_request_status(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	resolve_relids();
 
-	GetUserIdAndSecContext(&saved_user, &saved_context);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	SetUserIdAndSecContext(queue_owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
+	enter_owner(&owner);
 	for (int i = 0; i < 3 && where < 0; i++)
 	{
 		if (status_plans[i] == NULL)
@@ -1058,13 +1097,12 @@ write_scaling_request_status(PG_FUNCTION_ARGS)
 													 SPI_tuptable->tupdesc, 2, &isnull));
 		}
 	}
-	SetUserIdAndSecContext(saved_user, saved_context);
-	SPI_finish();
+	leave_owner(&owner);
 
-	if (where < 0)
+	/* The request of a dropped topic is as gone as its topic. */
+	if (where < 0 || !OidIsValid(handler))
 		return (Datum) 0;
-	if (OidIsValid(handler) &&
-		pg_proc_aclcheck(handler, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+	if (pg_proc_aclcheck(handler, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for request " INT64_FORMAT, DatumGetInt64(id)),
@@ -1091,6 +1129,23 @@ write_scaling_topics_changed(PG_FUNCTION_ARGS)
 	CacheInvalidateRelcacheByRelid(topics_relid);
 	topics_changed_at_commit = true;
 	wake_all_at_commit = true;
+	PG_RETURN_VOID();
+}
+
+/*
+ * ws._lock_topic(topic_id) locks a topic until the transaction ends:
+ * enqueues into it (open_topic) and worker batches wait.  ws.drop_topic
+ * calls it, so the topic's counters are freed if the transaction commits.
+ */
+Datum
+write_scaling_lock_topic(PG_FUNCTION_ARGS)
+{
+	int32		topic_id = PG_GETARG_INT32(0);
+
+	resolve_relids();
+	LockDatabaseObject(topics_relid, topic_id, 0, AccessExclusiveLock);
+	if (ndropped_topics < lengthof(dropped_topics))
+		dropped_topics[ndropped_topics++] = topic_id;
 	PG_RETURN_VOID();
 }
 
@@ -1149,12 +1204,21 @@ at_commit(void)
 	LWLockRelease(&queue_shared->lock);
 
 	/* The first enqueue into a topic since server start takes a slot. */
-	if (missing)
+	if (missing || ndropped_topics > 0)
 	{
 		LWLockAcquire(&queue_shared->lock, LW_EXCLUSIVE);
 		db = queue_database(MyDatabaseId, true);
 		if (db != NULL)
+		{
 			add_counts(db, counts, ncounts, true);
+			for (int i = 0; i < ndropped_topics; i++)
+			{
+				TopicCounterSlot *c = topic_counters(db, dropped_topics[i], false);
+
+				if (c != NULL)
+					c->topic_id = 0;
+			}
+		}
 		LWLockRelease(&queue_shared->lock);
 	}
 }
@@ -1172,7 +1236,8 @@ queue_xact_callback(XactEvent event, void *arg)
 										 GUC_ACTION_LOCAL, true, 0, false);
 			break;
 		case XACT_EVENT_COMMIT:
-			if (npending > 0 || wake_all_at_commit || topics_changed_at_commit)
+			if (npending > 0 || wake_all_at_commit || topics_changed_at_commit ||
+				ndropped_topics > 0)
 				at_commit();
 			/* FALLTHROUGH */
 		case XACT_EVENT_ABORT:
@@ -1182,6 +1247,7 @@ queue_xact_callback(XactEvent event, void *arg)
 			wake_all_at_commit = false;
 			topics_changed_at_commit = false;
 			async_commit_requested = false;
+			ndropped_topics = 0;
 			break;
 		default:
 			break;

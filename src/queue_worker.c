@@ -56,6 +56,7 @@
 #include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "guc.h"
@@ -79,7 +80,9 @@ typedef struct TopicInfo
 	Oid			owner;
 	int32		max_attempts;
 	Datum		retry_delay;	/* interval */
-	FmgrInfo	flinfo;
+	MemoryContext context;		/* of the batch */
+	FmgrInfo	flinfo;			/* looked up at the first call */
+	bool		flinfo_ready;
 	TopicCounts counts;
 } TopicInfo;
 
@@ -111,6 +114,8 @@ typedef struct Batch
 	int			nmessages;
 	List	   *blocked;		/* Messages whose key waits for a retry */
 	TimestampTz next_retry;		/* earliest retry seen, 0 if none */
+	bool		orphans;		/* messages of a topic that is gone */
+	MemoryContext context;
 } Batch;
 
 PGDLLEXPORT void write_scaling_queue_worker_main(Datum main_arg);
@@ -160,8 +165,14 @@ read_topics(Batch *batch, MemoryContext context)
 		t->max_attempts = DatumGetInt32(SPI_getbinval(tuple, desc, 5, &isnull));
 		t->retry_delay = datumCopy(SPI_getbinval(tuple, desc, 6, &isnull), false, 16);
 		t->counts.topic_id = t->topic_id;
-		fmgr_info_cxt(t->handler, &t->flinfo, context);
+		t->context = context;
 	}
+	batch->context = context;
+
+	/* ws.drop_topic waits for this batch, and a batch for a drop. */
+	for (int i = 0; i < batch->ntopics; i++)
+		LockDatabaseObject(get_relname_relid("topics", get_namespace_oid("ws", false)),
+						   batch->topics[i].topic_id, 0, AccessShareLock);
 }
 
 static TopicInfo *
@@ -193,8 +204,9 @@ read_messages(Batch *batch, int worker, List *isolated, bool isolate_all,
 		plan = SPI_prepare("SELECT id, topic_id, key, payload, attempts, next_attempt_at,"
 						   " coalesce(next_attempt_at > now(), false)"
 						   " FROM ws.queue WHERE (topic_id + lane) % $1 = $2 AND id > $3"
+						   " AND ($5 IS NULL OR NOT (topic_id::text || ':' || key) = ANY ($5))"
 						   " ORDER BY id LIMIT $4",
-						   4, (Oid[]) {INT4OID, INT4OID, INT8OID, INT4OID});
+						   5, (Oid[]) {INT4OID, INT4OID, INT8OID, INT4OID, TEXTARRAYOID});
 		if (plan == NULL || SPI_keepplan(plan) != 0)
 			elog(ERROR, "could not prepare the queue worker's read");
 	}
@@ -203,14 +215,32 @@ read_messages(Batch *batch, int worker, List *isolated, bool isolate_all,
 	batch->nmessages = 0;
 	while (batch->nmessages < limit && scanned < limit * SCAN_FACTOR)
 	{
-		Datum		args[4];
+		Datum		args[5];
+		char		nulls[5] = "    n";
 		uint64		rows;
 
 		args[0] = Int32GetDatum(ws_queue_workers);
 		args[1] = Int32GetDatum(worker - 1);
 		args[2] = Int64GetDatum(after);
 		args[3] = Int32GetDatum(limit);
-		if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		/* Keys that wait behind a retry are skipped by the query itself. */
+		if (batch->blocked != NIL)
+		{
+			Datum	   *keys = palloc(sizeof(Datum) * list_length(batch->blocked));
+			ListCell   *lc;
+			int			n = 0;
+
+			foreach(lc, batch->blocked)
+			{
+				Message    *b = lfirst(lc);
+
+				keys[n++] = CStringGetTextDatum(psprintf("%d:%s", b->topic->topic_id,
+														 text_to_cstring(b->key)));
+			}
+			args[4] = PointerGetDatum(construct_array(keys, n, TEXTOID, -1, false, TYPALIGN_INT));
+			nulls[4] = ' ';
+		}
+		if (SPI_execute_plan(plan, args, nulls, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read ws.queue");
 		rows = SPI_processed;
 		for (uint64 r = 0; r < rows && batch->nmessages < limit; r++)
@@ -226,7 +256,10 @@ read_messages(Batch *batch, int worker, List *isolated, bool isolate_all,
 			m->id = after = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
 			m->topic = find_topic(batch, DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull)));
 			if (m->topic == NULL)
+			{
+				batch->orphans = true;
 				continue;
+			}
 			old = MemoryContextSwitchTo(context);
 			m->key = DatumGetTextPCopy(SPI_getbinval(tuple, desc, 3, &isnull));
 			m->payload = datumCopy(SPI_getbinval(tuple, desc, 4, &isnull), false, -1);
@@ -274,14 +307,30 @@ call_handler(Message *m)
 	int			saved_context;
 	int			guc_level;
 
+	if (!t->flinfo_ready)
+	{
+		if (!SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(t->handler)))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("handler of topic \"%s\" does not exist", t->name),
+					 errdetail("Function %u was dropped.", t->handler)));
+		fmgr_info_cxt(t->handler, &t->flinfo, t->context);
+		t->flinfo_ready = true;
+	}
 	if (pg_proc_aclcheck(t->handler, t->owner, ACL_EXECUTE) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("owner of topic \"%s\" may not execute its handler %s",
 						t->name, format_procedure(t->handler))));
 
+	/*
+	 * Restricted, as index functions are: handlers of different owners share
+	 * this session, so none may leave a temporary object or a setting for
+	 * the next.
+	 */
 	GetUserIdAndSecContext(&saved_user, &saved_context);
-	SetUserIdAndSecContext(t->owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
+	SetUserIdAndSecContext(t->owner, saved_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
 	guc_level = NewGUCNestLevel();
 	/* What a session of the owner would have; the worker's is pg_catalog. */
 	(void) set_config_option("search_path", "\"$user\", public", PGC_USERSET, PGC_S_SESSION,
@@ -408,7 +457,7 @@ record_outcomes(Batch *batch)
 								1, (Oid[]) {INT8ARRAYOID});
 		retry_plan = SPI_prepare("UPDATE ws.queue SET attempts = attempts + 1, last_error = $2,"
 								 " last_sqlstate = $3, next_attempt_at = now() +"
-								 " least($4 * power(2, attempts), interval '1 hour')"
+								 " least($4 * power(2, least(attempts, 20)), interval '1 hour')"
 								 " WHERE id = $1",
 								 4, (Oid[]) {INT8OID, TEXTOID, TEXTOID, INTERVALOID});
 		dead_plan = SPI_prepare("WITH d AS (DELETE FROM ws.queue q WHERE q.id = $1 RETURNING q.*)"
@@ -479,6 +528,23 @@ record_outcomes(Batch *batch)
 }
 
 /*
+ * remove_orphans deletes the messages of topics that are gone: an enqueue
+ * in a repeatable-read transaction can miss a concurrent drop.
+ */
+static void
+remove_orphans(void)
+{
+	if (SPI_execute("DELETE FROM ws.queue q"
+					" WHERE NOT EXISTS (SELECT FROM ws.topics t WHERE t.topic_id = q.topic_id)",
+					false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not remove messages of dropped topics");
+	if (SPI_processed > 0)
+		ereport(LOG,
+				(errmsg("write_scaling removed %llu messages of dropped topics from ws.queue",
+						(unsigned long long) SPI_processed)));
+}
+
+/*
  * queue_batch applies one batch in one transaction.  Returns the number
  * of messages applied or failed, or -1 when this database has no topics
  * (or no write_scaling) left.  *next_retry is set to the earliest retry
@@ -521,6 +587,8 @@ queue_batch(int worker, MemoryContext context, TimestampTz *next_retry)
 		}
 		read_messages(&batch, worker, isolated, isolate_all, context);
 		*next_retry = batch.next_retry;
+		if (batch.orphans)
+			remove_orphans();
 		if (batch.nmessages == 0)
 		{
 			SPI_finish();
@@ -614,12 +682,15 @@ write_scaling_queue_worker_main(Datum main_arg)
 	ws_queue_worker_attach(dboid, args.worker);
 	/* The worker's own statements resolve nothing through user schemas. */
 	SetConfigOption("search_path", "pg_catalog", PGC_SUSET, PGC_S_OVERRIDE);
+	/* Rotation and batches rely on each statement's fresh snapshot. */
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 
 	context = AllocSetContextCreate(TopMemoryContext, "write_scaling queue batch",
 									ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
-		int			processed = 0;
+		volatile int processed = 0;
+		volatile bool failed = false;
 		TimestampTz next_retry = 0;
 		long		timeout = ws_queue_naptime;
 
@@ -653,6 +724,7 @@ write_scaling_queue_worker_main(Datum main_arg)
 			ws_queue_worker_set_state(QUEUE_WORKER_IDLE, 0, 0);
 			pgstat_report_activity(STATE_IDLE, NULL);
 			processed = 0;
+			failed = true;
 		}
 		PG_END_TRY();
 		MemoryContextSwitchTo(TopMemoryContext);
@@ -662,6 +734,21 @@ write_scaling_queue_worker_main(Datum main_arg)
 		{
 			ws_queue_note_topics(dboid, false);
 			proc_exit(0);
+		}
+		/* After an error, a full nap: enqueues do not cut it short. */
+		if (failed)
+		{
+			TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ws_queue_naptime);
+			long		left;
+
+			while ((left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until)) > 0)
+			{
+				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 left, PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
+				CHECK_FOR_INTERRUPTS();
+			}
+			continue;
 		}
 		if (processed > 0)
 			continue;			/* more may wait: no nap */

@@ -39,6 +39,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -55,6 +56,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -629,10 +631,13 @@ snapshot_pass(Oid dboid)
 	pgstat_report_activity(STATE_RUNNING, "write_scaling: snapshot pass");
 
 	/* Tell the launcher whether this database needs queue workers. */
-	if (SPI_execute("SELECT EXISTS (SELECT FROM ws.topics)", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read ws.topics");
-	ws_queue_note_topics(dboid, DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-														   SPI_tuptable->tupdesc, 1, &isnull)));
+	if (OidIsValid(get_relname_relid("topics", get_namespace_oid("ws", false))))
+	{
+		if (SPI_execute("SELECT EXISTS (SELECT FROM ws.topics)", true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read ws.topics");
+		ws_queue_note_topics(dboid, DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+															   SPI_tuptable->tupdesc, 1, &isnull)));
+	}
 
 	/* One row per crossing: take each stream once. */
 	if (SPI_execute_with_args("SELECT store, stream FROM ws.snapshot_queue"
@@ -723,6 +728,7 @@ write_scaling_worker_main(Datum main_arg)
 	ws_run_reducers_as_owner();
 	/* The worker's own statements resolve nothing through user schemas. */
 	SetConfigOption("search_path", "pg_catalog", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 
 	pass_context = AllocSetContextCreate(TopMemoryContext, "write_scaling snapshot pass",
 										 ALLOCSET_DEFAULT_SIZES);
