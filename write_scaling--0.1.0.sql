@@ -1449,6 +1449,13 @@ AS 'MODULE_PATHNAME', 'write_scaling_shard_exec';
 COMMENT ON FUNCTION ws._shard_exec(name, text) IS
 	'Internal: runs a command on a shard server in this transaction''s postgres_fdw remote transaction';
 
+CREATE FUNCTION ws._lock_slot(slot regclass)
+RETURNS void
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'write_scaling_lock_slot';
+COMMENT ON FUNCTION ws._lock_slot(regclass) IS
+	'Internal: holds back the writers of a slot''s foreign table until the transaction ends';
+
 CREATE FUNCTION ws._route_insert()
 RETURNS trigger
 LANGUAGE c
@@ -1662,7 +1669,7 @@ DECLARE
 	copied_rows bigint;
 BEGIN
 	SELECT m.vnodes INTO vnodes FROM ws.shard_maps m WHERE m.map = d.map;
-	EXECUTE format('LOCK TABLE %s IN SHARE MODE', part);
+	PERFORM ws._lock_slot(part);
 	DELETE FROM ws.shard_cleanup c
 	WHERE c.server = to_server AND c.remote_schema = d.remote_schema AND c.remote_table = slot_name;
 	PERFORM ws._shard_exec(to_server, format('CREATE SCHEMA IF NOT EXISTS %I', d.remote_schema));
@@ -1670,10 +1677,10 @@ BEGIN
 	PERFORM ws._shard_exec(to_server, format('DROP TABLE IF EXISTS %I.%I', d.remote_schema, slot_name));
 	PERFORM ws._shard_exec(to_server, format('CREATE TABLE %I.%I (%s)', d.remote_schema, slot_name,
 											 d.remote_definition));
-	SELECT string_agg(format('%I %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
+	SELECT string_agg(format('%I %s%s', a.attname, format_type(a.atttypid, a.atttypmod),
+							 CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END), ', ' ORDER BY a.attnum)
 	INTO columns
 	FROM pg_attribute a WHERE a.attrelid = d.partitioned AND a.attnum > 0 AND NOT a.attisdropped;
-	EXECUTE format('DROP FOREIGN TABLE IF EXISTS ws_dist.%I', incoming);
 	EXECUTE format('CREATE FOREIGN TABLE ws_dist.%I (%s) SERVER %I'
 				   ' OPTIONS (schema_name %L, table_name %L, async_capable ''true'', batch_size ''1000'')',
 				   incoming, columns, to_server, d.remote_schema, slot_name);
@@ -1790,6 +1797,7 @@ COMMENT ON PROCEDURE ws.rebalance(text, jsonb) IS
 	'Moves the rows of every slot whose owner changed, one slot per transaction, and reports the rows moved to each server; safe to interrupt and run again';
 
 REVOKE ALL ON FUNCTION ws._shard_exec(name, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._lock_slot(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws.distribute_table(regclass, name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._move_slot(ws.distributed_tables, int, name, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._shard_cleanup_one() FROM PUBLIC;

@@ -113,6 +113,7 @@ static MemoryContext buffer_context = NULL;
 PG_FUNCTION_INFO_V1(write_scaling_route_insert);
 PG_FUNCTION_INFO_V1(write_scaling_route_flush);
 PG_FUNCTION_INFO_V1(write_scaling_shard_exec);
+PG_FUNCTION_INFO_V1(write_scaling_lock_slot);
 
 static void
 load_postgres_fdw(void)
@@ -187,6 +188,18 @@ write_scaling_shard_exec(PG_FUNCTION_ARGS)
 	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
 
 	remote_command(connection(GetForeignServerByName(NameStr(*server), false)->serverid), sql);
+	PG_RETURN_VOID();
+}
+
+/*
+ * ws._lock_slot(slot regclass) holds back the writers of a slot's foreign
+ * table until the transaction ends (LOCK TABLE refuses foreign tables):
+ * ws._route_insert and UPDATE or DELETE take RowExclusiveLock on it.
+ */
+Datum
+write_scaling_lock_slot(PG_FUNCTION_ARGS)
+{
+	LockRelationOid(PG_GETARG_OID(0), ShareLock);
 	PG_RETURN_VOID();
 }
 
