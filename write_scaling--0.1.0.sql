@@ -1796,6 +1796,37 @@ $$;
 COMMENT ON PROCEDURE ws.rebalance(text, jsonb) IS
 	'Moves the rows of every slot whose owner changed, one slot per transaction, and reports the rows moved to each server; safe to interrupt and run again';
 
+CREATE FUNCTION ws._shard_stats(OUT serverid oid, OUT rows_routed bigint)
+RETURNS SETOF record
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'write_scaling_shard_stats';
+COMMENT ON FUNCTION ws._shard_stats() IS
+	'Internal: rows routed to each server by this database since server start, behind ws.stat_shards';
+
+CREATE VIEW ws.stat_shards AS
+SELECT sh.map, sh.server, sh.weight,
+	   (SELECT count(*) FROM ws.shard_slots x WHERE x.map = sh.map AND x.owner = sh.server) AS slots_owned,
+	   (SELECT count(*) FROM ws.shard_slots x WHERE x.map = sh.map AND x.placed_on = sh.server) AS slots_placed,
+	   coalesce(r.rows_routed, 0) AS rows_routed
+FROM ws.shards sh
+LEFT JOIN pg_catalog.pg_foreign_server fs ON fs.srvname = sh.server
+LEFT JOIN ws._shard_stats() r ON r.serverid = fs.oid;
+COMMENT ON VIEW ws.stat_shards IS
+	'One row per shard of each map: its weight, the slots it should own and the slots whose rows it holds, and rows routed to it since server start';
+GRANT SELECT ON ws.stat_shards TO PUBLIC;
+
+CREATE VIEW ws.stat_rebalance AS
+SELECT m.map,
+	   (SELECT count(*) FROM ws.shard_slots x WHERE x.map = m.map AND x.owner IS DISTINCT FROM x.placed_on) AS slots_to_move,
+	   (SELECT count(*) FROM ws.rebalance_log l WHERE l.map = m.map) AS slots_moved,
+	   (SELECT coalesce(sum(l.rows_moved), 0) FROM ws.rebalance_log l WHERE l.map = m.map)::bigint AS rows_moved,
+	   (SELECT max(l.moved_at) FROM ws.rebalance_log l WHERE l.map = m.map) AS last_move,
+	   (SELECT count(*) FROM ws.shard_cleanup) AS tables_to_drop
+FROM ws.shard_maps m;
+COMMENT ON VIEW ws.stat_rebalance IS
+	'Per shard map: slots waiting for ws.rebalance, slots and rows moved so far, and old slot tables still to drop';
+GRANT SELECT ON ws.stat_rebalance TO PUBLIC;
+
 REVOKE ALL ON FUNCTION ws._shard_exec(name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._lock_slot(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws.distribute_table(regclass, name, text) FROM PUBLIC;
@@ -1836,6 +1867,20 @@ FROM ws.stat_topics t,
 					 ('queue_depth', t.queue_depth),
 					 ('oldest_message_age_ms',
 					  coalesce((extract(epoch FROM t.oldest_message_age) * 1000)::bigint, 0)))
+	 AS c (counter, value)
+UNION ALL
+SELECT 'shard', s.map || '/' || s.server, c.counter, c.value
+FROM ws.stat_shards s,
+	 LATERAL (VALUES ('rows_routed', s.rows_routed),
+					 ('slots_owned', s.slots_owned),
+					 ('slots_placed', s.slots_placed))
+	 AS c (counter, value)
+UNION ALL
+SELECT 'rebalance', r.map, c.counter, c.value
+FROM ws.stat_rebalance r,
+	 LATERAL (VALUES ('slots_to_move', r.slots_to_move),
+					 ('slots_moved', r.slots_moved),
+					 ('rows_moved', r.rows_moved))
 	 AS c (counter, value)
 UNION ALL
 SELECT 'buffered_insert', 'all databases', c.counter, c.value

@@ -13,5 +13,7 @@
 extern uint64 ws_key_hash(const char *bytes, int len, uint64 seed);
 extern int	ws_key_slot(const char *bytes, int len, int nslots);
 extern void ws_shard_register_callbacks(void);
+extern Size ws_shard_shmem_size(void);
+extern void ws_shard_shmem_init(void);
 
 #endif							/* WS_SHARD_H */

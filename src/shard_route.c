@@ -35,12 +35,16 @@
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "foreign/foreign.h"
 #include "libpq-fe.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "parser/parse_relation.h"
+#include "port/atomics.h"
 #include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -51,6 +55,7 @@
 #include "utils/syscache.h"
 
 #include "shard.h"
+#include "shmem.h"
 
 /* A slot's buffer is sent when it holds this many rows or bytes. */
 #define ROUTE_BATCH_ROWS	1000
@@ -106,6 +111,36 @@ typedef struct SlotBuffer
 	List	   *marks;
 } SlotBuffer;
 
+/* Rows routed to each server since server start, in shared memory. */
+#define WS_MAX_SHARD_SERVERS	256
+
+typedef struct ShardCounter
+{
+	Oid			dboid;			/* InvalidOid when unused */
+	Oid			serverid;
+	pg_atomic_uint64 rows_routed;
+} ShardCounter;
+
+typedef struct WsShardShared
+{
+	LWLock		lock;
+	ShardCounter counters[WS_MAX_SHARD_SERVERS];
+} WsShardShared;
+
+static WsShardShared *shard_shared = NULL;
+
+/* Rows this transaction sent, per server, published at commit. */
+typedef struct RoutedCount
+{
+	SubTransactionId subid;
+	Oid			serverid;
+	int64		rows;
+} RoutedCount;
+
+static RoutedCount *routed = NULL;
+static int	nrouted = 0;
+static int	maxrouted = 0;
+
 static HTAB *dist_cache = NULL;
 static HTAB *buffers = NULL;	/* in TopTransactionContext */
 static MemoryContext buffer_context = NULL;
@@ -114,6 +149,123 @@ PG_FUNCTION_INFO_V1(write_scaling_route_insert);
 PG_FUNCTION_INFO_V1(write_scaling_route_flush);
 PG_FUNCTION_INFO_V1(write_scaling_shard_exec);
 PG_FUNCTION_INFO_V1(write_scaling_lock_slot);
+PG_FUNCTION_INFO_V1(write_scaling_shard_stats);
+
+Size
+ws_shard_shmem_size(void)
+{
+	return MAXALIGN(sizeof(WsShardShared));
+}
+
+/*
+ * ws_shard_shmem_init lays out the routing counters; the caller holds
+ * AddinShmemInitLock.
+ */
+void
+ws_shard_shmem_init(void)
+{
+	bool		found;
+
+	shard_shared = ShmemInitStruct("write_scaling shards", ws_shard_shmem_size(), &found);
+	if (found)
+		return;
+	memset(shard_shared, 0, sizeof(WsShardShared));
+	LWLockInitialize(&shard_shared->lock, ws_lwlock_tranche_id());
+	for (int i = 0; i < WS_MAX_SHARD_SERVERS; i++)
+		pg_atomic_init_u64(&shard_shared->counters[i].rows_routed, 0);
+}
+
+/*
+ * note_routed remembers rows sent to a server, for the commit callback.
+ */
+static void
+note_routed(Oid serverid, int64 rows)
+{
+	SubTransactionId subid = GetCurrentSubTransactionId();
+
+	for (int i = 0; i < nrouted; i++)
+		if (routed[i].serverid == serverid && routed[i].subid == subid)
+		{
+			routed[i].rows += rows;
+			return;
+		}
+	if (nrouted == maxrouted)
+	{
+		maxrouted = Max(8, maxrouted * 2);
+		routed = routed == NULL
+			? MemoryContextAlloc(TopMemoryContext, sizeof(RoutedCount) * maxrouted)
+			: repalloc(routed, sizeof(RoutedCount) * maxrouted);
+	}
+	routed[nrouted].subid = subid;
+	routed[nrouted].serverid = serverid;
+	routed[nrouted].rows = rows;
+	nrouted++;
+}
+
+/*
+ * publish_routed adds the committed transaction's rows to the counters.
+ */
+static void
+publish_routed(void)
+{
+	if (shard_shared == NULL)
+		return;
+	LWLockAcquire(&shard_shared->lock, LW_EXCLUSIVE);
+	for (int r = 0; r < nrouted; r++)
+	{
+		ShardCounter *free_counter = NULL;
+		ShardCounter *counter = NULL;
+
+		for (int i = 0; i < WS_MAX_SHARD_SERVERS && counter == NULL; i++)
+		{
+			ShardCounter *c = &shard_shared->counters[i];
+
+			if (c->dboid == MyDatabaseId && c->serverid == routed[r].serverid)
+				counter = c;
+			else if (free_counter == NULL && c->dboid == InvalidOid)
+				free_counter = c;
+		}
+		if (counter == NULL && free_counter != NULL)
+		{
+			counter = free_counter;
+			counter->dboid = MyDatabaseId;
+			counter->serverid = routed[r].serverid;
+			pg_atomic_write_u64(&counter->rows_routed, 0);
+		}
+		if (counter != NULL)
+			pg_atomic_fetch_add_u64(&counter->rows_routed, routed[r].rows);
+	}
+	LWLockRelease(&shard_shared->lock);
+}
+
+/*
+ * ws._shard_stats() returns the rows routed to each server by this
+ * database since server start.
+ */
+Datum
+write_scaling_shard_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (shard_shared == NULL)
+		return (Datum) 0;
+	LWLockAcquire(&shard_shared->lock, LW_SHARED);
+	for (int i = 0; i < WS_MAX_SHARD_SERVERS; i++)
+	{
+		ShardCounter *c = &shard_shared->counters[i];
+		Datum		values[2];
+		bool		nulls[2] = {0};
+
+		if (c->dboid != MyDatabaseId)
+			continue;
+		values[0] = ObjectIdGetDatum(c->serverid);
+		values[1] = Int64GetDatum((int64) pg_atomic_read_u64(&c->rows_routed));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(&shard_shared->lock);
+	return (Datum) 0;
+}
 
 static void
 load_postgres_fdw(void)
@@ -475,6 +627,7 @@ send_buffer(SlotBuffer *buf)
 	}
 	PG_END_TRY();
 
+	note_routed(slot->serverid, buf->rows);
 	resetStringInfo(&buf->copy_data);
 	resetStringInfo(&buf->first_row);
 	buf->rows = 0;
@@ -645,11 +798,15 @@ route_xact_callback(XactEvent event, void *arg)
 			}
 			break;
 		case XACT_EVENT_COMMIT:
+			if (nrouted > 0)
+				publish_routed();
+			/* FALLTHROUGH */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
 			/* The memory goes with TopTransactionContext. */
 			buffers = NULL;
 			buffer_context = NULL;
+			nrouted = 0;
 			break;
 		default:
 			break;
@@ -667,8 +824,16 @@ route_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	HASH_SEQ_STATUS status;
 	SlotBuffer *buf;
 
-	if (buffers == NULL ||
-		(event != SUBXACT_EVENT_ABORT_SUB && event != SUBXACT_EVENT_COMMIT_SUB))
+	if (event != SUBXACT_EVENT_ABORT_SUB && event != SUBXACT_EVENT_COMMIT_SUB)
+		return;
+	for (int i = 0; i < nrouted; i++)
+		if (routed[i].subid == mySubid)
+		{
+			if (event == SUBXACT_EVENT_ABORT_SUB)
+				routed[i].rows = 0;
+			routed[i].subid = parentSubid;
+		}
+	if (buffers == NULL)
 		return;
 	hash_seq_init(&status, buffers);
 	while ((buf = hash_seq_search(&status)) != NULL)

@@ -25,6 +25,7 @@
 #include "bulk.h"
 #include "frontier.h"
 #include "queue.h"
+#include "shard.h"
 #include "shmem.h"
 #include "worker.h"
 
@@ -65,8 +66,9 @@ ws_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 
-	RequestAddinShmemSpace(add_size(add_size(ws_frontier_shmem_size(), ws_worker_shmem_size()),
-									add_size(ws_bulk_shmem_size(), ws_queue_shmem_size())));
+	RequestAddinShmemSpace(add_size(add_size(add_size(ws_frontier_shmem_size(), ws_worker_shmem_size()),
+											 add_size(ws_bulk_shmem_size(), ws_queue_shmem_size())),
+									ws_shard_shmem_size()));
 }
 
 static void
@@ -84,5 +86,6 @@ ws_shmem_startup(void)
 	ws_worker_shmem_init();
 	ws_bulk_shmem_init();
 	ws_queue_shmem_init();
+	ws_shard_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
