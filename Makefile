@@ -30,7 +30,7 @@ SHLIB_LINK = -lpq
 PG_CFLAGS = -Werror
 
 # pg_regress runs on a temporary instance with the library preloaded.
-REGRESS = event_store snapshot bulk queue
+REGRESS = event_store snapshot bulk queue shard
 REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/regress.conf
 
 # Perl TAP tests on PostgreSQL::Test::Cluster.
