@@ -1,0 +1,35 @@
+-- Sharding: the rows of a table live on plain PostgreSQL servers reached
+-- through postgres_fdw; this server keeps the map from keys to shards and
+-- routes.  Adding a server moves only the slots it takes over.
+CREATE EXTENSION postgres_fdw;
+CREATE SERVER shard_a FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', port :'shard_a_port', dbname 'postgres');
+CREATE SERVER shard_b FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', port :'shard_b_port', dbname 'postgres');
+CREATE SERVER shard_c FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', port :'shard_c_port', dbname 'postgres');
+CREATE USER MAPPING FOR CURRENT_USER SERVER shard_a OPTIONS (user 'postgres');
+CREATE USER MAPPING FOR CURRENT_USER SERVER shard_b OPTIONS (user 'postgres');
+CREATE USER MAPPING FOR CURRENT_USER SERVER shard_c OPTIONS (user 'postgres');
+
+-- A map of 12 slots over two shards.
+SELECT ws.create_shard_map('accounts', vnodes => 12);
+SELECT ws.add_shard('accounts', 'shard_a');
+SELECT ws.add_shard('accounts', 'shard_b');
+
+-- An ordinary table becomes distributed; its rows move to the shards.
+CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL DEFAULT 0);
+INSERT INTO accounts (id, owner) SELECT i, 'owner ' || i FROM generate_series(1, 1000) i;
+SELECT ws.distribute_table('accounts', 'id', 'accounts');
+
+-- Plain SQL keeps working: inserts are routed, reads gather all shards...
+INSERT INTO accounts (id, owner, balance) VALUES (1001, 'late owner', 10);
+INSERT INTO accounts (id, owner) SELECT i, 'batch ' || i FROM generate_series(1002, 2000) i;
+SELECT count(*), sum(balance) FROM accounts;
+-- ...or only the owning shard when the key is fixed.
+EXPLAIN (COSTS OFF) SELECT * FROM accounts WHERE id = 42;
+SELECT ws.shard_for('accounts', '42');
+
+-- A third server: it takes over a third of the slots, and only their rows move.
+SELECT ws.add_shard('accounts', 'shard_c');
+SELECT server, slots_owned, slots_placed FROM ws.stat_shards ORDER BY server;
+CALL ws.rebalance('accounts');
+SELECT server, slots_owned, slots_placed, rows_routed FROM ws.stat_shards ORDER BY server;
+SELECT count(*), sum(balance) FROM accounts;
