@@ -1602,7 +1602,7 @@ BEGIN
 	EXECUTE format('CREATE TABLE %s (%s) PARTITION BY HASH (%I %s)', parent, columns, key_column, opclass);
 	FOR s IN SELECT x.slot, x.placed_on FROM ws.shard_slots x WHERE x.map = m.map ORDER BY x.slot LOOP
 		IF s.placed_on <> ALL (servers_ready) THEN
-			PERFORM ws._shard_exec(s.placed_on, format('CREATE SCHEMA IF NOT EXISTS %I', nsp));
+			PERFORM ws._shard_exec(s.placed_on, format('DO $do$BEGIN IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = %L) THEN CREATE SCHEMA %I; END IF; END$do$', nsp, nsp));
 			servers_ready := servers_ready || s.placed_on;
 		END IF;
 		PERFORM ws._shard_exec(s.placed_on, format('CREATE TABLE %I.%I (%s)', nsp,
@@ -1672,9 +1672,11 @@ BEGIN
 	PERFORM ws._lock_slot(part);
 	DELETE FROM ws.shard_cleanup c
 	WHERE c.server = to_server AND c.remote_schema = d.remote_schema AND c.remote_table = slot_name;
-	PERFORM ws._shard_exec(to_server, format('CREATE SCHEMA IF NOT EXISTS %I', d.remote_schema));
+	PERFORM ws._shard_exec(to_server, format('DO $do$BEGIN IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = %L) THEN CREATE SCHEMA %I; END IF; END$do$', d.remote_schema, d.remote_schema));
 	-- What an interrupted earlier run left there was never visible.
-	PERFORM ws._shard_exec(to_server, format('DROP TABLE IF EXISTS %I.%I', d.remote_schema, slot_name));
+	PERFORM ws._shard_exec(to_server, format('DO $do$BEGIN IF to_regclass(%L) IS NOT NULL THEN DROP TABLE %s; END IF; END$do$',
+											 format('%I.%I', d.remote_schema, slot_name),
+											 format('%I.%I', d.remote_schema, slot_name)));
 	PERFORM ws._shard_exec(to_server, format('CREATE TABLE %I.%I (%s)', d.remote_schema, slot_name,
 											 d.remote_definition));
 	SELECT string_agg(format('%I %s%s', a.attname, format_type(a.atttypid, a.atttypmod),
@@ -1728,7 +1730,9 @@ BEGIN
 	IF NOT FOUND THEN
 		RETURN false;
 	END IF;
-	PERFORM ws._shard_exec(c.server, format('DROP TABLE IF EXISTS %I.%I', c.remote_schema, c.remote_table));
+	PERFORM ws._shard_exec(c.server, format('DO $do$BEGIN IF to_regclass(%L) IS NOT NULL THEN DROP TABLE %s; END IF; END$do$',
+											format('%I.%I', c.remote_schema, c.remote_table),
+											format('%I.%I', c.remote_schema, c.remote_table)));
 	RETURN true;
 END
 $$;

@@ -69,6 +69,7 @@
 #include "utils/snapmgr.h"
 
 #include "bulk.h"
+#include "shard.h"
 #include "frontier.h"
 #include "guc.h"
 
@@ -163,6 +164,8 @@ push_row(RowArray *array, BufferedRow row)
 	array->rows[array->count++] = row;
 }
 
+static void bulk_xact_callback(XactEvent event, void *arg);
+
 /*
  * open_target opens the target table for buffering with RowExclusiveLock,
  * after checking that COPY could write it and that the caller may insert.
@@ -184,11 +187,21 @@ open_target(Oid relid)
 							RelationGetRelationName(rel)),
 					 errdetail("Its foreign-data wrapper does not support inserts.")));
 	}
+	else if (kind == RELKIND_VIEW)
+	{
+		/* As for COPY: a distributed table is such a view (shard_route.c). */
+		if (rel->trigdesc == NULL || !rel->trigdesc->trig_insert_instead_row)
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("cannot buffer rows for view \"%s\"", RelationGetRelationName(rel)),
+					 errdetail("Only a view with an INSTEAD OF INSERT trigger, such as a distributed table, can be written through the buffered path."),
+					 errhint("Insert into the underlying table instead.")));
+	}
 	else if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("cannot buffer rows for \"%s\"", RelationGetRelationName(rel)),
-				 errdetail("Only tables, partitioned tables and foreign tables can be written through the buffered path."),
+				 errdetail("Only tables, partitioned tables, foreign tables and distributed tables can be written through the buffered path."),
 				 errhint("Insert into the underlying table instead.")));
 
 	if (pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
@@ -229,6 +242,16 @@ buffer_for(Relation rel)
 	buf = hash_search(buffers, &relid, HASH_ENTER, &found);
 	if (!found)
 	{
+		/*
+		 * Rows of a distributed table flushed at commit must reach the
+		 * shards before postgres_fdw commits its remote transactions: open
+		 * its connections now, and put our callback in front of its.
+		 */
+		if (rel->rd_rel->relkind == RELKIND_VIEW && ws_shard_prepare_connections(rel))
+		{
+			UnregisterXactCallback(bulk_xact_callback, NULL);
+			RegisterXactCallback(bulk_xact_callback, NULL);
+		}
 		memset(&buf->pending, 0, sizeof(RowArray));
 		memset(&buf->journal, 0, sizeof(RowArray));
 		buf->rowtype = rel->rd_rel->reltype;

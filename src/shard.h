@@ -10,9 +10,12 @@
 
 #include "postgres.h"
 
+#include "utils/relcache.h"
+
 extern uint64 ws_key_hash(const char *bytes, int len, uint64 seed);
 extern int	ws_key_slot(const char *bytes, int len, int nslots);
 extern void ws_shard_register_callbacks(void);
+extern bool ws_shard_prepare_connections(Relation view);
 extern Size ws_shard_shmem_size(void);
 extern void ws_shard_shmem_init(void);
 

@@ -497,6 +497,37 @@ open_dist(Relation view)
 	return entry;
 }
 
+/*
+ * ws_shard_prepare_connections opens postgres_fdw's connections to every
+ * server of a distributed table, starting their remote transactions, so
+ * that postgres_fdw's transaction callback is registered; returns false if
+ * view is not a distributed table.  bulk.c calls it before buffering rows
+ * that it may flush at commit.
+ */
+bool
+ws_shard_prepare_connections(Relation view)
+{
+	DistEntry  *dist;
+	Datum		arg = ObjectIdGetDatum(RelationGetRelid(view));
+	bool		distributed;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT FROM ws.distributed_tables WHERE table_name = $1",
+							  1, (Oid[]) {OIDOID}, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read ws.distributed_tables");
+	distributed = SPI_processed > 0;
+	SPI_finish();
+	if (!distributed)
+		return false;
+
+	dist = open_dist(view);
+	for (int s = 0; s < dist->nslots; s++)
+		if (OidIsValid(dist->slots[s].serverid))
+			(void) connection(dist->slots[s].serverid);
+	return true;
+}
+
 /* --- buffers -------------------------------------------------------------- */
 
 /*
