@@ -929,19 +929,21 @@ BEGIN
 			part := format('ws.%s_%s', r.log, s)::regclass;
 			CONTINUE WHEN pg_relation_size(part) = 0;
 			CONTINUE WHEN r.log = 'queue_done' AND r.retired_at[s + 1] > now() - retention;
-			-- Messages still waiting in a slot retired a period ago (a retry
-			-- due later, say) move to the current slot, keeping their ids.
-			IF r.log = 'queue' AND r.retired_at[s + 1] < now() - queue_period THEN
-				UPDATE ws.queue q SET slot = r.current WHERE q.slot = s;
-			END IF;
+			-- Under the lock no enqueue or batch is using the slot, and (in
+			-- read committed) each statement below sees every committed row.
 			BEGIN
 				EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', part);
 			EXCEPTION WHEN lock_not_available THEN
 				CONTINUE;
 			END;
-			-- Under the lock, no enqueue or worker can be adding a row, and
-			-- (in read committed) this statement sees every committed one.
 			IF r.log = 'queue' THEN
+				-- Messages waiting for a retry in a slot retired a period ago
+				-- move to the current slot, keeping their ids; the others
+				-- are being drained.
+				IF r.retired_at[s + 1] < now() - queue_period THEN
+					UPDATE ws.queue q SET slot = r.current
+					WHERE q.slot = s AND q.next_attempt_at > now();
+				END IF;
 				EXECUTE format('SELECT EXISTS (SELECT FROM %s)', part) INTO busy;
 				CONTINUE WHEN busy;
 			END IF;
