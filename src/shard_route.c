@@ -29,6 +29,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
@@ -41,16 +42,22 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "parser/parse_relation.h"
+#include "partitioning/partbounds.h"
+#include "partitioning/partdesc.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/float.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/partcache.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
 
@@ -383,7 +390,6 @@ fill_entry(DistEntry *entry, Relation view)
 	Datum		arg = ObjectIdGetDatum(RelationGetRelid(view));
 	StringInfoData columns;
 	bool		isnull;
-	uint64		rows;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -445,27 +451,31 @@ fill_entry(DistEntry *entry, Relation view)
 	entry->column_list = columns.data;
 	MemoryContextSwitchTo(old);
 
-	/* The partitions, by their bounds' remainders. */
-	arg = ObjectIdGetDatum(entry->partitioned);
-	if (SPI_execute_with_args("SELECT c.oid, (regexp_match(pg_get_expr(c.relpartbound, c.oid),"
-							  " 'remainder (\\d+)', 'i'))[1]::int, f.ftserver"
-							  " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-							  " JOIN pg_foreign_table f ON f.ftrelid = c.oid"
-							  " WHERE i.inhparent = $1",
-							  1, (Oid[]) {OIDOID}, &arg, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the slots of \"%s\"", entry->name);
-	rows = SPI_processed;
-	for (uint64 i = 0; i < rows; i++)
-	{
-		HeapTuple	tuple = SPI_tuptable->vals[i];
-		int			slot = DatumGetInt32(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 2, &isnull));
-
-		if (isnull || slot < 0 || slot >= entry->nslots)
-			continue;
-		entry->slots[slot].partition = DatumGetObjectId(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 1, &isnull));
-		entry->slots[slot].serverid = DatumGetObjectId(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 3, &isnull));
-	}
 	SPI_finish();
+
+	/*
+	 * The slots' foreign tables, from the partition descriptor: what the
+	 * catalogs say now, not what a statement's snapshot saw before a
+	 * rebalance switched a slot.  All partitions share one modulus, so
+	 * the bound's index of remainder r is slot r.
+	 */
+	{
+		Relation	parent = relation_open(entry->partitioned, AccessShareLock);
+		PartitionDesc partdesc = RelationGetPartitionDesc(parent, true);
+		PartitionBoundInfo bounds = partdesc->boundinfo;
+
+		for (int r = 0; bounds != NULL && r < Min(bounds->nindexes, entry->nslots); r++)
+		{
+			int			index = bounds->indexes[r];
+
+			if (index < 0)
+				continue;
+			entry->slots[r].partition = partdesc->oids[index];
+			entry->slots[r].serverid = GetForeignTable(partdesc->oids[index])->serverid;
+		}
+		/* Only while reading: a writer must not hold back a slot's switch. */
+		relation_close(parent, AccessShareLock);
+	}
 	entry->valid = true;
 }
 
@@ -680,6 +690,29 @@ send_all(void)
 }
 
 /*
+ * set_transmission_modes makes output functions write values the shard
+ * reads back exactly, whatever this session's settings (as postgres_fdw
+ * does: its connections use DateStyle ISO): ISO dates, postgres intervals,
+ * all float digits.  Returns the GUC nest level to undo.
+ */
+static int
+set_transmission_modes(void)
+{
+	int			level = NewGUCNestLevel();
+
+	if (DateStyle != USE_ISO_DATES)
+		(void) set_config_option("datestyle", "ISO", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	if (IntervalStyle != INTSTYLE_POSTGRES)
+		(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	if (extra_float_digits < 3)
+		(void) set_config_option("extra_float_digits", "3", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
+/*
  * ws._route_insert() is the INSTEAD OF INSERT row trigger of a distributed
  * table: it buffers the row for its slot and returns it.
  */
@@ -697,6 +730,7 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	bool		isnull;
 	char	   *key_text;
 	int			slot;
+	int			guc_level;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_INSTEAD(trigdata->tg_event) ||
 		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
@@ -749,6 +783,7 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	}
 	if (buf->rows == 0)
 		appendStringInfoChar(&buf->first_row, '(');
+	guc_level = set_transmission_modes();
 	for (int i = 0, n = 0; i < desc->natts; i++)
 	{
 		Datum		value;
@@ -776,6 +811,7 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 		if (buf->rows == 0)
 			appendStringInfoString(&buf->first_row, quote_literal_cstr(text));
 	}
+	AtEOXact_GUC(true, guc_level);
 	appendStringInfoChar(&buf->copy_data, '\n');
 	if (buf->rows == 0)
 		appendStringInfoChar(&buf->first_row, ')');
