@@ -1,0 +1,493 @@
+# Sharding over postgres_fdw on real clusters: a coordinator (with
+# write_scaling) and plain PostgreSQL shards on loopback.  100,000 rows go in
+# through the coordinator's view by single-row INSERTs, multi-row INSERTs,
+# INSERT ... SELECT and COPY; every row must land exactly once, in its key's
+# slot table on the server that holds the slot.  Then a fourth shard is added
+# and ws.rebalance moves its share while another session keeps inserting;
+# a shard is removed and the rebalance is killed twice at chosen points (in
+# the cleanup after a committed move, and after a slot's rows were copied but
+# before the switch): readers must see every row exactly once at each point,
+# and a rerun must finish the job.  Last, a stopped shard: writes to it fail
+# naming it, writes and key lookups elsewhere go on.
+#
+# The map has 32 slots (vnodes => 32) rather than the default 150 to keep the
+# number of foreign tables, and the run time, small; nothing below depends on
+# the number except the expected share of a new shard (a quarter).
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use IPC::Run;
+use Test::More;
+
+my $vnodes = 32;
+my $osuser = getpwuid($>);
+
+# --- the clusters ---------------------------------------------------------
+
+my $coord = PostgreSQL::Test::Cluster->new('coordinator');
+$coord->init;
+$coord->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'write_scaling'
+max_locks_per_transaction = 256
+});
+$coord->start;
+
+my %shard;
+sub start_shard
+{
+	my ($name) = @_;
+	my $node = PostgreSQL::Test::Cluster->new("shard_$name");
+	$node->init;
+	$node->start;
+	$shard{$name} = $node;
+	$coord->safe_psql('postgres', sprintf(q{
+		CREATE SERVER %s FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '%s', port '%s', dbname 'postgres');
+		CREATE USER MAPPING FOR CURRENT_USER SERVER %s OPTIONS (user '%s');},
+		$name, $node->host, $node->port, $name, $osuser));
+	return $node;
+}
+
+$coord->safe_psql('postgres', q{
+	CREATE EXTENSION postgres_fdw;
+	CREATE EXTENSION write_scaling;
+});
+start_shard($_) for qw(s1 s2 s3);
+
+# --- the distributed table ------------------------------------------------
+
+# The expected content of every row follows from its id.  Every tenth
+# customer has a tab, a backslash and a newline: COPY text escaping on the
+# way to the shards.
+$coord->safe_psql('postgres', qq{
+	CREATE FUNCTION cust(bigint) RETURNS text LANGUAGE sql IMMUTABLE
+	AS \$\$ SELECT 'c' || (\$1 % 97) || CASE WHEN \$1 % 10 = 0 THEN E'\\t\\\\ \\n' ELSE '' END \$\$;
+	SELECT ws.create_shard_map('m', vnodes => $vnodes);
+	SELECT ws.add_shard('m', 's1');
+	SELECT ws.add_shard('m', 's2');
+	SELECT ws.add_shard('m', 's3');
+	CREATE TABLE orders (
+		id bigint PRIMARY KEY,
+		customer text NOT NULL,
+		amount int CHECK (amount >= 0),
+		created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+	);
+	-- Rows that exist before the table is distributed move to the shards.
+	INSERT INTO orders (id, customer, amount) SELECT i, cust(i), i % 1000 FROM generate_series(1, 100) i;
+	SELECT ws.distribute_table('orders', 'id', 'm');
+});
+
+is($coord->safe_psql('postgres', q{SELECT relkind FROM pg_class WHERE oid = 'public.orders'::regclass}),
+	'v', 'orders is now a view');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_inherits i JOIN pg_foreign_table f ON f.ftrelid = i.inhrelid
+	WHERE i.inhparent = 'ws_dist.orders'::regclass}),
+	$vnodes, "ws_dist.orders has $vnodes foreign partitions");
+
+# %expected: every id that must be stored, exactly once.
+my %expected = map { $_ => 1 } 1 .. 100;
+
+# The slot of every id the test ever inserts, computed once by ws.key_slot.
+my %slot_of;
+sub learn_slots
+{
+	my ($from, $to) = @_;
+	for (split /\n/, $coord->safe_psql('postgres',
+		"SELECT i || ' ' || ws.key_slot(i::text, $vnodes) FROM generate_series($from, $to) i"))
+	{
+		my ($id, $slot) = split / /;
+		$slot_of{$id} = $slot;
+	}
+}
+learn_slots(1, 100000);
+learn_slots(200001, 203000);
+learn_slots(300001, 300500);
+
+# --- 100,000 rows through the coordinator ----------------------------------
+
+# 300 single-row INSERT statements, each its own transaction.
+$coord->safe_psql('postgres', join('', map {
+	"INSERT INTO orders (id, customer, amount) VALUES ($_, cust($_), $_ % 1000);\n" } 101 .. 400));
+$expected{$_} = 1 for 101 .. 400;
+
+# 200 single-row INSERTs in one transaction (a DO loop), and a multi-row INSERT.
+$coord->safe_psql('postgres', q{
+	DO $$ BEGIN
+		FOR i IN 401 .. 600 LOOP
+			INSERT INTO orders (id, customer, amount) VALUES (i, cust(i), i % 1000);
+		END LOOP;
+	END $$;
+	INSERT INTO orders (id, customer, amount)
+	VALUES (601, cust(601), 601), (602, cust(602), 602), (603, cust(603), 603), (604, cust(604), 604);
+});
+$expected{$_} = 1 for 401 .. 604;
+
+# INSERT ... SELECT, one statement.
+$coord->safe_psql('postgres', q{
+	INSERT INTO orders (id, customer, amount) SELECT i, cust(i), i % 1000 FROM generate_series(605, 60000) i});
+$expected{$_} = 1 for 605 .. 60000;
+
+# COPY FROM STDIN into the view, through psql.
+{
+	my $copy = "COPY orders (id, customer, amount) FROM STDIN;\n";
+	for my $i (60001 .. 100000)
+	{
+		my $c = 'c' . ($i % 97) . ($i % 10 == 0 ? "\\t\\\\ \\n" : '');
+		$copy .= "$i\t$c\t" . ($i % 1000) . "\n";
+	}
+	$copy .= "\\.\n";
+	$coord->safe_psql('postgres', $copy);
+	$expected{$_} = 1 for 60001 .. 100000;
+}
+
+# verify($label): everything the test expects of a distributed table at rest.
+#   - count(*) and sum(amount) through the coordinator equal %expected;
+#     every row's columns equal what was inserted;
+#   - the coordinator's foreign partition of each row is on the server
+#     ws.shard_for names and is the slot ws.key_slot gives;
+#   - on each shard: its orders_sNNN tables are exactly the slots placed on
+#     it plus the ones queued in ws.shard_cleanup for it; in each placed slot
+#     table every row's key belongs to that slot; the shards' rows together
+#     are %expected, each id exactly once; per shard the same number of rows
+#     as the coordinator reads from it.
+# Options: settled => every slot is placed on its owner; skip => servers not
+# to ask directly.
+sub verify
+{
+	my ($label, %opt) = @_;
+	my %skip = map { $_ => 1 } @{ $opt{skip} // [] };
+	my $n = scalar keys %expected;
+	my $sum = 0;
+	$sum += $_ % 1000 for keys %expected;
+
+	is($coord->safe_psql('postgres', q{SELECT count(*) || ' ' || coalesce(sum(amount), 0) FROM orders}),
+		"$n $sum", "$label: count(*) and sum(amount) through the coordinator are exact ($n, $sum)");
+	is($coord->safe_psql('postgres', q{
+		SELECT count(*) FROM orders
+		WHERE customer IS DISTINCT FROM cust(id) OR amount IS DISTINCT FROM (id % 1000)::int OR created_at IS NULL}),
+		'0', "$label: every row's columns are as inserted");
+	is($coord->safe_psql('postgres', qq{
+		SELECT count(*) FROM ws_dist.orders o
+		JOIN pg_class c ON c.oid = o.tableoid
+		JOIN pg_foreign_table f ON f.ftrelid = o.tableoid
+		JOIN pg_foreign_server s ON s.oid = f.ftserver
+		WHERE ws.shard_for('m', o.id::text) <> s.srvname
+		   OR c.relname <> 'orders_s' || lpad(ws.key_slot(o.id::text, $vnodes)::text, 3, '0')}),
+		'0', "$label: each row is read from the partition of its slot, on the server ws.shard_for names");
+	if ($opt{settled})
+	{
+		is($coord->safe_psql('postgres', q{
+			SELECT count(*) FROM ws.shard_slots WHERE map = 'm' AND (owner IS NULL OR owner IS DISTINCT FROM placed_on)}),
+			'0', "$label: every slot is placed on its owner");
+		is($coord->safe_psql('postgres', 'SELECT count(*) FROM ws.shard_cleanup'),
+			'0', "$label: no cleanup left queued");
+	}
+
+	my (%placed, %cleanup);
+	for (split /\n/, $coord->safe_psql('postgres', q{SELECT slot || ' ' || placed_on FROM ws.shard_slots WHERE map = 'm'}))
+	{
+		my ($slot, $server) = split / /;
+		push @{ $placed{$server} }, sprintf('orders_s%03d', $slot);
+	}
+	for (split /\n/, $coord->safe_psql('postgres', q{SELECT server || ' ' || remote_table FROM ws.shard_cleanup WHERE remote_schema = 'public'}))
+	{
+		my ($server, $table) = split / /;
+		push @{ $cleanup{$server} }, $table;
+	}
+	my %coord_count = map { split / / } split /\n/, $coord->safe_psql('postgres', q{
+		SELECT s.srvname || ' ' || count(*) FROM ws_dist.orders o
+		JOIN pg_foreign_table f ON f.ftrelid = o.tableoid
+		JOIN pg_foreign_server s ON s.oid = f.ftserver GROUP BY s.srvname});
+
+	my (%seen, $dups, $wrong_slot);
+	$dups = $wrong_slot = 0;
+	for my $server (sort keys %shard)
+	{
+		next if $skip{$server};
+		my $node = $shard{$server};
+		my @want = sort(@{ $placed{$server} // [] }, @{ $cleanup{$server} // [] });
+		my @have = split /\n/, $node->safe_psql('postgres', q{
+			SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE c.relkind IN ('r', 'p', 'f') AND (c.relname LIKE 'orders%' OR n.nspname = 'public')
+			ORDER BY c.relname});
+		is(join(',', @have), join(',', @want),
+			"$label: $server holds exactly the slot tables placed on it"
+			  . (@{ $cleanup{$server} // [] } ? ' and those queued for cleanup' : ''));
+
+		my @tables = @{ $placed{$server} // [] };
+		my @rows = @tables
+		  ? split /\n/, $node->safe_psql('postgres', join(' UNION ALL ',
+				map { my $s = substr($_, -3) + 0; "SELECT $s || ' ' || id FROM public.$_" } @tables))
+		  : ();
+		for (@rows)
+		{
+			my ($slot, $id) = split / /;
+			$dups++ if $seen{$id}++;
+			$wrong_slot++ unless defined $slot_of{$id} && $slot_of{$id} == $slot;
+		}
+		is(scalar(@rows), $coord_count{$server} // 0,
+			"$label: $server stores as many rows as the coordinator reads from it (" . scalar(@rows) . ')');
+	}
+	return if %skip;
+	is($dups, 0, "$label: no id is stored twice, on one shard or two");
+	is($wrong_slot, 0, "$label: every row on the shards is in its key's slot table");
+	is(scalar(grep { !$seen{$_} } keys %expected), 0, "$label: no row is missing from the shards");
+	is(scalar(grep { !$expected{$_} } keys %seen), 0, "$label: no unexpected row is on the shards");
+}
+
+verify('after 100,000 inserts', settled => 1);
+cmp_ok($coord->safe_psql('postgres', q{SELECT min(n) FROM (SELECT count(*) AS n FROM ws.shard_slots WHERE map = 'm' GROUP BY owner) x}),
+	'>=', int($vnodes / 3), 'each of the 3 shards owns its share of the slots');
+
+# A query fixing the key reads one slot.
+like($coord->safe_psql('postgres', q{EXPLAIN (COSTS OFF) SELECT * FROM orders WHERE id = 4242}),
+	qr/Foreign Scan on orders_s\d{3}(?!.*Foreign Scan)/s, 'a lookup by key scans one foreign partition');
+is($coord->safe_psql('postgres', q{SELECT amount FROM orders WHERE id = 4242}), '242', 'and finds the row');
+
+# --- a fourth shard, rebalanced while another session inserts ----------------
+
+start_shard('s4');
+$coord->safe_psql('postgres', q{SELECT ws.add_shard('m', 's4')});
+my $to_move = $coord->safe_psql('postgres', q{SELECT count(*) FROM ws.shard_slots WHERE map = 'm' AND owner IS DISTINCT FROM placed_on});
+is($to_move, $vnodes / 4, 'adding a 4th shard reassigns a quarter of the slots, all to s4');
+
+# 3,000 single-row INSERTs, each its own transaction, from another session.
+# It goes on after an error and prints the id of every row it stored.
+my $writer_sql = "${PostgreSQL::Test::Utils::tmp_check}/010_writer.sql";
+PostgreSQL::Test::Utils::append_to_file($writer_sql, join('', map {
+	"INSERT INTO orders (id, customer, amount) VALUES ($_, cust($_), $_ % 1000) RETURNING id;\n" } 200001 .. 203000));
+my ($w_out, $w_err) = ('', '');
+my $writer = IPC::Run::start(
+	[ 'psql', '-XAtq', '-d', $coord->connstr('postgres'), '-f', $writer_sql ],
+	'>', \$w_out, '2>', \$w_err);
+$coord->poll_query_until('postgres', q{SELECT count(*) >= 200 FROM orders WHERE id > 200000})
+  or die 'the writer does not progress';
+
+my $t0 = time;
+my $moved = $coord->safe_psql('postgres', q{CALL ws.rebalance('m')});
+note("rebalance to s4 took " . (time - $t0) . "s, reported $moved");
+$writer->finish;
+my @stored = grep { /^\d+$/ } split /\n/, $w_out;
+$expected{$_} = 1 for @stored;
+my @w_errors = grep { /ERROR/ } split /\n/, $w_err;
+is(scalar(@stored), 3000, 'every insert of the concurrent writer succeeded during the rebalance')
+  or diag(scalar(@w_errors) . " failed, the first with: $w_errors[0]");
+
+my ($log_moved, $log_slots, $log_to) = split /\|/, $coord->safe_psql('postgres', q{
+	SELECT sum(rows_moved), count(*), string_agg(DISTINCT to_server, ',') FROM ws.rebalance_log});
+is($log_slots, $to_move, 'ws.rebalance_log has one move per reassigned slot');
+is($log_to, 's4', 'all moves went to s4');
+like($moved, qr/^\{"s4": $log_moved\}$/, "ws.rebalance reports the rows it moved, as logged ($log_moved)");
+my $fraction = $log_moved / scalar(keys %expected);
+note(sprintf('rebalance moved %d of %d rows: %.3f', $log_moved, scalar(keys %expected), $fraction));
+ok($fraction > 0.15 && $fraction < 0.35, sprintf('about a quarter of the rows moved (%.3f)', $fraction));
+my $overlap = $coord->safe_psql('postgres', q{
+	SELECT count(*) FROM orders
+	WHERE id > 200000 AND created_at BETWEEN (SELECT min(moved_at) FROM ws.rebalance_log)
+										 AND (SELECT max(moved_at) FROM ws.rebalance_log)});
+note("$overlap concurrent inserts were made between the first and last move");
+cmp_ok($overlap, '>', 0, 'the writer inserted while the rebalance moved slots');
+verify('after adding s4 and rebalancing', settled => 1);
+
+# --- remove s2; kill the rebalance twice ------------------------------------
+
+$coord->safe_psql('postgres', q{SELECT ws.remove_shard('m', 's2')});
+my @leaving = split /\n/, $coord->safe_psql('postgres', q{
+	SELECT slot FROM ws.shard_slots WHERE map = 'm' AND owner IS DISTINCT FROM placed_on ORDER BY slot});
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM ws.shard_slots WHERE map = 'm' AND placed_on = 's2'}),
+	scalar(@leaving), 'removing s2 reassigns exactly its slots');
+cmp_ok(scalar(@leaving), '>=', 4, 's2 has slots to give away (' . scalar(@leaving) . ')');
+my @leaving_tables = map { sprintf('orders_s%03d', $_) } @leaving;
+my $log_mark = $coord->safe_psql('postgres', 'SELECT count(*) FROM ws.rebalance_log');
+verify('after remove_shard, before the rebalance');
+
+# Two keys of a slot, not used before.
+sub keys_of_slot
+{
+	my ($slot) = @_;
+	my @k = grep { $slot_of{$_} == $slot } 300001 .. 300400;
+	die "too few keys in slot $slot" if @k < 3;
+	return @k[ 0, 1, 2 ];
+}
+
+# A statement in its own psql, named so that it can be found.
+sub start_psql
+{
+	my ($name, $sql) = @_;
+	my %r = (out => '', err => '', name => $name);
+	$r{h} = IPC::Run::start(
+		[ 'psql', '-XAtq', '-d', $coord->connstr('postgres') . " application_name=$name", '-c', $sql ],
+		'>', \$r{out}, '2>', \$r{err});
+	$coord->poll_query_until('postgres', "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = '$name'")
+	  or die "$name did not start";
+	$r{pid} = $coord->safe_psql('postgres', "SELECT pid FROM pg_stat_activity WHERE application_name = '$name'");
+	return \%r;
+}
+sub start_rebalance { return start_psql($_[0], "CALL ws.rebalance('m')"); }
+sub insert_sql
+{
+	my ($id) = @_;
+	return "INSERT INTO orders (id, customer, amount) VALUES ($id, cust($id), $id % 1000) RETURNING id";
+}
+# Whether the session named name waits for a lock on relation rel.
+sub waits_for
+{
+	my ($name, $rel, $mode) = @_;
+	return $coord->poll_query_until('postgres', qq{
+		SELECT EXISTS (SELECT FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+					   WHERE a.application_name = '$name' AND NOT l.granted
+						 AND l.relation = '$rel'::regclass @{[ $mode ? "AND l.mode = '$mode'" : '' ]})});
+}
+sub slot_rel { return sprintf('ws_dist.orders_s%03d', $_[0]); }
+sub kill_rebalance
+{
+	my ($r, $label) = @_;
+	is($coord->safe_psql('postgres', "SELECT pg_terminate_backend($r->{pid})"), 't', "$label: the rebalance session is terminated");
+	ok(!$r->{h}->finish, "$label: CALL ws.rebalance did not complete");
+	like($r->{err}, qr/terminating connection due to administrator command/, "$label: it was killed, not failed");
+}
+sub moves_this_round
+{
+	return $coord->safe_psql('postgres', "SELECT count(*) FROM (SELECT * FROM ws.rebalance_log OFFSET $log_mark) x");
+}
+
+# Kill 1: in the cleanup right after the first slot's move committed.  A
+# transaction on s2 holds the old copy of that slot, so the rebalance's DROP
+# of it waits there.
+my $s2_blocker = $shard{s2}->background_psql('postgres');
+$s2_blocker->query_safe("BEGIN; LOCK TABLE public.$leaving_tables[0] IN ACCESS SHARE MODE;");
+my $r1 = start_rebalance('rebalance_1');
+ok( $shard{s2}->poll_query_until('postgres', qq{
+	SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND mode = 'AccessExclusiveLock'
+				   AND relation = 'public.$leaving_tables[0]'::regclass)}),
+	'kill 1: the rebalance waits to drop the old copy of the first moved slot');
+kill_rebalance($r1, 'kill 1');
+$s2_blocker->query_safe('ROLLBACK');
+is(moves_this_round(), 1, 'kill 1: one slot was moved before the kill');
+is($coord->safe_psql('postgres', qq{SELECT placed_on <> 's2' FROM ws.shard_slots WHERE map = 'm' AND slot = $leaving[0]}),
+	't', 'kill 1: that slot is placed on its new owner');
+is($coord->safe_psql('postgres', q{SELECT string_agg(server || '.' || remote_table, ',') FROM ws.shard_cleanup}),
+	"s2.$leaving_tables[0]", 'kill 1: its old copy is still queued for cleanup');
+verify('kill 1 (old copy left on s2)');
+
+# Kill 2: after a slot's rows were copied to its new owner, before the
+# switch.  Session A inserts a row into the third leaving slot and keeps its
+# transaction open, so the rebalance (after moving the second) waits for
+# that slot; session B reads the table, so once A commits, the rebalance
+# copies the slot and then waits to detach the old partition.
+my $k3 = $leaving[2];
+my ($a_id, $w1_id) = keys_of_slot($k3);
+my $sess_a = $coord->background_psql('postgres');
+my $sess_b = $coord->background_psql('postgres');
+$sess_a->query_safe("BEGIN; " . insert_sql($a_id) . ";");
+my $r2 = start_rebalance('rebalance_2');
+ok(waits_for('rebalance_2', slot_rel($k3)), 'kill 2: the rebalance waits for the slot a writer holds');
+# Another writer of that slot queues behind the rebalance.
+my $w1 = start_psql('writer_1', insert_sql($w1_id));
+ok(waits_for('writer_1', slot_rel($k3)), 'kill 2: a second writer of the slot waits behind the rebalance');
+is(moves_this_round(), 2, 'kill 2: by then the second slot moved too');
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM ws.shard_cleanup'), '0', 'kill 2: and the first one\'s old copy is gone');
+$sess_b->query_safe(q{BEGIN; SELECT count(*) FROM ws_dist.orders WHERE id = 1;});
+$sess_a->query_safe('COMMIT');
+$expected{$a_id} = 1;
+ok(waits_for('rebalance_2', 'ws_dist.orders', 'AccessExclusiveLock'),
+	'kill 2: the rebalance copied the slot and waits to switch it');
+kill_rebalance($r2, 'kill 2');
+$sess_b->query_safe('ROLLBACK');
+$w1->{h}->finish;
+chomp $w1->{out};
+is($w1->{out}, $w1_id, 'kill 2: the writer that waited behind the killed rebalance stored its row')
+  or diag($w1->{err});
+$expected{$w1_id} = 1 if $w1->{out} eq $w1_id;
+$sess_a->quit;
+$sess_b->quit;
+is(moves_this_round(), 2, 'kill 2: the interrupted slot was not logged as moved');
+is($coord->safe_psql('postgres', "SELECT placed_on FROM ws.shard_slots WHERE map = 'm' AND slot = $k3"),
+	's2', 'kill 2: the interrupted slot is still placed on s2');
+verify('kill 2 (a slot copied, not switched)');
+
+# The rerun finishes the job.  Session A holds the last leaving slot, so
+# the rerun (after moving the others) waits for it; a writer of that slot
+# queues behind the rerun and must, once the slot has moved, store its row
+# on the slot's new server, and go on writing to that slot afterwards.
+my $k_last = $leaving[-1];
+my ($a2_id, $w2_id, $w3_id) = keys_of_slot($k_last);
+$sess_a = $coord->background_psql('postgres');
+$sess_a->query_safe("BEGIN; " . insert_sql($a2_id) . ";");
+my $r3 = start_rebalance('rebalance_3');
+ok(waits_for('rebalance_3', slot_rel($k_last)), 'rerun: the rebalance waits for the slot a writer holds');
+is(moves_this_round(), scalar(@leaving) - 1, 'rerun: having moved all the others');
+my $w2 = $coord->background_psql('postgres', on_error_stop => 0);
+$w2->query_safe(q{SET application_name = 'writer_2'});
+$w2->{stdin} .= insert_sql($w2_id) . ";\n";
+$w2->{run}->pump_nb;
+ok(waits_for('writer_2', slot_rel($k_last)), 'rerun: a second writer of the slot waits behind the rebalance');
+$sess_a->query_safe('COMMIT');
+$sess_a->quit;
+$expected{$a2_id} = 1;
+ok($r3->{h}->finish, 'rerun: CALL ws.rebalance completes') or diag($r3->{err});
+my ($w2_out) = $w2->query(';');
+chomp $w2_out;
+is($w2_out, $w2_id, 'rerun: the writer that waited for the moving slot stored its row once the slot moved')
+  or diag($w2->{stderr});
+$expected{$w2_id} = 1 if $w2_out eq $w2_id;
+$w2->{stderr} = '';
+my ($w3_out) = $w2->query(insert_sql($w3_id));
+chomp $w3_out;
+is($w3_out, $w3_id, 'rerun: and the same session then writes to that slot again') or diag($w2->{stderr});
+$expected{$w3_id} = 1 if $w3_out eq $w3_id;
+$w2->quit;
+is(moves_this_round(), scalar(@leaving), 'the rerun moved the remaining slots; each slot logged once');
+is($coord->safe_psql('postgres', "SELECT count(*) FROM (SELECT * FROM ws.rebalance_log OFFSET $log_mark) x WHERE from_server <> 's2'"),
+	'0', 'every move of this round came from s2');
+is($shard{s2}->safe_psql('postgres', q{SELECT count(*) FROM pg_class WHERE relname LIKE 'orders%'}),
+	'0', 'no slot table is left on s2');
+verify('after the rerun', settled => 1);
+my $after_rerun = $coord->safe_psql('postgres', q{SELECT string_agg(owner || ':' || n, ',' ORDER BY owner) FROM (SELECT owner, count(*) AS n FROM ws.shard_slots WHERE map = 'm' GROUP BY owner) x});
+note("slots per shard after removing s2: $after_rerun");
+
+# --- a shard down ------------------------------------------------------------
+
+$shard{s3}->stop;
+my $on_s3 = $coord->safe_psql('postgres', q{SELECT min(i) FROM generate_series(300401, 300500) i WHERE ws.shard_for('m', i::text) = 's3'});
+my $on_s1 = $coord->safe_psql('postgres', q{SELECT min(i) FROM generate_series(300401, 300500) i WHERE ws.shard_for('m', i::text) = 's1'});
+my $old_on_s4 = $coord->safe_psql('postgres', q{SELECT min(i) FROM generate_series(1, 1000) i WHERE ws.shard_for('m', i::text) = 's4'});
+my ($ret, $out, $err) = $coord->psql('postgres', "INSERT INTO orders (id, customer, amount) VALUES ($on_s3, 'x', 1)");
+isnt($ret, 0, "with s3 down, an INSERT of a key s3 holds ($on_s3) fails");
+like($err, qr/shard server "s3"/, 'and the error names the server');
+($ret, $out, $err) = $coord->psql('postgres', "INSERT INTO orders (id, customer, amount) VALUES ($on_s1, cust($on_s1), $on_s1 % 1000), ($on_s3, 'x', 1)");
+isnt($ret, 0, 'a multi-row INSERT with a row for s3 fails');
+is($coord->safe_psql('postgres', "SELECT count(*) FROM orders WHERE id = $on_s1"), '0', 'and its row for s1 was not kept');
+($ret, $out, $err) = $coord->psql('postgres', "INSERT INTO orders (id, customer, amount) VALUES ($on_s1, cust($on_s1), $on_s1 % 1000)");
+is($ret, 0, "an INSERT of a key s1 holds ($on_s1) succeeds") or diag($err);
+is($coord->safe_psql('postgres', "SELECT amount FROM orders WHERE id = $on_s1"), $on_s1 % 1000, 'and reads back by key');
+is($coord->safe_psql('postgres', "SELECT customer = cust(id) FROM orders WHERE id = $old_on_s4"), 't',
+	"a lookup by a key on a live shard ($old_on_s4, on s4) succeeds");
+($ret, $out, $err) = $coord->psql('postgres', 'SELECT count(*) FROM orders');
+isnt($ret, 0, 'a read of all shards fails while s3 is down');
+like($err, qr/"s3"/, 'naming s3');
+$expected{$on_s1} = 1;
+$shard{s3}->start;
+verify('after s3 came back', settled => 1);
+
+# --- buffered inserts into the distributed table ----------------------------
+
+# Rows buffered by ws.buffered_insert are flushed through COPY into the view
+# (by size, then at commit) and routed like any insert; a rolled-back
+# transaction's buffered rows reach no shard.
+$coord->safe_psql('postgres', q{
+	SET write_scaling.batch_rows = 700;
+	BEGIN;
+	SELECT count(ws.buffered_insert('orders', ROW(i, cust(i), (i % 1000)::int, clock_timestamp())::orders))
+	FROM generate_series(400001, 402000) i;
+	COMMIT;
+	BEGIN;
+	SELECT count(ws.buffered_insert('orders', ROW(i, cust(i), (i % 1000)::int, clock_timestamp())::orders))
+	FROM generate_series(402001, 402100) i;
+	ROLLBACK;
+});
+learn_slots(400001, 402000);
+$expected{$_} = 1 for 400001 .. 402000;
+verify('after buffered inserts', settled => 1);
+
+done_testing();
