@@ -1426,6 +1426,8 @@ CREATE TABLE ws.shard_cleanup (
 	remote_schema name NOT NULL,
 	remote_table name NOT NULL,
 	queued_at timestamptz NOT NULL DEFAULT now(),
+	next_try timestamptz NOT NULL DEFAULT '-infinity',
+	last_error text,
 	PRIMARY KEY (server, remote_schema, remote_table)
 );
 COMMENT ON TABLE ws.shard_cleanup IS
@@ -1475,7 +1477,29 @@ COMMENT ON FUNCTION ws._route_flush() IS
 CREATE FUNCTION ws._slot_table(base name, slot int)
 RETURNS name
 LANGUAGE sql IMMUTABLE STRICT
-AS $$ SELECT (base || '_s' || lpad(slot::text, 3, '0'))::name $$;
+AS $$ SELECT (base || '_s' || CASE WHEN slot < 1000 THEN lpad(slot::text, 3, '0') ELSE slot::text END)::name $$;
+
+-- Commands for shard servers that emit no notice when there is nothing to
+-- do; the names travel as literals.
+CREATE FUNCTION ws._create_schema_command(nsp name)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format('DO %L', format(
+		'BEGIN IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = %L) THEN CREATE SCHEMA %I; END IF; END',
+		nsp, nsp))
+$$;
+
+CREATE FUNCTION ws._drop_table_command(nsp name, rel name)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format('DO %L', format(
+		'BEGIN IF to_regclass(%L) IS NOT NULL THEN DROP TABLE %s; END IF; END',
+		format('%I.%I', nsp, rel), format('%I.%I', nsp, rel)))
+$$;
 
 CREATE FUNCTION ws.distribute_table(table_name regclass, key_column name, map text)
 RETURNS void
@@ -1498,12 +1522,14 @@ DECLARE
 	s record;
 	servers_ready name[] := '{}';
 	old_name name;
+	owner_name name;
 BEGIN
 	IF table_name IS NULL OR key_column IS NULL OR map IS NULL THEN
 		RAISE EXCEPTION 'arguments of ws.distribute_table must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	SELECT * INTO m FROM ws.shard_maps x WHERE x.map = distribute_table.map;
+	-- Serialised with add_shard, remove_shard and ws.rebalance.
+	SELECT * INTO m FROM ws.shard_maps x WHERE x.map = distribute_table.map FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'shard map "%" does not exist', left(map, 64)
 			USING ERRCODE = 'undefined_object',
@@ -1515,7 +1541,8 @@ BEGIN
 				  HINT = 'Add one with ws.add_shard().';
 	END IF;
 	SELECT * INTO rel FROM pg_class c WHERE c.oid = table_name;
-	nsp := rel.relnamespace::regnamespace::name;
+	SELECT n.nspname INTO nsp FROM pg_namespace n WHERE n.oid = rel.relnamespace;
+	SELECT r.rolname INTO owner_name FROM pg_roles r WHERE r.oid = rel.relowner;
 	IF EXISTS (SELECT FROM ws.distributed_tables d WHERE d.table_name = distribute_table.table_name) THEN
 		RAISE EXCEPTION 'table "%" is already distributed', table_name
 			USING ERRCODE = 'duplicate_object';
@@ -1604,7 +1631,7 @@ BEGIN
 	EXECUTE format('CREATE TABLE %s (%s) PARTITION BY HASH (%I %s)', parent, columns, key_column, opclass);
 	FOR s IN SELECT x.slot, x.placed_on FROM ws.shard_slots x WHERE x.map = m.map ORDER BY x.slot LOOP
 		IF s.placed_on <> ALL (servers_ready) THEN
-			PERFORM ws._shard_exec(s.placed_on, format('DO $do$BEGIN IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = %L) THEN CREATE SCHEMA %I; END IF; END$do$', nsp, nsp));
+			PERFORM ws._shard_exec(s.placed_on, ws._create_schema_command(nsp));
 			servers_ready := servers_ready || s.placed_on;
 		END IF;
 		PERFORM ws._shard_exec(s.placed_on, format('CREATE TABLE %I.%I (%s)', nsp,
@@ -1620,8 +1647,8 @@ BEGIN
 	old_name := left(rel.relname, 40) || '_ws_local';
 	EXECUTE format('ALTER TABLE %s RENAME TO %I', table_name, old_name);
 	EXECUTE format('CREATE VIEW %I.%I AS SELECT %s FROM %s', nsp, rel.relname, column_names, parent);
-	EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', nsp, rel.relname, rel.relowner::regrole);
-	EXECUTE format('ALTER TABLE %s OWNER TO %I', parent, rel.relowner::regrole);
+	EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', nsp, rel.relname, owner_name);
+	EXECUTE format('ALTER TABLE %s OWNER TO %I', parent, owner_name);
 	FOR s IN SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) AS expr
 			 FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
 			 WHERE d.adrelid = table_name LOOP
@@ -1649,36 +1676,41 @@ $$;
 COMMENT ON FUNCTION ws.distribute_table(regclass, name, text) IS
 	'Moves a table''s rows to the shards of a map: a slot table on each shard, a view in the table''s place that routes inserts and reads all shards or, for a fixed key, one';
 
--- Moves one slot of one distributed table: copies its rows to the new
--- server, checks both sides count the same, and switches the slot's
--- foreign table, all in the caller's transaction.  Writers of the slot
--- wait from the first statement to the commit; readers see the old copy
--- until the commit and the new one after it.
-CREATE FUNCTION ws._move_slot(d ws.distributed_tables, p_slot int, from_server name, to_server name)
+-- Moves one slot of one distributed table to to_server: copies its rows,
+-- checks both sides count the same, and switches the slot's foreign table,
+-- all in the caller's transaction, which has already locked the slot of
+-- every table of the map (ws._move_slots).  Returns the rows moved.
+CREATE FUNCTION ws._move_slot(d ws.distributed_tables, p_slot int, to_server name)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-SET lock_timeout = '5s'
 AS $$
 DECLARE
 	vnodes int;
 	slot_name name := ws._slot_table(d.remote_table, p_slot);
 	incoming name := ws._slot_table(d.remote_table, p_slot) || '_in';
 	part regclass := format('ws_dist.%I', ws._slot_table(d.remote_table, p_slot))::regclass;
+	from_server name;
+	owner_name name;
 	columns text;
 	moved bigint;
 	source_rows bigint;
 	copied_rows bigint;
 BEGIN
 	SELECT m.vnodes INTO vnodes FROM ws.shard_maps m WHERE m.map = d.map;
-	PERFORM ws._lock_slot(part);
+	-- Where the rows are is what the slot's foreign table says.
+	SELECT s.srvname INTO from_server
+	FROM pg_foreign_table f JOIN pg_foreign_server s ON s.oid = f.ftserver
+	WHERE f.ftrelid = part;
+	IF from_server = to_server THEN
+		RETURN 0;
+	END IF;
 	DELETE FROM ws.shard_cleanup c
 	WHERE c.server = to_server AND c.remote_schema = d.remote_schema AND c.remote_table = slot_name;
-	PERFORM ws._shard_exec(to_server, format('DO $do$BEGIN IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = %L) THEN CREATE SCHEMA %I; END IF; END$do$', d.remote_schema, d.remote_schema));
-	-- What an interrupted earlier run left there was never visible.
-	PERFORM ws._shard_exec(to_server, format('DO $do$BEGIN IF to_regclass(%L) IS NOT NULL THEN DROP TABLE %s; END IF; END$do$',
-											 format('%I.%I', d.remote_schema, slot_name),
-											 format('%I.%I', d.remote_schema, slot_name)));
+	PERFORM ws._shard_exec(to_server, ws._create_schema_command(d.remote_schema));
+	-- No reader can see a table there: the slot points elsewhere.  What an
+	-- interrupted earlier run left is dropped.
+	PERFORM ws._shard_exec(to_server, ws._drop_table_command(d.remote_schema, slot_name));
 	PERFORM ws._shard_exec(to_server, format('CREATE TABLE %I.%I (%s)', d.remote_schema, slot_name,
 											 d.remote_definition));
 	SELECT string_agg(format('%I %s%s', a.attname, format_type(a.atttypid, a.atttypmod),
@@ -1700,11 +1732,12 @@ BEGIN
 								  moved, copied_rows, to_server);
 	END IF;
 
+	SELECT r.rolname INTO owner_name FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
+	WHERE c.oid = d.partitioned;
 	EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', d.partitioned, part);
 	EXECUTE format('DROP FOREIGN TABLE %s', part);
 	EXECUTE format('ALTER FOREIGN TABLE ws_dist.%I RENAME TO %I', incoming, slot_name);
-	EXECUTE format('ALTER FOREIGN TABLE ws_dist.%I OWNER TO %I', slot_name,
-				   (SELECT c.relowner::regrole FROM pg_class c WHERE c.oid = d.partitioned));
+	EXECUTE format('ALTER FOREIGN TABLE ws_dist.%I OWNER TO %I', slot_name, owner_name);
 	EXECUTE format('ALTER TABLE %s ATTACH PARTITION ws_dist.%I FOR VALUES WITH (MODULUS %s, REMAINDER %s)',
 				   d.partitioned, slot_name, vnodes, p_slot);
 	INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
@@ -1712,6 +1745,52 @@ BEGIN
 	INSERT INTO ws.rebalance_log (map, table_name, slot, from_server, to_server, rows_moved)
 	VALUES (d.map, d.table_name, p_slot, from_server, to_server, moved);
 	RETURN moved;
+END
+$$;
+
+-- Moves the next slot of a map whose owner changed, for every table of the
+-- map, in the caller's transaction; returns (slot, server, rows moved), no
+-- row when nothing is left to move, or rows moved -1 when the locks could
+-- not be had in time: the caller must then roll back (postgres_fdw's remote
+-- transactions keep the snapshot of the first attempt) and try again.
+CREATE FUNCTION ws._move_slots(p_map text, OUT slot int, OUT server name, OUT moved bigint)
+RETURNS SETOF record
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '5s'
+AS $$
+DECLARE
+	s ws.shard_slots;
+	d ws.distributed_tables;
+BEGIN
+	-- One rebalance per map at a time, and no add_shard or remove_shard
+	-- meanwhile: the owner read here is the server the rows go to.
+	PERFORM FROM ws.shard_maps m WHERE m.map = p_map FOR UPDATE;
+	SELECT * INTO s FROM ws.shard_slots x
+	WHERE x.map = p_map AND x.owner IS DISTINCT FROM x.placed_on
+	ORDER BY x.slot LIMIT 1;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	slot := s.slot;
+	server := s.owner;
+	moved := 0;
+	BEGIN
+		-- Every table's slot is held before the first row is read.
+		FOR d IN SELECT * FROM ws.distributed_tables t WHERE t.map = p_map ORDER BY t.table_name::oid LOOP
+			PERFORM ws._lock_slot(format('ws_dist.%I', ws._slot_table(d.remote_table, s.slot))::regclass);
+		END LOOP;
+		FOR d IN SELECT * FROM ws.distributed_tables t WHERE t.map = p_map ORDER BY t.table_name::oid LOOP
+			moved := moved + ws._move_slot(d, s.slot, s.owner);
+		END LOOP;
+	EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+		moved := -1;
+		RETURN NEXT;
+		RETURN;
+	END;
+	UPDATE ws.shard_slots x SET placed_on = s.owner WHERE x.map = p_map AND x.slot = s.slot;
+	PERFORM ws._shard_maps_changed();
+	RETURN NEXT;
 END
 $$;
 
@@ -1724,74 +1803,69 @@ AS $$
 DECLARE
 	c ws.shard_cleanup;
 BEGIN
-	DELETE FROM ws.shard_cleanup x
-	WHERE (x.server, x.remote_schema, x.remote_table) =
-		  (SELECT y.server, y.remote_schema, y.remote_table FROM ws.shard_cleanup y
-		   ORDER BY y.queued_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-	RETURNING x.* INTO c;
+	SELECT * INTO c FROM ws.shard_cleanup y
+	WHERE y.next_try <= clock_timestamp()
+	ORDER BY y.queued_at LIMIT 1 FOR UPDATE SKIP LOCKED;
 	IF NOT FOUND THEN
 		RETURN false;
 	END IF;
-	PERFORM ws._shard_exec(c.server, format('DO $do$BEGIN IF to_regclass(%L) IS NOT NULL THEN DROP TABLE %s; END IF; END$do$',
-											format('%I.%I', c.remote_schema, c.remote_table),
-											format('%I.%I', c.remote_schema, c.remote_table)));
+	BEGIN
+		PERFORM ws._shard_exec(c.server, ws._drop_table_command(c.remote_schema, c.remote_table));
+		DELETE FROM ws.shard_cleanup y
+		WHERE (y.server, y.remote_schema, y.remote_table) = (c.server, c.remote_schema, c.remote_table);
+	EXCEPTION WHEN OTHERS THEN
+		-- A server that is down keeps its old tables until a later run.
+		RAISE WARNING 'could not drop old slot table %.% on server "%": %',
+			c.remote_schema, c.remote_table, c.server, SQLERRM;
+		UPDATE ws.shard_cleanup y SET next_try = clock_timestamp() + interval '1 minute', last_error = SQLERRM
+		WHERE (y.server, y.remote_schema, y.remote_table) = (c.server, c.remote_schema, c.remote_table);
+	END;
 	RETURN true;
 END
 $$;
 
+-- A procedure, to commit each slot.  It cannot pin search_path (that would
+-- forbid COMMIT), so every name it uses is qualified.
 CREATE PROCEDURE ws.rebalance(map text, INOUT rows_moved jsonb DEFAULT NULL)
 LANGUAGE plpgsql
 AS $$
 DECLARE
-	s record;
-	d ws.distributed_tables;
-	n bigint;
-	attempts int;
+	step record;
+	attempts int := 0;
 BEGIN
 	IF map IS NULL THEN
 		RAISE EXCEPTION 'shard map name must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	IF NOT EXISTS (SELECT FROM ws.shard_maps m WHERE m.map = rebalance.map) THEN
-		RAISE EXCEPTION 'shard map "%" does not exist', left(map, 64)
+	IF NOT EXISTS (SELECT FROM ws.shard_maps m WHERE m.map OPERATOR(pg_catalog.=) rebalance.map) THEN
+		RAISE EXCEPTION 'shard map "%" does not exist', pg_catalog.left(map, 64)
 			USING ERRCODE = 'undefined_object';
 	END IF;
-	rows_moved := '{}';
+	rows_moved := '{}'::pg_catalog.jsonb;
 	WHILE ws._shard_cleanup_one() LOOP
 		COMMIT;
 	END LOOP;
 	COMMIT;
 
 	LOOP
-		SELECT x.slot, x.owner, x.placed_on INTO s FROM ws.shard_slots x
-		WHERE x.map = rebalance.map AND x.owner IS DISTINCT FROM x.placed_on
-		ORDER BY x.slot LIMIT 1;
+		SELECT * INTO step FROM ws._move_slots(map);
 		EXIT WHEN NOT FOUND;
-
-		-- One slot of every table of the map per transaction; retried when
-		-- the switch cannot get its locks in time.
-		attempts := 0;
-		LOOP
-			BEGIN
-				n := 0;
-				FOR d IN SELECT * FROM ws.distributed_tables t WHERE t.map = rebalance.map
-						 ORDER BY t.table_name::oid LOOP
-					n := n + ws._move_slot(d, s.slot, s.placed_on, s.owner);
-				END LOOP;
-				UPDATE ws.shard_slots x SET placed_on = x.owner
-				WHERE x.map = rebalance.map AND x.slot = s.slot;
-				PERFORM ws._shard_maps_changed();
-				EXIT;
-			EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
-				attempts := attempts + 1;
-				IF attempts >= 10 THEN
-					RAISE;
-				END IF;
-				PERFORM pg_sleep(0.2 * attempts);
-			END;
-		END LOOP;
+		IF step.moved OPERATOR(pg_catalog.<) 0 THEN
+			-- Start the slot over in a new transaction, with new snapshots.
+			ROLLBACK;
+			attempts := attempts OPERATOR(pg_catalog.+) 1;
+			IF attempts OPERATOR(pg_catalog.>=) 10 THEN
+				RAISE EXCEPTION 'could not lock slot % of map "%" in 10 attempts', step.slot, map
+					USING ERRCODE = 'lock_not_available',
+						  HINT = 'Long transactions on the distributed tables hold it; run ws.rebalance again later.';
+			END IF;
+			PERFORM pg_catalog.pg_sleep(0.2::pg_catalog.float8 OPERATOR(pg_catalog.*) attempts);
+			CONTINUE;
+		END IF;
 		COMMIT;
-		rows_moved := jsonb_set(rows_moved, ARRAY[s.owner::text],
-								to_jsonb(coalesce((rows_moved->>s.owner::text)::bigint, 0) + n));
+		attempts := 0;
+		rows_moved := pg_catalog.jsonb_set(rows_moved, ARRAY[step.server::pg_catalog.text],
+			pg_catalog.to_jsonb(COALESCE((rows_moved OPERATOR(pg_catalog.->>) step.server::pg_catalog.text)::bigint, 0)
+								OPERATOR(pg_catalog.+) step.moved));
 		WHILE ws._shard_cleanup_one() LOOP
 			COMMIT;
 		END LOOP;
@@ -1836,7 +1910,8 @@ GRANT SELECT ON ws.stat_rebalance TO PUBLIC;
 REVOKE ALL ON FUNCTION ws._shard_exec(name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._lock_slot(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws.distribute_table(regclass, name, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ws._move_slot(ws.distributed_tables, int, name, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._move_slot(ws.distributed_tables, int, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._move_slots(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._shard_cleanup_one() FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.rebalance(text, jsonb) FROM PUBLIC;
 

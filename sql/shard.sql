@@ -3,7 +3,7 @@
 -- refusals.  Distributed tables on real shard servers: test/t/010.
 CREATE EXTENSION write_scaling;
 CREATE EXTENSION postgres_fdw;
-\set SHOW_CONTEXT errors
+\set SHOW_CONTEXT never
 
 -- The hash is defined on the key's text form and must never change: these
 -- values are part of the contract (see README, "Sharding").

@@ -55,8 +55,8 @@ map_cache_invalidate(Datum arg, Oid relid)
 			pfree(entry->placed_on);
 		(void) hash_search(map_cache, entry->name, HASH_REMOVE, NULL);
 	}
-	if (relid == InvalidOid)
-		slots_relid = InvalidOid;
+	/* After DROP EXTENSION, the table has a new OID: look it up again. */
+	slots_relid = InvalidOid;
 }
 
 static Oid
@@ -179,8 +179,9 @@ write_scaling_shard_for(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("shard key must not be null"),
 				 errdetail("A row without a key belongs to no shard.")));
-	map = open_map(PG_GETARG_TEXT_PP(0));
+	/* Detoasting can process invalidations: before the map is looked at. */
 	key = PG_GETARG_TEXT_PP(1);
+	map = open_map(PG_GETARG_TEXT_PP(0));
 	slot = ws_key_slot(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), map->nslots);
 	if (NameStr(map->placed_on[slot])[0] == '\0')
 		ereport(ERROR,

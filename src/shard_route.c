@@ -151,6 +151,7 @@ static int	maxrouted = 0;
 static HTAB *dist_cache = NULL;
 static HTAB *buffers = NULL;	/* in TopTransactionContext */
 static MemoryContext buffer_context = NULL;
+static MemoryContext row_context = NULL;
 
 PG_FUNCTION_INFO_V1(write_scaling_route_insert);
 PG_FUNCTION_INFO_V1(write_scaling_route_flush);
@@ -605,18 +606,37 @@ buffer_for(DistEntry *dist, int slot)
 }
 
 /*
- * send_buffer writes a slot's buffered rows to its shard: one INSERT for a
- * single row, COPY for more.
+ * send_buffer writes to its shard the rows a slot's buffer holds for the
+ * current subtransaction, one INSERT for a single row and COPY for more.
+ * Rows buffered by an enclosing subtransaction stay: the statement that
+ * buffered them sends them (a nested statement that a savepoint rolls back
+ * must not take them along).
  */
 static void
 send_buffer(SlotBuffer *buf)
 {
 	SlotInfo   *slot = &buf->dist->slots[buf->slot];
-	ForeignServer *server = GetForeignServer(slot->serverid);
+	SubTransactionId subid = GetCurrentSubTransactionId();
+	SavepointMark *from = NULL;
+	int			from_index = 0;
+	int			nrows;
+	ListCell   *lc;
 	StringInfoData sql;
 
-	if (buf->rows == 0)
+	foreach(lc, buf->marks)
+	{
+		SavepointMark *mark = lfirst(lc);
+
+		if (mark->subid == subid)
+		{
+			from = mark;
+			from_index = foreach_current_index(lc);
+			break;
+		}
+	}
+	if (from == NULL || buf->rows == from->rows)
 		return;
+	nrows = buf->rows - from->rows;
 
 	/* A failure below says where the rows were going. */
 	initStringInfo(&sql);
@@ -625,7 +645,7 @@ send_buffer(SlotBuffer *buf)
 		PGconn	   *conn = connection(slot->serverid);
 		PGresult   *res;
 
-		if (buf->rows == 1)
+		if (nrows == 1 && from->rows == 0)
 		{
 			appendStringInfo(&sql, "INSERT INTO %s (%s) VALUES %s",
 							 slot->remote_table, buf->dist->column_list, buf->first_row.data);
@@ -641,7 +661,8 @@ send_buffer(SlotBuffer *buf)
 			if (PQresultStatus(res) != PGRES_COPY_IN)
 				fdw_report_error(ERROR, res, conn, true, sql.data);
 			PQclear(res);
-			if (PQputCopyData(conn, buf->copy_data.data, buf->copy_data.len) != 1 ||
+			if (PQputCopyData(conn, buf->copy_data.data + from->offset,
+							  buf->copy_data.len - from->offset) != 1 ||
 				PQputCopyEnd(conn, NULL) != 1)
 				fdw_report_error(ERROR, NULL, conn, false, sql.data);
 			res = fdw_get_result(conn, sql.data);
@@ -661,19 +682,21 @@ send_buffer(SlotBuffer *buf)
 		ereport(ERROR,
 				(errcode(edata->sqlerrcode),
 				 errmsg("could not write %d row%s of \"%s\" to shard server \"%s\": %s",
-						buf->rows, buf->rows == 1 ? "" : "s", buf->dist->name,
-						server->servername, edata->message),
+						nrows, nrows == 1 ? "" : "s", buf->dist->name,
+						GetForeignServer(slot->serverid)->servername, edata->message),
 				 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
 				 errcontext("slot %d, remote table %s", buf->slot, slot->remote_table)));
 	}
 	PG_END_TRY();
+	pfree(sql.data);
 
-	note_routed(slot->serverid, buf->rows);
-	resetStringInfo(&buf->copy_data);
-	resetStringInfo(&buf->first_row);
-	buf->rows = 0;
-	list_free_deep(buf->marks);
-	buf->marks = NIL;
+	note_routed(slot->serverid, nrows);
+	buf->copy_data.len = from->offset;
+	buf->copy_data.data[from->offset] = '\0';
+	buf->rows = from->rows;
+	if (buf->rows == 0)
+		resetStringInfo(&buf->first_row);
+	buf->marks = list_truncate(buf->marks, from_index);
 }
 
 static void
@@ -731,6 +754,7 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	char	   *key_text;
 	int			slot;
 	int			guc_level;
+	MemoryContext caller_context;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_INSTEAD(trigdata->tg_event) ||
 		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
@@ -740,6 +764,16 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	view = trigdata->tg_relation;
 	desc = RelationGetDescr(view);
 	tuple = trigdata->tg_trigtuple;
+
+	/*
+	 * Values are converted in a context reset for each row; only their
+	 * escaped text goes into the buffer (which grows in its own context).
+	 */
+	if (row_context == NULL)
+		row_context = AllocSetContextCreate(TopMemoryContext, "write_scaling routed row",
+											ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(row_context);
+	caller_context = MemoryContextSwitchTo(row_context);
 
 	for (;;)
 	{
@@ -781,6 +815,8 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 			buf->marks = lappend(buf->marks, mark);
 		}
 	}
+
+	MemoryContextSwitchTo(row_context);
 	if (buf->rows == 0)
 		appendStringInfoChar(&buf->first_row, '(');
 	guc_level = set_transmission_modes();
@@ -821,6 +857,7 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	if (buf->rows >= ROUTE_BATCH_ROWS || buf->copy_data.len >= ROUTE_BATCH_BYTES)
 		send_buffer(buf);
 
+	MemoryContextSwitchTo(caller_context);
 	return PointerGetDatum(tuple);
 }
 
