@@ -446,6 +446,41 @@ verify('after the rerun', settled => 1);
 my $after_rerun = $coord->safe_psql('postgres', q{SELECT string_agg(owner || ':' || n, ',' ORDER BY owner) FROM (SELECT owner, count(*) AS n FROM ws.shard_slots WHERE map = 'm' GROUP BY owner) x});
 note("slots per shard after removing s2: $after_rerun");
 
+# --- a retried slot, and two rebalances at once ------------------------------
+
+# s2 comes back.  A reader keeps the distributed table open, so the first
+# attempt to switch the first slot times out (after 5 s); meanwhile a writer
+# of that slot waits, and stores its row as soon as the attempt is rolled
+# back.  The retry must copy that row too (a new transaction, new remote
+# snapshots).  A second rebalance started at the same time waits for the
+# first, then finds nothing left: each slot moves once.
+$coord->safe_psql('postgres', q{SELECT ws.add_shard('m', 's2')});
+my $first = $coord->safe_psql('postgres', q{
+	SELECT min(slot) FROM ws.shard_slots WHERE map = 'm' AND owner IS DISTINCT FROM placed_on});
+my $round_mark = $coord->safe_psql('postgres', 'SELECT count(*) FROM ws.rebalance_log');
+learn_slots(500001, 501000);
+my ($late_key) = grep { $slot_of{$_} == $first } 500001 .. 501000;
+my $reader = $coord->background_psql('postgres');
+$reader->query_safe('BEGIN; SELECT count(*) FROM orders;');
+my $ra = start_rebalance('rebalance_a');
+my $rb = start_rebalance('rebalance_b');
+ok(waits_for('rebalance_a', 'ws_dist.orders', 'AccessExclusiveLock')
+	  || waits_for('rebalance_b', 'ws_dist.orders', 'AccessExclusiveLock'),
+	'a rebalance waits for the reader to switch the first slot');
+my $late = start_psql('late_writer', insert_sql($late_key));
+ok($late->{h}->finish, "the writer of slot $first stores its row once the attempt is rolled back")
+  or diag($late->{err});
+$reader->query_safe('COMMIT;');
+$reader->quit;
+ok($ra->{h}->finish, 'the first rebalance completes') or diag($ra->{err});
+ok($rb->{h}->finish, 'the second rebalance completes') or diag($rb->{err});
+$expected{$late_key} = 1;
+is($coord->safe_psql('postgres', qq{
+	SELECT count(*) FROM (SELECT slot FROM (SELECT * FROM ws.rebalance_log OFFSET $round_mark) x
+						  GROUP BY slot HAVING count(*) > 1) y}),
+	'0', 'no slot moved twice');
+verify('after a retried slot and two rebalances at once', settled => 1);
+
 # --- a shard down ------------------------------------------------------------
 
 $shard{s3}->stop;
