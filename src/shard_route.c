@@ -612,16 +612,15 @@ buffer_for(DistEntry *dist, int slot)
  * buffered them sends them (a nested statement that a savepoint rolls back
  * must not take them along).
  */
-static void
-send_buffer(SlotBuffer *buf)
+/*
+ * current_rows returns the mark where the current subtransaction's rows
+ * begin in buf (and its index), or NULL when there are none.
+ */
+static SavepointMark *
+current_rows(SlotBuffer *buf, int *index)
 {
-	SlotInfo   *slot = &buf->dist->slots[buf->slot];
 	SubTransactionId subid = GetCurrentSubTransactionId();
-	SavepointMark *from = NULL;
-	int			from_index = 0;
-	int			nrows;
 	ListCell   *lc;
-	StringInfoData sql;
 
 	foreach(lc, buf->marks)
 	{
@@ -629,12 +628,38 @@ send_buffer(SlotBuffer *buf)
 
 		if (mark->subid == subid)
 		{
-			from = mark;
-			from_index = foreach_current_index(lc);
-			break;
+			*index = foreach_current_index(lc);
+			return buf->rows > mark->rows ? mark : NULL;
 		}
 	}
-	if (from == NULL || buf->rows == from->rows)
+	return NULL;
+}
+
+/*
+ * rows_sent forgets the rows from mark on, now on their shard.
+ */
+static void
+rows_sent(SlotBuffer *buf, SavepointMark *from, int from_index)
+{
+	note_routed(buf->dist->slots[buf->slot].serverid, buf->rows - from->rows);
+	buf->copy_data.len = from->offset;
+	buf->copy_data.data[from->offset] = '\0';
+	buf->rows = from->rows;
+	if (buf->rows == 0)
+		resetStringInfo(&buf->first_row);
+	buf->marks = list_truncate(buf->marks, from_index);
+}
+
+static void
+send_buffer(SlotBuffer *buf)
+{
+	SlotInfo   *slot = &buf->dist->slots[buf->slot];
+	int			from_index = 0;
+	SavepointMark *from = current_rows(buf, &from_index);
+	int			nrows;
+	StringInfoData sql;
+
+	if (from == NULL)
 		return;
 	nrows = buf->rows - from->rows;
 
@@ -689,27 +714,209 @@ send_buffer(SlotBuffer *buf)
 	}
 	PG_END_TRY();
 	pfree(sql.data);
-
-	note_routed(slot->serverid, nrows);
-	buf->copy_data.len = from->offset;
-	buf->copy_data.data[from->offset] = '\0';
-	buf->rows = from->rows;
-	if (buf->rows == 0)
-		resetStringInfo(&buf->first_row);
-	buf->marks = list_truncate(buf->marks, from_index);
+	rows_sent(buf, from, from_index);
 }
 
+/* One server's share of a statement's rows, sent by send_all. */
+typedef struct ServerSend
+{
+	Oid			serverid;
+	PGconn	   *conn;
+	List	   *buffers;		/* SlotBuffers with rows to send, in order */
+	int			next;			/* the buffer whose COPY comes next */
+	bool		done;
+	StringInfoData sql;
+} ServerSend;
+
+/*
+ * send_all sends every buffer's rows of the current subtransaction, at the
+ * end of a statement.  Each server gets one query, the COPY of each of its
+ * slots in turn, and the servers work at the same time: a server's COPYs
+ * cost one round trip each, and the slowest server sets the pace.
+ */
 static void
 send_all(void)
 {
 	HASH_SEQ_STATUS status;
 	SlotBuffer *buf;
+	List	   *sends = NIL;
+	int			nbuffers = 0;
+	SlotBuffer *only = NULL;
+	ServerSend *volatile current = NULL;
+	ListCell   *lc;
 
 	if (buffers == NULL)
 		return;
 	hash_seq_init(&status, buffers);
 	while ((buf = hash_seq_search(&status)) != NULL)
-		send_buffer(buf);
+	{
+		int			index;
+		ServerSend *send = NULL;
+
+		if (current_rows(buf, &index) == NULL)
+			continue;
+		foreach(lc, sends)
+			if (((ServerSend *) lfirst(lc))->serverid == buf->dist->slots[buf->slot].serverid)
+				send = lfirst(lc);
+		if (send == NULL)
+		{
+			send = palloc0(sizeof(ServerSend));
+			send->serverid = buf->dist->slots[buf->slot].serverid;
+			initStringInfo(&send->sql);
+			sends = lappend(sends, send);
+		}
+		send->buffers = lappend(send->buffers, buf);
+		only = buf;
+		nbuffers++;
+	}
+	/* One slot: its single row goes as an INSERT. */
+	if (nbuffers <= 1)
+	{
+		if (only != NULL)
+			send_buffer(only);
+		return;
+	}
+
+	PG_TRY();
+	{
+		WaitEventSet *set = CreateWaitEventSet(CurrentMemoryContext, list_length(sends) + 1);
+		int			pending = list_length(sends);
+
+		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		/* Every connection first: a server that is down stops us before any COPY starts. */
+		foreach(lc, sends)
+		{
+			current = lfirst(lc);
+			current->conn = connection(current->serverid);
+		}
+		foreach(lc, sends)
+		{
+			ServerSend *send = lfirst(lc);
+			ListCell   *lb;
+
+			current = send;
+			foreach(lb, send->buffers)
+			{
+				SlotBuffer *b = lfirst(lb);
+
+				appendStringInfo(&send->sql, "COPY %s (%s) FROM STDIN;",
+								 b->dist->slots[b->slot].remote_table, b->dist->column_list);
+			}
+			if (!PQsendQuery(send->conn, send->sql.data))
+				fdw_report_error(ERROR, NULL, send->conn, false, send->sql.data);
+			AddWaitEventToSet(set, WL_SOCKET_READABLE, PQsocket(send->conn), NULL, send);
+		}
+
+		while (pending > 0)
+		{
+			WaitEvent	events[16];
+			int			n;
+
+			foreach(lc, sends)
+			{
+				ServerSend *send = lfirst(lc);
+				PGresult   *res;
+
+				current = send;
+				while (!send->done && !PQisBusy(send->conn))
+				{
+					res = PQgetResult(send->conn);
+					if (res == NULL)
+					{
+						send->done = true;
+						pending--;
+						break;
+					}
+					if (PQresultStatus(res) == PGRES_COPY_IN)
+					{
+						SlotBuffer *b = list_nth(send->buffers, send->next++);
+						int			index;
+						SavepointMark *from = current_rows(b, &index);
+
+						PQclear(res);
+						if (PQputCopyData(send->conn, b->copy_data.data + from->offset,
+										  b->copy_data.len - from->offset) != 1 ||
+							PQputCopyEnd(send->conn, NULL) != 1)
+							fdw_report_error(ERROR, NULL, send->conn, false, send->sql.data);
+					}
+					else if (PQresultStatus(res) == PGRES_COMMAND_OK)
+						PQclear(res);
+					else
+						fdw_report_error(ERROR, res, send->conn, true, send->sql.data);
+				}
+			}
+			if (pending == 0)
+				break;
+			n = WaitEventSetWait(set, -1, events, lengthof(events), PG_WAIT_EXTENSION);
+			for (int i = 0; i < n; i++)
+			{
+				ServerSend *send = events[i].user_data;
+
+				if (events[i].events & WL_LATCH_SET)
+				{
+					ResetLatch(MyLatch);
+					CHECK_FOR_INTERRUPTS();
+				}
+				if ((events[i].events & WL_SOCKET_READABLE) && !PQconsumeInput(send->conn))
+				{
+					current = send;
+					fdw_report_error(ERROR, NULL, send->conn, false, send->sql.data);
+				}
+			}
+		}
+		FreeWaitEventSet(set);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		MemoryContext old = MemoryContextSwitchTo(buffer_context);
+
+		edata = CopyErrorData();
+		FlushErrorState();
+		MemoryContextSwitchTo(old);
+		/*
+		 * A server still waiting for rows gets an aborted COPY, which ends
+		 * its query: postgres_fdw's cleanup then finds it idle.
+		 */
+		foreach(lc, sends)
+		{
+			ServerSend *send = lfirst(lc);
+			PGresult   *res;
+
+			if (send->conn == NULL || send->done || PQstatus(send->conn) == CONNECTION_BAD)
+				continue;
+			while ((res = PQgetResult(send->conn)) != NULL)
+			{
+				if (PQresultStatus(res) == PGRES_COPY_IN)
+					(void) PQputCopyEnd(send->conn, "write_scaling: routing failed elsewhere");
+				PQclear(res);
+				if (PQstatus(send->conn) == CONNECTION_BAD)
+					break;
+			}
+		}
+		ereport(ERROR,
+				(errcode(edata->sqlerrcode),
+				 errmsg("could not write rows to shard server \"%s\": %s",
+						current ? GetForeignServer(current->serverid)->servername : "?",
+						edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
+	}
+	PG_END_TRY();
+
+	foreach(lc, sends)
+	{
+		ServerSend *send = lfirst(lc);
+		ListCell   *lb;
+
+		foreach(lb, send->buffers)
+		{
+			SlotBuffer *b = lfirst(lb);
+			int			index;
+			SavepointMark *from = current_rows(b, &index);
+
+			rows_sent(b, from, index);
+		}
+	}
 }
 
 /*
