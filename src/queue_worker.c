@@ -38,7 +38,6 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -562,21 +561,10 @@ queue_batch(int worker, MemoryContext context, TimestampTz *next_retry)
 		int64		failed_id;
 		int			processed = 0;
 
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		if (!OidIsValid(get_extension_oid("write_scaling", true)))
-		{
-			PopActiveSnapshot();
-			CommitTransactionCommand();
+		if (!ws_worker_begin_transaction())
 			return -1;
-		}
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-
-		/* ws.drop_topic's SHARE lock waits for this batch, and holds it back. */
-		LockRelationOid(get_relname_relid("queue", get_namespace_oid("ws", false)),
-						RowExclusiveLock);
 		read_topics(&batch, context);
 		if (batch.ntopics == 0)
 		{

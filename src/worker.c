@@ -528,6 +528,24 @@ write_scaling_launcher_main(Datum main_arg)
 
 /* --- per-database worker ------------------------------------------------- */
 
+/*
+ * ws_worker_begin_transaction starts a worker's transaction with a snapshot
+ * pushed; if write_scaling is not installed in the database (any more), it
+ * ends it again and returns false.
+ */
+bool
+ws_worker_begin_transaction(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (OidIsValid(get_extension_oid("write_scaling", true)))
+		return true;
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return false;
+}
+
 typedef struct QueuedStream
 {
 	char	   *store;
@@ -615,17 +633,8 @@ snapshot_pass(Oid dboid)
 	Datum		limit = Int32GetDatum(ws_snapshot_batch_size);
 	bool		isnull;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-
-	if (!OidIsValid(get_extension_oid("write_scaling", true)))
-	{
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+	if (!ws_worker_begin_transaction())
 		return -1;
-	}
-
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	pgstat_report_activity(STATE_RUNNING, "write_scaling: snapshot pass");

@@ -33,5 +33,6 @@ extern void ws_register_launcher(void);
 extern void ws_worker_register_callbacks(void);
 extern int	ws_worker_report(WsWorkerReport **reports);
 extern void ws_wake_launcher(void);
+extern bool ws_worker_begin_transaction(void);
 
 #endif							/* WS_WORKER_H */
