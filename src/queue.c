@@ -12,15 +12,18 @@
  * each worker whose lanes it wrote to: no NOTIFY, no global lock, and no
  * naptime between an enqueue and its application.
  *
- * Callers need no privilege on the queue's tables: the insert runs as their
- * owner.  What a caller needs is EXECUTE on the topic's handler, because
- * enqueueing a message amounts to calling the handler later (as the topic's
- * owner).  REVOKE EXECUTE on a handler closes its topic to PUBLIC.
+ * Callers need no privilege on the queue's tables: the row is written
+ * directly into the current slot of ws.queue (heap and index, as catalogs
+ * are written), and lookups run as the tables' owner with a pinned
+ * search_path.  What a caller needs is EXECUTE on the topic's handler,
+ * because enqueueing a message amounts to calling the handler later (as the
+ * topic's owner).  REVOKE EXECUTE on a handler closes its topic to PUBLIC.
  *
  * Each backend caches topics by name.  ws.create_topic and ws.drop_topic
- * send a relcache invalidation of ws.topics (ws._topics_changed); taking
- * RowExclusiveLock on ws.queue before reading the cache processes it, and
- * ws.drop_topic's SHARE lock on ws.queue waits for enqueues in flight.
+ * send a relcache invalidation of ws.topics (ws._topics_changed).  An
+ * enqueue takes the topic's lock (a lock on the topic as an object) before
+ * trusting the cache: ws.drop_topic takes it exclusively, so it waits for
+ * the enqueues in flight, and an enqueue that waited finds the topic gone.
  *
  * Shared memory holds, per database, whether it has topics (for the
  * launcher), one slot per queue worker (pid, latch, the batch it is
