@@ -633,15 +633,18 @@ COMMENT ON TABLE ws.topics IS
 SELECT pg_catalog.pg_extension_config_dump('ws.topics', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('ws.topics', 'topic_id'), '');
 
--- A topic's handler runs as its owner, so a topic is always owned by the
--- role that created it, whoever was granted INSERT on ws.topics.
+-- A topic's handler runs as its owner, so a topic is owned by the role
+-- that created it, whoever was granted INSERT on ws.topics; only a
+-- superuser (restoring a dump, say) may name another owner.
 CREATE FUNCTION ws._topic_owner_is_creator()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	NEW.owner := current_user::regrole;
+	IF NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user) THEN
+		NEW.owner := current_user::regrole;
+	END IF;
 	RETURN NEW;
 END
 $$;
@@ -711,7 +714,6 @@ CREATE TABLE ws.queue_rotation (
 INSERT INTO ws.queue_rotation VALUES
 	('queue', 0, now(), '{-infinity,-infinity,-infinity}'),
 	('queue_done', 0, now(), '{-infinity,-infinity,-infinity}');
-SELECT pg_catalog.pg_extension_config_dump('ws.queue_rotation', '');
 COMMENT ON TABLE ws.queue_rotation IS
 	'Which slot of ws.queue and ws.queue_done takes new rows, and when each slot stopped taking them';
 
@@ -1014,7 +1016,7 @@ GRANT SELECT ON ws.stat_queue_workers TO PUBLIC;
 REVOKE ALL ON FUNCTION ws.create_topic(text, regprocedure, int, int, interval, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws.drop_topic(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws.replay_dead_letters(text, bigint[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ws._topics_changed() FROM PUBLIC;
+-- Harmless: it only makes sessions reload their topics, and wakes the launcher.
 REVOKE ALL ON FUNCTION ws._wake_queue_workers() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._lock_topic(int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._rotate_queue(interval, interval) FROM PUBLIC;
