@@ -613,6 +613,21 @@ buffer_for(DistEntry *dist, int slot)
  * must not take them along).
  */
 /*
+ * capture_error takes the error being handled out of the error state, so
+ * that it can be raised again with where the rows were going.
+ */
+static ErrorData *
+capture_error(void)
+{
+	MemoryContext old = MemoryContextSwitchTo(buffer_context);
+	ErrorData  *edata = CopyErrorData();
+
+	FlushErrorState();
+	MemoryContextSwitchTo(old);
+	return edata;
+}
+
+/*
  * current_rows returns the mark where the current subtransaction's rows
  * begin in buf (and its index), or NULL when there are none.
  */
@@ -698,12 +713,8 @@ send_buffer(SlotBuffer *buf)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-		MemoryContext old = MemoryContextSwitchTo(buffer_context);
+		ErrorData  *edata = capture_error();
 
-		edata = CopyErrorData();
-		FlushErrorState();
-		MemoryContextSwitchTo(old);
 		ereport(ERROR,
 				(errcode(edata->sqlerrcode),
 				 errmsg("could not write %d row%s of \"%s\" to shard server \"%s\": %s",
@@ -868,12 +879,8 @@ send_all(void)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-		MemoryContext old = MemoryContextSwitchTo(buffer_context);
+		ErrorData  *edata = capture_error();
 
-		edata = CopyErrorData();
-		FlushErrorState();
-		MemoryContextSwitchTo(old);
 		/*
 		 * A server still waiting for rows gets an aborted COPY, which ends
 		 * its query: postgres_fdw's cleanup then finds it idle.
