@@ -18,13 +18,14 @@ SELECT * FROM ws.enqueue_batch('stock_moves', ARRAY['apple', 'apple', 'pear'],
 							   ARRAY['{"delta": 5}', '{"delta": -12}', '{"delta": -1}']::jsonb[]);
 
 -- Wait for the workers: they were woken by the commit, not by polling.
-DO $$
+CREATE PROCEDURE wait_for_queue() LANGUAGE plpgsql AS $$
 BEGIN
 	FOR i IN 1 .. 100 LOOP
 		EXIT WHEN NOT EXISTS (SELECT FROM ws.queue);
 		PERFORM pg_sleep(0.1);
 	END LOOP;
 END $$;
+CALL wait_for_queue();
 
 -- apple: 10 - 3 + 5 - 12 = 0, applied in enqueue order (any other order
 -- would have gone below zero).  pear cannot go below zero: dead letter.
@@ -35,13 +36,7 @@ SELECT id, key, payload, attempts, error, sqlstate FROM ws.dead_letters;
 -- Fix the cause, then replay: the message goes through, once.
 UPDATE stock SET on_hand = 1 WHERE sku = 'pear';
 SELECT ws.replay_dead_letters('stock_moves');
-DO $$
-BEGIN
-	FOR i IN 1 .. 100 LOOP
-		EXIT WHEN NOT EXISTS (SELECT FROM ws.queue);
-		PERFORM pg_sleep(0.1);
-	END LOOP;
-END $$;
+CALL wait_for_queue();
 SELECT * FROM stock ORDER BY sku;
 
 SELECT topic, enqueued, applied, retried, dead_lettered, queue_depth FROM ws.stat_topics;
