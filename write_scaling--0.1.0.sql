@@ -420,11 +420,11 @@ GRANT SELECT ON ws.stat_workers TO PUBLIC;
 ------------------------------------------------------------------------------
 
 CREATE FUNCTION ws.buffered_insert(target regclass, "row" anyelement)
-RETURNS void
+RETURNS bigint
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'write_scaling_buffered_insert';
 COMMENT ON FUNCTION ws.buffered_insert(regclass, anyelement) IS
-	'Buffers a row for the table and returns at once; rows are written through COPY FROM in batches, always before commit';
+	'Buffers a row for the table and returns at once, with the number of its rows still buffered; rows are written through COPY FROM in batches, always before commit';
 
 CREATE FUNCTION ws.flush(target regclass DEFAULT NULL)
 RETURNS bigint

@@ -26,9 +26,13 @@ int			ws_launcher_naptime = 10000;
 int			ws_snapshot_naptime = 1000;
 int			ws_snapshot_batch_size = 100;
 
-/* The buffered bulk-insert path (bulk.c); the defaults are COPY's. */
-int			ws_batch_rows = 1000;
-int			ws_batch_bytes = 64;
+/*
+ * The buffered bulk-insert path (bulk.c).  Each flush is a COPY with a
+ * start-up cost of its own (its 1000 row slots, among others): flushing
+ * 10,000 rows at a time makes that cost small.
+ */
+int			ws_batch_rows = 10000;
+int			ws_batch_bytes = 8192;
 bool		ws_buffered_async_commit = false;
 int			ws_queue_workers = 2;
 int			ws_queue_batch_size = 500;
@@ -91,7 +95,7 @@ ws_define_gucs(void)
 							"Rows ws.buffered_insert keeps per table before it flushes them.",
 							NULL,
 							&ws_batch_rows,
-							1000, 1, 1000000,
+							10000, 1, 1000000,
 							PGC_USERSET,
 							0,
 							NULL, NULL, NULL);
@@ -100,7 +104,7 @@ ws_define_gucs(void)
 							"Bytes ws.buffered_insert keeps per table before it flushes them.",
 							NULL,
 							&ws_batch_bytes,
-							64, 1, 1024 * 1024,
+							8192, 1, 1024 * 1024,
 							PGC_USERSET,
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);
