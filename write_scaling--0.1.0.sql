@@ -1070,11 +1070,12 @@ CREATE TABLE ws.distributed_tables (
 	map text NOT NULL REFERENCES ws.shard_maps,
 	remote_schema name NOT NULL,
 	remote_table name NOT NULL,
+	remote_columns text NOT NULL,
 	remote_definition text NOT NULL,
 	distributed_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE ws.distributed_tables IS
-	'Tables made distributed by ws.distribute_table: the view users use, the partitioned table of foreign slots behind it, and what a slot''s table on a shard looks like';
+	'Tables made distributed by ws.distribute_table: the view users use, the partitioned table of foreign slots behind it, and what a slot''s table on a shard looks like (its columns, and its columns with constraints)';
 SELECT pg_catalog.pg_extension_config_dump('ws.distributed_tables', '');
 GRANT SELECT ON ws.distributed_tables TO PUBLIC;
 
@@ -1493,14 +1494,55 @@ AS $$
 		nsp, nsp))
 $$;
 
+-- Drops a slot table on a shard, and the shard's table of slots with its
+-- last slot.  Dropping a partition locks its parent exclusively, which
+-- would hold back the shard's writers of the table while it waits for the
+-- transactions using it (any that wrote to it): it waits 200 ms at most,
+-- and a later run tries again.
 CREATE FUNCTION ws._drop_table_command(nsp name, rel name)
 RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT format('DO %L', format(
-		'BEGIN IF to_regclass(%L) IS NOT NULL THEN DROP TABLE %s; END IF; END',
-		format('%I.%I', nsp, rel), format('%I.%I', nsp, rel)))
+		'DECLARE parent regclass; '
+		'BEGIN IF to_regclass(%L) IS NOT NULL THEN'
+		' PERFORM set_config(''lock_timeout'', ''200ms'', true);'
+		' SELECT i.inhparent INTO parent FROM pg_inherits i WHERE i.inhrelid = %L::regclass;'
+		' DROP TABLE %s;'
+		' IF parent IS NOT NULL AND NOT EXISTS (SELECT FROM pg_inherits i WHERE i.inhparent = parent) THEN'
+		' EXECUTE format(''DROP TABLE %%s'', parent); END IF;'
+		' END IF; END',
+		format('%I.%I', nsp, rel), format('%I.%I', nsp, rel), format('%I.%I', nsp, rel)))
+$$;
+
+-- The table on a shard that holds its slots of a distributed table, each
+-- slot table a partition of it: a batch of rows for a shard is one COPY into
+-- it, whatever the slots.
+CREATE FUNCTION ws._shard_table(base name)
+RETURNS name
+LANGUAGE sql IMMUTABLE STRICT
+AS $$ SELECT (base || '_shard')::name $$;
+
+-- The commands that create a slot's table on a shard, attached to the
+-- shard's table of slots (created first if missing).  The slot table is
+-- created alone and then attached, with a CHECK that spares ATTACH a scan:
+-- that locks the parent only in SHARE UPDATE EXCLUSIVE mode, so the shard's
+-- writers go on meanwhile.
+CREATE FUNCTION ws._create_slot_table_command(d ws.distributed_tables, slot int)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format('DO %L', format(
+			   'BEGIN IF to_regclass(%L) IS NULL THEN'
+			   ' CREATE TABLE %s (%s, ws_slot smallint NOT NULL) PARTITION BY LIST (ws_slot); END IF; END',
+			   parent, parent, d.remote_columns))
+		   || format('; CREATE TABLE %s (%s, ws_slot smallint NOT NULL DEFAULT %s CHECK (ws_slot = %s))',
+					 slot_table, d.remote_definition, slot, slot)
+		   || format('; ALTER TABLE %s ATTACH PARTITION %s FOR VALUES IN (%s)', parent, slot_table, slot)
+	FROM (SELECT format('%I.%I', d.remote_schema, ws._shard_table(d.remote_table)) AS parent,
+				 format('%I.%I', d.remote_schema, ws._slot_table(d.remote_table, slot)) AS slot_table) n
 $$;
 
 CREATE FUNCTION ws.distribute_table(table_name regclass, key_column name, map text)
@@ -1525,6 +1567,7 @@ DECLARE
 	servers_ready name[] := '{}';
 	old_name name;
 	owner_name name;
+	dist ws.distributed_tables;
 BEGIN
 	IF table_name IS NULL OR key_column IS NULL OR map IS NULL THEN
 		RAISE EXCEPTION 'arguments of ws.distribute_table must not be null'
@@ -1631,13 +1674,17 @@ BEGIN
 	-- The partitioned table of slots, each slot a table on its shard.
 	parent := format('ws_dist.%I', rel.relname);
 	EXECUTE format('CREATE TABLE %s (%s) PARTITION BY HASH (%I %s)', parent, columns, key_column, opclass);
+	INSERT INTO ws.distributed_tables (table_name, partitioned, key_column, map, remote_schema,
+									   remote_table, remote_columns, remote_definition)
+	VALUES (table_name, parent::regclass, key_column, m.map, nsp,
+			rel.relname, columns, remote_definition)
+	RETURNING * INTO dist;
 	FOR s IN SELECT x.slot, x.placed_on FROM ws.shard_slots x WHERE x.map = m.map ORDER BY x.slot LOOP
 		IF s.placed_on <> ALL (servers_ready) THEN
 			PERFORM ws._shard_exec(s.placed_on, ws._create_schema_command(nsp));
 			servers_ready := servers_ready || s.placed_on;
 		END IF;
-		PERFORM ws._shard_exec(s.placed_on, format('CREATE TABLE %I.%I (%s)', nsp,
-									ws._slot_table(rel.relname, s.slot), remote_definition));
+		PERFORM ws._shard_exec(s.placed_on, ws._create_slot_table_command(dist, s.slot));
 		EXECUTE format('CREATE FOREIGN TABLE ws_dist.%I PARTITION OF %s'
 					   ' FOR VALUES WITH (MODULUS %s, REMAINDER %s) SERVER %I'
 					   ' OPTIONS (schema_name %L, table_name %L, async_capable ''true'', batch_size ''1000'')',
@@ -1666,10 +1713,9 @@ BEGIN
 				   ' FOR EACH ROW EXECUTE FUNCTION ws._route_insert()', nsp, rel.relname);
 	EXECUTE format('CREATE TRIGGER ws_route_flush AFTER INSERT ON %I.%I'
 				   ' FOR EACH STATEMENT EXECUTE FUNCTION ws._route_flush()', nsp, rel.relname);
-	INSERT INTO ws.distributed_tables (table_name, partitioned, key_column, map, remote_schema,
-									   remote_table, remote_definition)
-	VALUES (format('%I.%I', nsp, rel.relname)::regclass, parent::regclass, key_column, m.map, nsp,
-			rel.relname, remote_definition);
+	-- The view now carries the table's name.
+	UPDATE ws.distributed_tables x SET table_name = format('%I.%I', nsp, rel.relname)::regclass
+	WHERE x.table_name = distribute_table.table_name;
 	EXECUTE format('INSERT INTO %I.%I SELECT * FROM %I.%I', nsp, rel.relname, nsp, old_name);
 	EXECUTE format('DROP TABLE %I.%I', nsp, old_name);
 	PERFORM ws._shard_maps_changed();
@@ -1713,8 +1759,7 @@ BEGIN
 	-- No reader can see a table there: the slot points elsewhere.  What an
 	-- interrupted earlier run left is dropped.
 	PERFORM ws._shard_exec(to_server, ws._drop_table_command(d.remote_schema, slot_name));
-	PERFORM ws._shard_exec(to_server, format('CREATE TABLE %I.%I (%s)', d.remote_schema, slot_name,
-											 d.remote_definition));
+	PERFORM ws._shard_exec(to_server, ws._create_slot_table_command(d, p_slot));
 	SELECT string_agg(format('%I %s%s', a.attname, format_type(a.atttypid, a.atttypmod),
 							 CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END), ', ' ORDER BY a.attnum)
 	INTO columns
@@ -1766,8 +1811,11 @@ DECLARE
 	d ws.distributed_tables;
 BEGIN
 	-- One rebalance per map at a time, and no add_shard or remove_shard
-	-- meanwhile: the owner read here is the server the rows go to.
+	-- meanwhile: the owner read here is the server the rows go to.  A second
+	-- rebalance waits for the first's slot, however long it takes.
+	PERFORM set_config('lock_timeout', '0', true);
 	PERFORM FROM ws.shard_maps m WHERE m.map = p_map FOR UPDATE;
+	PERFORM set_config('lock_timeout', '5s', true);
 	SELECT * INTO s FROM ws.shard_slots x
 	WHERE x.map = p_map AND x.owner IS DISTINCT FROM x.placed_on
 	ORDER BY x.slot LIMIT 1;
@@ -1843,6 +1891,9 @@ BEGIN
 			USING ERRCODE = 'undefined_object';
 	END IF;
 	rows_moved := '{}'::pg_catalog.jsonb;
+	-- A new run tries again every drop that an earlier one put off.
+	UPDATE ws.shard_cleanup c SET next_try = pg_catalog.clock_timestamp()
+	WHERE c.next_try OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp();
 	WHILE ws._shard_cleanup_one() LOOP
 		COMMIT;
 	END LOOP;
@@ -1850,7 +1901,16 @@ BEGIN
 
 	LOOP
 		SELECT * INTO step FROM ws._move_slots(map);
-		EXIT WHEN NOT FOUND;
+		IF NOT FOUND THEN
+			-- Once more for the drops put off meanwhile.
+			UPDATE ws.shard_cleanup c SET next_try = pg_catalog.clock_timestamp()
+			WHERE c.next_try OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp();
+			WHILE ws._shard_cleanup_one() LOOP
+				COMMIT;
+			END LOOP;
+			COMMIT;
+			EXIT;
+		END IF;
 		IF step.moved OPERATOR(pg_catalog.<) 0 THEN
 			-- Start the slot over in a new transaction, with new snapshots.
 			ROLLBACK;

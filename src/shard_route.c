@@ -95,7 +95,9 @@ typedef struct DistEntry
 	AttrNumber	key_attnum;
 	int			nslots;
 	SlotInfo   *slots;
+	char	   *shard_table;	/* on every shard: its slots' parent */
 	char	   *column_list;	/* quoted, comma-separated */
+	char	   *copy_columns;	/* the same and ws_slot: a COPY line's */
 	FmgrInfo   *out_functions;	/* per column of the view */
 } DistEntry;
 
@@ -412,7 +414,9 @@ fill_entry(DistEntry *entry, Relation view)
 			pfree(entry->slots[s].remote_table);
 		pfree(entry->slots);
 		pfree(entry->name);
+		pfree(entry->shard_table);
 		pfree(entry->column_list);
+		pfree(entry->copy_columns);
 		pfree(entry->out_functions);
 	}
 
@@ -426,13 +430,15 @@ fill_entry(DistEntry *entry, Relation view)
 		char	   *remote_schema = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
 		char	   *remote_table = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
 
+		char		name[NAMEDATALEN * 2];
+
 		for (int s = 0; s < entry->nslots; s++)
 		{
-			char		name[NAMEDATALEN * 2];
-
 			snprintf(name, sizeof(name), "%s_s%03d", remote_table, s);
 			entry->slots[s].remote_table = quote_qualified_identifier(remote_schema, name);
 		}
+		snprintf(name, sizeof(name), "%s_shard", remote_table);
+		entry->shard_table = quote_qualified_identifier(remote_schema, name);
 	}
 	initStringInfo(&columns);
 	entry->out_functions = palloc(sizeof(FmgrInfo) * desc->natts);
@@ -450,6 +456,7 @@ fill_entry(DistEntry *entry, Relation view)
 		fmgr_info_cxt(func, &entry->out_functions[i], CacheMemoryContext);
 	}
 	entry->column_list = columns.data;
+	entry->copy_columns = psprintf("%s, ws_slot", columns.data);
 	MemoryContextSwitchTo(old);
 
 	SPI_finish();
@@ -547,25 +554,19 @@ ws_shard_prepare_connections(Relation view)
 static void
 append_copy_value(StringInfo buf, const char *value)
 {
-	for (const char *p = value; *p; p++)
+	const char *p = value;
+
+	for (;;)
 	{
-		switch (*p)
-		{
-			case '\\':
-				appendStringInfoString(buf, "\\\\");
-				break;
-			case '\t':
-				appendStringInfoString(buf, "\\t");
-				break;
-			case '\n':
-				appendStringInfoString(buf, "\\n");
-				break;
-			case '\r':
-				appendStringInfoString(buf, "\\r");
-				break;
-			default:
-				appendStringInfoChar(buf, *p);
-		}
+		size_t		plain = strcspn(p, "\\\t\n\r");
+
+		appendBinaryStringInfo(buf, p, plain);
+		p += plain;
+		if (*p == '\0')
+			break;
+		appendStringInfoChar(buf, '\\');
+		appendStringInfoChar(buf, *p == '\\' ? '\\' : *p == '\t' ? 't' : *p == '\n' ? 'n' : 'r');
+		p++;
 	}
 }
 
@@ -694,7 +695,7 @@ send_buffer(SlotBuffer *buf)
 		else
 		{
 			appendStringInfo(&sql, "COPY %s (%s) FROM STDIN",
-							 slot->remote_table, buf->dist->column_list);
+							 slot->remote_table, buf->dist->copy_columns);
 			if (!PQsendQuery(conn, sql.data))
 				fdw_report_error(ERROR, NULL, conn, false, sql.data);
 			res = copy_in_result(conn, sql.data);
@@ -733,20 +734,19 @@ typedef struct ServerSend
 {
 	Oid			serverid;
 	PGconn	   *conn;
-	List	   *buffers;		/* SlotBuffers with rows to send, in order */
-	int			next;			/* the buffer whose COPY comes next */
+	List	   *buffers;		/* SlotBuffers with rows to send */
 	bool		done;
 	StringInfoData sql;
 } ServerSend;
 
 /*
- * send_all sends every buffer's rows of the current subtransaction, at the
- * end of a statement.  Each server gets one query, the COPY of each of its
- * slots in turn, and the servers work at the same time: a server's COPYs
- * cost one round trip each, and the slowest server sets the pace.
+ * send_table sends the rows of the current subtransaction that the buffers
+ * of one distributed table hold.  Each server gets one COPY into its table
+ * of slots, which routes each line by its ws_slot to the slot's table, and
+ * the servers work at the same time.
  */
 static void
-send_all(void)
+send_table(DistEntry *dist)
 {
 	HASH_SEQ_STATUS status;
 	SlotBuffer *buf;
@@ -756,15 +756,13 @@ send_all(void)
 	ServerSend *volatile current = NULL;
 	ListCell   *lc;
 
-	if (buffers == NULL)
-		return;
 	hash_seq_init(&status, buffers);
 	while ((buf = hash_seq_search(&status)) != NULL)
 	{
 		int			index;
 		ServerSend *send = NULL;
 
-		if (current_rows(buf, &index) == NULL)
+		if (buf->dist != dist || current_rows(buf, &index) == NULL)
 			continue;
 		foreach(lc, sends)
 			if (((ServerSend *) lfirst(lc))->serverid == buf->dist->slots[buf->slot].serverid)
@@ -803,16 +801,10 @@ send_all(void)
 		foreach(lc, sends)
 		{
 			ServerSend *send = lfirst(lc);
-			ListCell   *lb;
 
 			current = send;
-			foreach(lb, send->buffers)
-			{
-				SlotBuffer *b = lfirst(lb);
-
-				appendStringInfo(&send->sql, "COPY %s (%s) FROM STDIN;",
-								 b->dist->slots[b->slot].remote_table, b->dist->column_list);
-			}
+			appendStringInfo(&send->sql, "COPY %s (%s) FROM STDIN",
+							 dist->shard_table, dist->copy_columns);
 			if (!PQsendQuery(send->conn, send->sql.data))
 				fdw_report_error(ERROR, NULL, send->conn, false, send->sql.data);
 			AddWaitEventToSet(set, WL_SOCKET_READABLE, PQsocket(send->conn), NULL, send);
@@ -840,14 +832,20 @@ send_all(void)
 					}
 					if (PQresultStatus(res) == PGRES_COPY_IN)
 					{
-						SlotBuffer *b = list_nth(send->buffers, send->next++);
-						int			index;
-						SavepointMark *from = current_rows(b, &index);
+						ListCell   *lb;
 
 						PQclear(res);
-						if (PQputCopyData(send->conn, b->copy_data.data + from->offset,
-										  b->copy_data.len - from->offset) != 1 ||
-							PQputCopyEnd(send->conn, NULL) != 1)
+						foreach(lb, send->buffers)
+						{
+							SlotBuffer *b = lfirst(lb);
+							int			index;
+							SavepointMark *from = current_rows(b, &index);
+
+							if (PQputCopyData(send->conn, b->copy_data.data + from->offset,
+											  b->copy_data.len - from->offset) != 1)
+								fdw_report_error(ERROR, NULL, send->conn, false, send->sql.data);
+						}
+						if (PQputCopyEnd(send->conn, NULL) != 1)
 							fdw_report_error(ERROR, NULL, send->conn, false, send->sql.data);
 					}
 					else if (PQresultStatus(res) == PGRES_COMMAND_OK)
@@ -927,23 +925,52 @@ send_all(void)
 }
 
 /*
+ * send_all sends every buffered row of the current subtransaction, at the
+ * end of a statement, one distributed table at a time.
+ */
+static void
+send_all(void)
+{
+	HASH_SEQ_STATUS status;
+	SlotBuffer *buf;
+	List	   *tables = NIL;
+	ListCell   *lc;
+
+	if (buffers == NULL)
+		return;
+	hash_seq_init(&status, buffers);
+	while ((buf = hash_seq_search(&status)) != NULL)
+		tables = list_append_unique_ptr(tables, buf->dist);
+	foreach(lc, tables)
+		send_table(lfirst(lc));
+	list_free(tables);
+}
+
+/*
  * set_transmission_modes makes output functions write values the shard
  * reads back exactly, whatever this session's settings (as postgres_fdw
  * does: its connections use DateStyle ISO): ISO dates, postgres intervals,
- * all float digits.  Returns the GUC nest level to undo.
+ * exact floats (any extra_float_digits above 0 gives the shortest exact
+ * form).  Returns the GUC nest level to undo, or -1 when the session's
+ * settings already serve, as the defaults do: undoing a level walks every
+ * setting, too slow for each row.
  */
 static int
 set_transmission_modes(void)
 {
-	int			level = NewGUCNestLevel();
+	int			level;
 
+	if (DateStyle == USE_ISO_DATES && IntervalStyle == INTSTYLE_POSTGRES &&
+		extra_float_digits > 0)
+		return -1;
+	level = NewGUCNestLevel();
 	if (DateStyle != USE_ISO_DATES)
 		(void) set_config_option("datestyle", "ISO", PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
 	if (IntervalStyle != INTSTYLE_POSTGRES)
 		(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
-	if (extra_float_digits < 3)
+	if (extra_float_digits <= 0)
 		(void) set_config_option("extra_float_digits", "3", PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
 	return level;
@@ -1061,8 +1088,15 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 		if (buf->rows == 0)
 			appendStringInfoString(&buf->first_row, quote_literal_cstr(text));
 	}
-	AtEOXact_GUC(true, guc_level);
-	appendStringInfoChar(&buf->copy_data, '\n');
+	if (guc_level >= 0)
+		AtEOXact_GUC(true, guc_level);
+	{
+		char		slot_text[16];
+
+		slot_text[0] = '\t';
+		appendBinaryStringInfo(&buf->copy_data, slot_text, 1 + pg_ltoa(slot, slot_text + 1));
+		appendStringInfoChar(&buf->copy_data, '\n');
+	}
 	if (buf->rows == 0)
 		appendStringInfoChar(&buf->first_row, ')');
 	buf->rows++;
