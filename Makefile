@@ -17,6 +17,7 @@ OBJS = \
 	src/queue_worker.o \
 	src/shard_hash.o \
 	src/shard_map.o \
+	src/shard_conn.o \
 	src/shard_route.o \
 	src/bulk.o \
 	src/wal_advice.o \

@@ -34,6 +34,7 @@ int			ws_snapshot_batch_size = 100;
 int			ws_batch_rows = 10000;
 int			ws_batch_bytes = 8192;
 bool		ws_buffered_async_commit = false;
+bool		ws_shard_one_round_trip = true;
 int			ws_queue_workers = 2;
 int			ws_queue_batch_size = 500;
 int			ws_queue_naptime = 1000;
@@ -108,6 +109,15 @@ ws_define_gucs(void)
 							PGC_USERSET,
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("write_scaling.shard_one_round_trip",
+							 "Sends the single row of an autocommit INSERT into a distributed table at commit, in one round trip.",
+							 "It goes as a statement of its own on a connection of write_scaling's, where postgres_fdw's remote transaction takes three round trips.",
+							 &ws_shard_one_round_trip,
+							 true,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("write_scaling.buffered_async_commit",
 							 "Commits transactions that used ws.buffered_insert with synchronous_commit off.",

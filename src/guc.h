@@ -17,6 +17,7 @@ extern int	ws_snapshot_batch_size;
 extern int	ws_batch_rows;
 extern int	ws_batch_bytes;
 extern bool ws_buffered_async_commit;
+extern bool ws_shard_one_round_trip;
 extern int	ws_queue_workers;
 extern int	ws_queue_batch_size;
 extern int	ws_queue_naptime;

@@ -16,6 +16,9 @@ extern uint64 ws_key_hash(const char *bytes, int len, uint64 seed);
 extern int	ws_key_slot(const char *bytes, int len, int nslots);
 extern void ws_shard_register_callbacks(void);
 extern bool ws_shard_prepare_connections(Relation view);
+extern bool ws_shard_can_run_alone(Oid serverid);
+extern void ws_shard_run_alone(Oid serverid, const char *sql, int nparams,
+							   const char *const *values);
 extern Size ws_shard_shmem_size(void);
 extern void ws_shard_shmem_init(void);
 

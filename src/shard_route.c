@@ -35,6 +35,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "foreign/foreign.h"
@@ -61,6 +62,7 @@
 #include "utils/rel.h"
 #include "utils/syscache.h"
 
+#include "guc.h"
 #include "shard.h"
 #include "shmem.h"
 
@@ -96,8 +98,10 @@ typedef struct DistEntry
 	int			nslots;
 	SlotInfo   *slots;
 	char	   *shard_table;	/* on every shard: its slots' parent */
+	int			ncolumns;
 	char	   *column_list;	/* quoted, comma-separated */
 	char	   *copy_columns;	/* the same and ws_slot: a COPY line's */
+	char	   *parameters;		/* ($1, ..., $ncolumns) */
 	FmgrInfo   *out_functions;	/* per column of the view */
 } DistEntry;
 
@@ -115,10 +119,24 @@ typedef struct SlotBuffer
 	DistEntry  *dist;
 	int			slot;
 	StringInfoData copy_data;	/* COPY text lines */
-	StringInfoData first_row;	/* the first row as an SQL VALUES list */
+	StringInfoData first_row;	/* the first row's values, each ending in \0 */
+	int		   *first_offsets;	/* where each is in first_row, -1 for NULL */
 	int			rows;
 	List	   *marks;
 } SlotBuffer;
+
+/* The single row of an autocommit INSERT, sent at commit (defer_row). */
+typedef struct DeferredRow
+{
+	Oid			serverid;
+	char	   *sql;			/* with parameters */
+	char	   *literals;		/* the same with the values, for postgres_fdw */
+	int			nvalues;
+	char	  **values;			/* NULL for NULL */
+	char	   *table;			/* for messages */
+	int			slot;
+	char	   *remote_table;
+} DeferredRow;
 
 /* Rows routed to each server since server start, in shared memory. */
 #define WS_MAX_SHARD_SERVERS	256
@@ -154,6 +172,9 @@ static HTAB *dist_cache = NULL;
 static HTAB *buffers = NULL;	/* in TopTransactionContext */
 static MemoryContext buffer_context = NULL;
 static MemoryContext row_context = NULL;
+static DeferredRow *deferred = NULL;	/* in TopTransactionContext */
+static bool committing = false;
+static ExecutorStart_hook_type prev_executor_start = NULL;
 
 PG_FUNCTION_INFO_V1(write_scaling_route_insert);
 PG_FUNCTION_INFO_V1(write_scaling_route_flush);
@@ -417,6 +438,7 @@ fill_entry(DistEntry *entry, Relation view)
 		pfree(entry->shard_table);
 		pfree(entry->column_list);
 		pfree(entry->copy_columns);
+		pfree(entry->parameters);
 		pfree(entry->out_functions);
 	}
 
@@ -457,6 +479,13 @@ fill_entry(DistEntry *entry, Relation view)
 	}
 	entry->column_list = columns.data;
 	entry->copy_columns = psprintf("%s, ws_slot", columns.data);
+	entry->ncolumns = 0;
+	initStringInfo(&columns);
+	for (int i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped)
+			appendStringInfo(&columns, "%s$%d", columns.len > 0 ? ", " : "(", ++entry->ncolumns);
+	appendStringInfoChar(&columns, ')');
+	entry->parameters = columns.data;
 	MemoryContextSwitchTo(old);
 
 	SPI_finish();
@@ -599,6 +628,7 @@ buffer_for(DistEntry *dist, int slot)
 		buf->slot = slot;
 		initStringInfo(&buf->copy_data);
 		initStringInfo(&buf->first_row);
+		buf->first_offsets = palloc(sizeof(int) * dist->ncolumns);
 		buf->rows = 0;
 		buf->marks = NIL;
 		MemoryContextSwitchTo(old);
@@ -652,6 +682,46 @@ current_rows(SlotBuffer *buf, int *index)
 }
 
 /*
+ * first_row_literals returns the first row of buf as an SQL VALUES list.
+ */
+static char *
+first_row_literals(SlotBuffer *buf)
+{
+	StringInfoData list;
+
+	initStringInfo(&list);
+	for (int i = 0; i < buf->dist->ncolumns; i++)
+	{
+		int			offset = buf->first_offsets[i];
+
+		appendStringInfoString(&list, i == 0 ? "(" : ", ");
+		appendStringInfoString(&list, offset < 0 ? "NULL" :
+							   quote_literal_cstr(buf->first_row.data + offset));
+	}
+	appendStringInfoChar(&list, ')');
+	return list.data;
+}
+
+/*
+ * rethrow_write_error raises the error being handled again, saying which
+ * rows were going where.
+ */
+static void
+rethrow_write_error(int nrows, const char *table, Oid serverid, int slot,
+					const char *remote_table)
+{
+	ErrorData  *edata = capture_error();
+
+	ereport(ERROR,
+			(errcode(edata->sqlerrcode),
+			 errmsg("could not write %d row%s of \"%s\" to shard server \"%s\": %s",
+					nrows, nrows == 1 ? "" : "s", table,
+					GetForeignServer(serverid)->servername, edata->message),
+			 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+			 errcontext("slot %d, remote table %s", slot, remote_table)));
+}
+
+/*
  * rows_sent forgets the rows from mark on, now on their shard.
  */
 static void
@@ -689,7 +759,7 @@ send_buffer(SlotBuffer *buf)
 		if (nrows == 1 && from->rows == 0)
 		{
 			appendStringInfo(&sql, "INSERT INTO %s (%s) VALUES %s",
-							 slot->remote_table, buf->dist->column_list, buf->first_row.data);
+							 slot->remote_table, buf->dist->column_list, first_row_literals(buf));
 			remote_command(conn, sql.data);
 		}
 		else
@@ -714,19 +784,110 @@ send_buffer(SlotBuffer *buf)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata = capture_error();
-
-		ereport(ERROR,
-				(errcode(edata->sqlerrcode),
-				 errmsg("could not write %d row%s of \"%s\" to shard server \"%s\": %s",
-						nrows, nrows == 1 ? "" : "s", buf->dist->name,
-						GetForeignServer(slot->serverid)->servername, edata->message),
-				 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
-				 errcontext("slot %d, remote table %s", buf->slot, slot->remote_table)));
+		rethrow_write_error(nrows, buf->dist->name, slot->serverid, buf->slot, slot->remote_table);
 	}
 	PG_END_TRY();
 	pfree(sql.data);
 	rows_sent(buf, from, from_index);
+}
+
+/* --- the single row of an autocommit INSERT -------------------------------- */
+
+/*
+ * defer_row holds back the single row of an autocommit INSERT (buf's only
+ * row, in the transaction's only statement so far), to send it at commit in
+ * one round trip on a connection of our own, where postgres_fdw would take
+ * three.  Returns false if that does not apply; the caller sends the row.
+ * A statement that starts before the commit (a pipelined one, or a query
+ * in a trigger or function) sends it through postgres_fdw first, so that
+ * the transaction reads it (route_executor_start).
+ */
+static bool
+defer_row(SlotBuffer *buf)
+{
+	SlotInfo   *slot = &buf->dist->slots[buf->slot];
+	int			index;
+	SavepointMark *from = current_rows(buf, &index);
+	MemoryContext old;
+
+	if (!ws_shard_one_round_trip || committing || deferred != NULL ||
+		IsTransactionBlock() || GetCurrentTransactionNestLevel() > 1 ||
+		from == NULL || from->rows != 0 || buf->rows != 1 ||
+		!ws_shard_can_run_alone(slot->serverid))
+		return false;
+
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	deferred = palloc(sizeof(DeferredRow));
+	deferred->serverid = slot->serverid;
+	deferred->sql = psprintf("INSERT INTO %s (%s) VALUES %s", slot->remote_table,
+							 buf->dist->column_list, buf->dist->parameters);
+	deferred->literals = psprintf("INSERT INTO %s (%s) VALUES %s", slot->remote_table,
+								  buf->dist->column_list, first_row_literals(buf));
+	deferred->nvalues = buf->dist->ncolumns;
+	deferred->values = palloc(sizeof(char *) * deferred->nvalues);
+	for (int i = 0; i < deferred->nvalues; i++)
+		deferred->values[i] = buf->first_offsets[i] < 0 ? NULL :
+			pstrdup(buf->first_row.data + buf->first_offsets[i]);
+	deferred->table = pstrdup(buf->dist->name);
+	deferred->slot = buf->slot;
+	deferred->remote_table = pstrdup(slot->remote_table);
+	MemoryContextSwitchTo(old);
+	rows_sent(buf, from, index);
+	return true;
+}
+
+/*
+ * send_deferred_through_fdw sends the deferred row in postgres_fdw's remote
+ * transaction, as any other row.
+ */
+static void
+send_deferred_through_fdw(void)
+{
+	DeferredRow *row = deferred;
+
+	deferred = NULL;
+	PG_TRY();
+	{
+		remote_command(connection(row->serverid), row->literals);
+	}
+	PG_CATCH();
+	{
+		rethrow_write_error(1, row->table, row->serverid, row->slot, row->remote_table);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * send_deferred_alone sends the deferred row at commit, as a statement of
+ * its own that commits on the shard by itself.
+ */
+static void
+send_deferred_alone(void)
+{
+	DeferredRow *row = deferred;
+
+	deferred = NULL;
+	PG_TRY();
+	{
+		ws_shard_run_alone(row->serverid, row->sql, row->nvalues,
+						   (const char *const *) row->values);
+	}
+	PG_CATCH();
+	{
+		rethrow_write_error(1, row->table, row->serverid, row->slot, row->remote_table);
+	}
+	PG_END_TRY();
+}
+
+static void
+route_executor_start(QueryDesc *queryDesc, int eflags)
+{
+	if (deferred != NULL)
+		send_deferred_through_fdw();
+	if (prev_executor_start != NULL)
+		prev_executor_start(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
 }
 
 /* One server's share of a statement's rows, sent by send_all. */
@@ -781,7 +942,7 @@ send_table(DistEntry *dist)
 	/* One slot: its single row goes as an INSERT. */
 	if (nbuffers <= 1)
 	{
-		if (only != NULL)
+		if (only != NULL && !defer_row(only))
 			send_buffer(only);
 		return;
 	}
@@ -1058,8 +1219,6 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	}
 
 	MemoryContextSwitchTo(row_context);
-	if (buf->rows == 0)
-		appendStringInfoChar(&buf->first_row, '(');
 	guc_level = set_transmission_modes();
 	for (int i = 0, n = 0; i < desc->natts; i++)
 	{
@@ -1069,24 +1228,25 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 
 		if (TupleDescAttr(desc, i)->attisdropped)
 			continue;
-		if (n++ > 0)
-		{
+		if (n > 0)
 			appendStringInfoChar(&buf->copy_data, '\t');
-			if (buf->rows == 0)
-				appendStringInfoString(&buf->first_row, ", ");
-		}
 		value = heap_getattr(tuple, i + 1, desc, &null);
 		if (null)
 		{
 			appendStringInfoString(&buf->copy_data, "\\N");
 			if (buf->rows == 0)
-				appendStringInfoString(&buf->first_row, "NULL");
+				buf->first_offsets[n] = -1;
+			n++;
 			continue;
 		}
 		text = OutputFunctionCall(&dist->out_functions[i], value);
 		append_copy_value(&buf->copy_data, text);
 		if (buf->rows == 0)
-			appendStringInfoString(&buf->first_row, quote_literal_cstr(text));
+		{
+			buf->first_offsets[n] = buf->first_row.len;
+			appendBinaryStringInfo(&buf->first_row, text, strlen(text) + 1);
+		}
+		n++;
 	}
 	if (guc_level >= 0)
 		AtEOXact_GUC(true, guc_level);
@@ -1097,8 +1257,6 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 		appendBinaryStringInfo(&buf->copy_data, slot_text, 1 + pg_ltoa(slot, slot_text + 1));
 		appendStringInfoChar(&buf->copy_data, '\n');
 	}
-	if (buf->rows == 0)
-		appendStringInfoChar(&buf->first_row, ')');
 	buf->rows++;
 	MemoryContextSwitchTo(old);
 
@@ -1133,6 +1291,13 @@ route_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_PRE_COMMIT:
 		case XACT_EVENT_PRE_PREPARE:
+			committing = true;
+			if (deferred != NULL && event == XACT_EVENT_PRE_PREPARE)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that wrote to a distributed table")));
+			if (deferred != NULL)
+				send_deferred_alone();
 			if (buffers != NULL)
 			{
 				HASH_SEQ_STATUS status;
@@ -1159,6 +1324,8 @@ route_xact_callback(XactEvent event, void *arg)
 			buffers = NULL;
 			buffer_context = NULL;
 			nrouted = 0;
+			deferred = NULL;
+			committing = false;
 			break;
 		default:
 			break;
@@ -1222,4 +1389,6 @@ ws_shard_register_callbacks(void)
 {
 	RegisterXactCallback(route_xact_callback, NULL);
 	RegisterSubXactCallback(route_subxact_callback, NULL);
+	prev_executor_start = ExecutorStart_hook;
+	ExecutorStart_hook = route_executor_start;
 }

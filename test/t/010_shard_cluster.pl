@@ -248,6 +248,71 @@ like($coord->safe_psql('postgres', q{EXPLAIN (COSTS OFF) SELECT * FROM orders WH
 	qr/Foreign Scan on orders_s\d{3}(?!.*Foreign Scan)/s, 'a lookup by key scans one foreign partition');
 is($coord->safe_psql('postgres', q{SELECT amount FROM orders WHERE id = 4242}), '242', 'and finds the row');
 
+# --- the single row of an autocommit INSERT: one round trip -----------------
+
+# It goes at commit, as a statement of its own, on a connection of
+# write_scaling's (application_name write_scaling), prepared once there.
+learn_slots(160001, 160010);
+sub shard_of { return $coord->safe_psql('postgres', "SELECT ws.shard_for('m', '$_[0]')"); }
+sub own_connections
+{
+	my ($server, $condition) = @_;
+	return $shard{$server}->safe_psql('postgres', qq{
+		SELECT count(*) FROM pg_stat_activity WHERE application_name = 'write_scaling' AND $condition});
+}
+my $session = $coord->background_psql('postgres', on_error_stop => 0);
+$session->query_safe(insert_sql(160001));
+$expected{160001} = 1;
+is(own_connections(shard_of(160001), sprintf(q{query = 'INSERT INTO public.orders_s%03d (id, customer, amount, created_at) VALUES ($1, $2, $3, $4)'}, $slot_of{160001})),
+	'1', 'an autocommit single-row INSERT went to its shard alone, on a connection of its own, as a prepared statement');
+is($coord->safe_psql('postgres', q{SELECT customer = cust(160001) FROM orders WHERE id = 160001}), 't',
+	'and the row reads back as inserted');
+
+# A duplicate key fails at commit, naming the shard, with the shard's SQLSTATE.
+my ($dup_out, $dup_ret) = $session->query(q{\set VERBOSITY verbose
+} . insert_sql(160001));
+like($session->{stderr}, qr/ERROR:  23505: could not write 1 row of "orders" to shard server "s\d": duplicate key value violates unique constraint "orders_s\d{3}_pkey"/,
+	'a duplicate key sent alone fails with 23505, naming the shard server');
+$session->{stderr} = '';
+$session->query_safe(q{\set VERBOSITY default});
+$session->query_safe(insert_sql(160002));
+$expected{160002} = 1;
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM orders WHERE id IN (160001, 160002)}), '2',
+	'the connection serves the next row after the error');
+
+# A statement that starts before the commit sends the row through
+# postgres_fdw first, and so reads it.
+$coord->safe_psql('postgres', q{
+	CREATE FUNCTION insert_and_read(bigint) RETURNS bigint LANGUAGE sql AS $$
+		INSERT INTO orders (id, customer, amount) VALUES ($1, cust($1), $1 % 1000);
+		SELECT count(*) FROM orders WHERE id = $1;
+	$$});
+is($coord->safe_psql('postgres', 'SELECT insert_and_read(160003)'), '1',
+	'a query after the INSERT, in the same transaction, reads the row');
+$expected{160003} = 1;
+
+# Nothing goes out for a statement that fails after its INSERT.
+my ($failed_out, $failed_ret) = $session->query(q{
+	DO $$ BEGIN INSERT INTO orders (id, customer, amount) VALUES (160004, 'c', 4); RAISE EXCEPTION 'after the insert'; END $$;});
+like($session->{stderr}, qr/after the insert/, 'a statement fails after its INSERT');
+$session->{stderr} = '';
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM orders WHERE id = 160004}), '0', 'and its row was not written');
+is($shard{shard_of(160004)}->safe_psql('postgres', q{SELECT count(*) FROM orders_shard WHERE id = 160004}), '0',
+	'not even on the shard');
+
+# Switched off, the row goes in postgres_fdw's remote transaction.
+$session->quit;
+ok($shard{shard_of(160005)}->poll_query_until('postgres',
+	q{SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'write_scaling'}),
+	'the connection of its own closes with the session');
+$session = $coord->background_psql('postgres');
+$session->query_safe(q{SET write_scaling.shard_one_round_trip = off});
+$session->query_safe(insert_sql(160005));
+$expected{160005} = 1;
+is(own_connections(shard_of(160005), 'true'), '0', 'with write_scaling.shard_one_round_trip off, no connection of its own');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM orders WHERE id = 160005}), '1', 'and the row is stored');
+$session->quit;
+
 # --- a fourth shard, rebalanced while another session inserts ----------------
 
 start_shard('s4');

@@ -1,0 +1,429 @@
+/*-------------------------------------------------------------------------
+ *
+ * shard_conn.c
+ *	  Connections of our own to shard servers, outside any remote
+ *	  transaction, for the single row of an autocommit INSERT.
+ *
+ * postgres_fdw wraps every use of a shard in a remote transaction: START
+ * TRANSACTION, the statement, COMMIT, three round trips.  An autocommit
+ * INSERT of one row needs none of that: sent alone, the remote INSERT
+ * commits by itself, in one round trip.  These connections exist for that
+ * (shard_route.c decides when it applies).
+ *
+ * They are opened as postgres_fdw opens its own: the foreign server's and
+ * the user mapping's libpq options, and the same session settings, so
+ * values read back the same.  postgres_fdw lets a non-superuser connect
+ * only with a password that the server asked for (a local server trusting
+ * the OS user would otherwise be open to everyone); we follow the same
+ * rule, and where it is not met, return no connection, so the caller takes
+ * postgres_fdw's path, which then reports the problem.
+ *
+ * The connections live in a hash by user mapping, for the session, each
+ * with the statements prepared on it (one per slot table: the shard then
+ * parses and plans each only once) and a wait event set of its own.  A
+ * change to a foreign server or user mapping closes them all: the next use
+ * reconnects with the new options.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_foreign_server.h"
+#include "catalog/pg_user_mapping.h"
+#include "commands/defrem.h"
+#include "foreign/foreign.h"
+#include "libpq-fe.h"
+#include "common/hashfn.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+
+#include "shard.h"
+
+typedef struct OwnConnection
+{
+	Oid			umid;			/* hash key: the user mapping */
+	PGconn	   *conn;			/* NULL when none is open */
+	bool		refused;		/* may not be used: postgres_fdw's path only */
+	WaitEventSet *wait_set;		/* the latch and the connection's socket */
+	MemoryContext memory;		/* of the statements, gone with conn */
+	HTAB	   *statements;		/* PreparedStatements on conn */
+	int			statements_made;
+} OwnConnection;
+
+typedef struct PreparedStatement
+{
+	uint64		sql_hash;		/* hash key */
+	char	   *sql;
+	int			number;			/* named ws_<number> on the shard */
+} PreparedStatement;
+
+static HTAB *own_connections = NULL;
+static bool options_changed = false;
+
+/*
+ * is_libpq_option tells whether a foreign server or user mapping option is
+ * a connection option of libpq (the others are postgres_fdw's own).
+ */
+static bool
+is_libpq_option(const char *keyword)
+{
+	static PQconninfoOption *libpq_options = NULL;
+
+	if (libpq_options == NULL)
+	{
+		libpq_options = PQconndefaults();
+		if (libpq_options == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory")));
+	}
+	/* As postgres_fdw: no debug options, no replication connections. */
+	if (strcmp(keyword, "replication") == 0 ||
+		strcmp(keyword, "fallback_application_name") == 0 ||
+		strcmp(keyword, "client_encoding") == 0)
+		return false;
+	for (PQconninfoOption *o = libpq_options; o->keyword != NULL; o++)
+		if (strcmp(o->keyword, keyword) == 0)
+			return strchr(o->dispchar, 'D') == NULL;
+	return false;
+}
+
+static void
+options_changed_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	options_changed = true;
+}
+
+/*
+ * close_entry closes an entry's connection, first cancelling a statement
+ * still running there (after an error or a cancel while it ran).
+ */
+static void
+close_entry(OwnConnection *entry)
+{
+	if (entry->conn != NULL)
+	{
+		if (PQtransactionStatus(entry->conn) == PQTRANS_ACTIVE)
+		{
+			PGcancel   *cancel = PQgetCancel(entry->conn);
+			char		errbuf[256];
+
+			if (cancel != NULL)
+			{
+				(void) PQcancel(cancel, errbuf, sizeof(errbuf));
+				PQfreeCancel(cancel);
+			}
+		}
+		PQfinish(entry->conn);
+	}
+	if (entry->wait_set != NULL)
+		FreeWaitEventSet(entry->wait_set);
+	if (entry->memory != NULL)
+		MemoryContextDelete(entry->memory);
+	entry->conn = NULL;
+	entry->wait_set = NULL;
+	entry->memory = NULL;
+	entry->statements = NULL;
+}
+
+static void
+close_all(void)
+{
+	HASH_SEQ_STATUS status;
+	OwnConnection *entry;
+
+	hash_seq_init(&status, own_connections);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		close_entry(entry);
+		entry->refused = false;
+	}
+}
+
+/*
+ * open_connection connects as postgres_fdw would; returns NULL if the
+ * server cannot be reached or the connection may not be used.
+ */
+static PGconn *
+open_connection(UserMapping *user, bool *refused)
+{
+	ForeignServer *server = GetForeignServer(user->serverid);
+	List	   *options = list_concat(list_copy(server->options), user->options);
+	const char **keywords = palloc((list_length(options) + 3) * sizeof(char *));
+	const char **values = palloc((list_length(options) + 3) * sizeof(char *));
+	bool		has_password = false;
+	bool		trusted = superuser_arg(user->userid);
+	int			n = 0;
+	ListCell   *lc;
+	PGconn	   *conn;
+	PGresult   *res;
+
+	foreach(lc, options)
+	{
+		DefElem    *option = lfirst(lc);
+
+		if (!is_libpq_option(option->defname))
+			continue;
+		keywords[n] = option->defname;
+		values[n] = defGetString(option);
+		if (strcmp(option->defname, "password") == 0 && values[n][0] != '\0')
+			has_password = true;
+		n++;
+	}
+	keywords[n] = "fallback_application_name";
+	values[n++] = "write_scaling";
+	keywords[n] = "client_encoding";
+	values[n++] = GetDatabaseEncodingName();
+	keywords[n] = values[n] = NULL;
+
+	*refused = !trusted && !has_password;
+	if (*refused)
+		return NULL;
+	conn = PQconnectdbParams(keywords, values, false);
+	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+	{
+		PQfinish(conn);
+		return NULL;
+	}
+	if (!trusted && !PQconnectionUsedPassword(conn))
+	{
+		*refused = true;
+		PQfinish(conn);
+		return NULL;
+	}
+	/* postgres_fdw's session settings: values travel in these forms. */
+	res = PQexec(conn, "SET search_path = pg_catalog; SET timezone = 'UTC';"
+				 " SET datestyle = ISO; SET intervalstyle = postgres;"
+				 " SET extra_float_digits = 3");
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	{
+		PQclear(res);
+		PQfinish(conn);
+		return NULL;
+	}
+	PQclear(res);
+	return conn;
+}
+
+/*
+ * own_connection returns the entry of our own idle connection to serverid
+ * for the current user, opening it if need be; its conn is NULL when
+ * postgres_fdw's connection must serve instead.
+ */
+static OwnConnection *
+own_connection(Oid serverid)
+{
+	UserMapping *user = GetUserMapping(GetUserId(), serverid);
+	OwnConnection *entry;
+	bool		found;
+
+	if (own_connections == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(OwnConnection);
+		ctl.hcxt = TopMemoryContext;
+		own_connections = hash_create("write_scaling shard connections", 8, &ctl,
+									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		CacheRegisterSyscacheCallback(FOREIGNSERVEROID, options_changed_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(USERMAPPINGOID, options_changed_callback, (Datum) 0);
+	}
+	if (options_changed)
+	{
+		close_all();
+		options_changed = false;
+	}
+	entry = hash_search(own_connections, &user->umid, HASH_ENTER, &found);
+	if (!found)
+	{
+		entry->conn = NULL;
+		entry->refused = false;
+		entry->wait_set = NULL;
+		entry->memory = NULL;
+		entry->statements = NULL;
+	}
+	if (entry->refused)
+		return entry;
+	/* A connection the server closed, or one left mid-command, is replaced. */
+	if (entry->conn != NULL &&
+		(PQstatus(entry->conn) != CONNECTION_OK ||
+		 PQtransactionStatus(entry->conn) != PQTRANS_IDLE))
+		close_entry(entry);
+	if (entry->conn == NULL)
+	{
+		HASHCTL		ctl;
+
+		entry->conn = open_connection(user, &entry->refused);
+		if (entry->conn == NULL)
+			return entry;
+		entry->wait_set = CreateWaitEventSet(TopMemoryContext, 2);
+		AddWaitEventToSet(entry->wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(entry->wait_set, WL_SOCKET_READABLE, PQsocket(entry->conn), NULL, NULL);
+		entry->memory = AllocSetContextCreate(TopMemoryContext, "write_scaling shard connection",
+											  ALLOCSET_SMALL_SIZES);
+		ctl.keysize = sizeof(uint64);
+		ctl.entrysize = sizeof(PreparedStatement);
+		ctl.hcxt = entry->memory;
+		entry->statements = hash_create("write_scaling prepared statements", 64, &ctl,
+										HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		entry->statements_made = 0;
+	}
+	return entry;
+}
+
+/*
+ * ws_shard_can_run_alone tells whether statements for serverid can go on
+ * our own connection (opening it now).
+ */
+bool
+ws_shard_can_run_alone(Oid serverid)
+{
+	return own_connection(serverid)->conn != NULL;
+}
+
+/*
+ * report_remote_error raises a shard's error with its SQLSTATE, or the
+ * connection's error when there is no result.
+ */
+static void
+report_remote_error(PGconn *conn, PGresult *res)
+{
+	const char *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+	const char *detail = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL) : NULL;
+	const char *hint = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_HINT) : NULL;
+	char	   *message = pstrdup(primary ? primary : PQerrorMessage(conn));
+	char	   *detail_copy = detail ? pstrdup(detail) : NULL;
+	char	   *hint_copy = hint ? pstrdup(hint) : NULL;
+	int			code = ERRCODE_CONNECTION_FAILURE;
+
+	if (sqlstate != NULL && strlen(sqlstate) == 5)
+		code = MAKE_SQLSTATE(sqlstate[0], sqlstate[1], sqlstate[2], sqlstate[3], sqlstate[4]);
+	PQclear(res);
+	ereport(ERROR,
+			(errcode(code),
+			 errmsg_internal("%s", pchomp(message)),
+			 detail_copy ? errdetail_internal("%s", detail_copy) : 0,
+			 hint_copy ? errhint("%s", hint_copy) : 0));
+}
+
+/*
+ * last_result waits, interruptibly, for the end of the command sent on
+ * entry's connection and returns its last result (NULL if the connection
+ * failed).
+ */
+static PGresult *
+last_result(OwnConnection *entry)
+{
+	PGresult   *last = NULL;
+	PGresult   *res;
+
+	for (;;)
+	{
+		while (PQisBusy(entry->conn))
+		{
+			WaitEvent	event;
+
+			(void) WaitEventSetWait(entry->wait_set, -1, &event, 1, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+			if (!PQconsumeInput(entry->conn))
+			{
+				PQclear(last);
+				return NULL;
+			}
+		}
+		res = PQgetResult(entry->conn);
+		if (res == NULL)
+			return last;
+		PQclear(last);
+		last = res;
+	}
+}
+
+/*
+ * ws_shard_run_alone runs sql, a statement with nparams text parameters,
+ * on our own connection to serverid as a statement of its own: it commits
+ * on the shard by itself.  It is prepared there once per connection.  A
+ * connection that fails before the statement went out is opened again,
+ * once.  Raises the shard's error, if any.
+ */
+void
+ws_shard_run_alone(Oid serverid, const char *sql, int nparams, const char *const *values)
+{
+	OwnConnection *volatile entry = NULL;
+
+	PG_TRY();
+	{
+		PreparedStatement *statement;
+		uint64		sql_hash = hash_bytes_extended((const unsigned char *) sql, strlen(sql), 0);
+		char		name[32];
+		bool		found;
+		PGresult   *res;
+
+		for (int attempt = 0;; attempt++)
+		{
+			bool		sent = true;
+
+			entry = own_connection(serverid);
+			if (entry->conn == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+						 errmsg("could not connect to server \"%s\"",
+								GetForeignServer(serverid)->servername)));
+			statement = hash_search(entry->statements, &sql_hash, HASH_ENTER, &found);
+			if (!found)
+			{
+				statement->sql = NULL;	/* until prepared */
+				statement->number = entry->statements_made++;
+			}
+			else if (strcmp(statement->sql, sql) != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INTERNAL_ERROR),
+						 errmsg("two statements for shard server \"%s\" share a hash",
+								GetForeignServer(serverid)->servername)));
+			snprintf(name, sizeof(name), "ws_%d", statement->number);
+			if (statement->sql == NULL)
+			{
+				sent = PQsendPrepare(entry->conn, name, sql, nparams, NULL);
+				if (sent)
+				{
+					res = last_result(entry);
+					if (PQresultStatus(res) != PGRES_COMMAND_OK)
+					{
+						hash_search(entry->statements, &sql_hash, HASH_REMOVE, NULL);
+						report_remote_error(entry->conn, res);
+					}
+					PQclear(res);
+					statement->sql = MemoryContextStrdup(entry->memory, sql);
+				}
+			}
+			if (sent && PQsendQueryPrepared(entry->conn, name, nparams, values, NULL, NULL, 0))
+				break;
+			if (attempt > 0)
+				report_remote_error(entry->conn, NULL);
+			close_entry(entry);
+		}
+		res = last_result(entry);
+		if (PQresultStatus(res) != PGRES_COMMAND_OK)
+			report_remote_error(entry->conn, res);
+		PQclear(res);
+	}
+	PG_CATCH();
+	{
+		/* Cancelled, or the connection failed: its state is in doubt. */
+		if (entry != NULL && entry->conn != NULL &&
+			(PQstatus(entry->conn) != CONNECTION_OK ||
+			 PQtransactionStatus(entry->conn) != PQTRANS_IDLE))
+			close_entry(entry);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
