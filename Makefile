@@ -32,7 +32,7 @@ PG_CFLAGS = -Werror
 
 # pg_regress runs on a temporary instance with the library preloaded.
 REGRESS = event_store snapshot bulk queue shard
-REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/regress.conf
+REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=$(srcdir)/test/regress.conf --encoding=UTF8
 
 # Perl TAP tests on PostgreSQL::Test::Cluster.
 TAP_TESTS = 1

@@ -77,6 +77,16 @@ SELECT count(*) FROM orders WHERE id >= 30;
 SELECT ws.copy_rows('orders', ARRAY[ROW(40, 'a', 1, NULL, NULL), ROW(1, 'dup', 1, NULL, NULL)]::orders[]);
 \set VERBOSITY default
 
+-- Text survives a flush whatever the client encoding, even characters it
+-- lacks: rows are written and read back in the database's encoding.
+SELECT getdatabaseencoding();
+CREATE TABLE texts (t text);
+SET client_encoding = 'LATIN1';
+SELECT ws.copy_rows('texts', ARRAY[ROW(chr(8364) || chr(233))]::texts[]);
+RESET client_encoding;
+SELECT t = chr(8364) || chr(233) AS same_text FROM texts;
+DROP TABLE texts;
+
 -- copy_rows loads an array in one call.
 SELECT ws.copy_rows('orders', ARRAY[ROW(50, 'x', 1, NULL, NULL), ROW(51, 'y', 2, NULL, NULL)]::orders[]);
 SELECT id, customer, total FROM orders WHERE id >= 50 ORDER BY id;

@@ -69,6 +69,7 @@
 #include "utils/snapmgr.h"
 
 #include "bulk.h"
+#include "send_encoding.h"
 #include "shard.h"
 #include "frontier.h"
 #include "guc.h"
@@ -395,6 +396,7 @@ flush_buffer(TableBuffer *buf)
 	bool		pushed_snapshot = false;
 	RowArray	rows = buf->pending;
 	uint64		written;
+	int			client_encoding;
 
 	if (rows.count == 0)
 		return 0;
@@ -411,7 +413,6 @@ flush_buffer(TableBuffer *buf)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table with OID %u, which has buffered rows, was dropped", buf->relid)));
 	initStringInfo(&data);
-	serialise_rows(rel, &rows, &data);
 
 	if (!ActiveSnapshotSet())
 	{
@@ -433,8 +434,10 @@ flush_buffer(TableBuffer *buf)
 	 */
 	memset(&buf->pending, 0, sizeof(RowArray));
 	buf->bytes = 0;
+	client_encoding = ws_enter_database_encoding();
 	PG_TRY();
 	{
+		serialise_rows(rel, &rows, &data);
 		copy_data = &data;
 		cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_source, NIL,
 							   list_make1(makeDefElem("format", (Node *) makeString("binary"), -1)));
@@ -451,6 +454,7 @@ flush_buffer(TableBuffer *buf)
 		 * still be written (or fail) at commit.
 		 */
 		copy_data = saved_data;
+		ws_leave_database_encoding(client_encoding);
 		buf->pending = rows;
 		buf->bytes = 0;
 		for (int r = 0; r < later.count; r++)
@@ -461,6 +465,7 @@ flush_buffer(TableBuffer *buf)
 	}
 	PG_END_TRY();
 	copy_data = saved_data;
+	ws_leave_database_encoding(client_encoding);
 
 	error_context_stack = errcallback.previous;
 	if (pushed_snapshot)

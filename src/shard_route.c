@@ -32,6 +32,7 @@
 #include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "access/transam.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -40,6 +41,7 @@
 #include "funcapi.h"
 #include "foreign/foreign.h"
 #include "libpq-fe.h"
+#include "libpq/pqformat.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "parser/parse_relation.h"
@@ -63,6 +65,7 @@
 #include "utils/syscache.h"
 
 #include "guc.h"
+#include "send_encoding.h"
 #include "shard.h"
 #include "shmem.h"
 
@@ -102,6 +105,8 @@ typedef struct DistEntry
 	char	   *column_list;	/* quoted, comma-separated */
 	char	   *copy_columns;	/* the same and ws_slot: a COPY line's */
 	char	   *parameters;		/* ($1, ..., $ncolumns) */
+	bool		binary;			/* rows travel in COPY's binary format */
+	FmgrInfo   *send_functions; /* per column of the view, if binary */
 	FmgrInfo   *out_functions;	/* per column of the view */
 } DistEntry;
 
@@ -440,6 +445,7 @@ fill_entry(DistEntry *entry, Relation view)
 		pfree(entry->copy_columns);
 		pfree(entry->parameters);
 		pfree(entry->out_functions);
+		pfree(entry->send_functions);
 	}
 
 	old = MemoryContextSwitchTo(CacheMemoryContext);
@@ -462,8 +468,23 @@ fill_entry(DistEntry *entry, Relation view)
 		snprintf(name, sizeof(name), "%s_shard", remote_table);
 		entry->shard_table = quote_qualified_identifier(remote_schema, name);
 	}
+	/*
+	 * Rows travel in COPY's binary format, cheaper to write here and to read
+	 * there, when every column has a built-in type: their binary forms are
+	 * the same on every server, where those of other types may name type
+	 * OIDs that differ from server to server (arrays and records of them).
+	 */
 	initStringInfo(&columns);
 	entry->out_functions = palloc(sizeof(FmgrInfo) * desc->natts);
+	entry->send_functions = palloc(sizeof(FmgrInfo) * desc->natts);
+	entry->binary = true;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && att->atttypid >= FirstGenbkiObjectId)
+			entry->binary = false;
+	}
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -476,6 +497,11 @@ fill_entry(DistEntry *entry, Relation view)
 						 quote_identifier(NameStr(att->attname)));
 		getTypeOutputInfo(att->atttypid, &func, &varlena);
 		fmgr_info_cxt(func, &entry->out_functions[i], CacheMemoryContext);
+		if (entry->binary)
+		{
+			getTypeBinaryOutputInfo(att->atttypid, &func, &varlena);
+			fmgr_info_cxt(func, &entry->send_functions[i], CacheMemoryContext);
+		}
 	}
 	entry->column_list = columns.data;
 	entry->copy_columns = psprintf("%s, ws_slot", columns.data);
@@ -682,6 +708,45 @@ current_rows(SlotBuffer *buf, int *index)
 }
 
 /*
+ * copy_command appends the COPY that takes dist's rows into table.
+ */
+static void
+copy_command(StringInfo sql, DistEntry *dist, const char *table)
+{
+	appendStringInfo(sql, "COPY %s (%s) FROM STDIN%s", table, dist->copy_columns,
+					 dist->binary ? " (FORMAT binary)" : "");
+}
+
+/*
+ * put_rows sends the rows of the current subtransaction that buffers hold,
+ * as the data of the COPY that sql started on conn, and ends it.
+ */
+static void
+put_rows(PGconn *conn, List *buffers, const char *sql)
+{
+	DistEntry  *dist = ((SlotBuffer *) linitial(buffers))->dist;
+	ListCell   *lc;
+	static const char header[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+	static const char trailer[2] = "\377\377";
+
+	if (dist->binary && PQputCopyData(conn, header, sizeof(header)) != 1)
+		fdw_report_error(ERROR, NULL, conn, false, sql);
+	foreach(lc, buffers)
+	{
+		SlotBuffer *buf = lfirst(lc);
+		int			index;
+		SavepointMark *from = current_rows(buf, &index);
+
+		if (PQputCopyData(conn, buf->copy_data.data + from->offset,
+						  buf->copy_data.len - from->offset) != 1)
+			fdw_report_error(ERROR, NULL, conn, false, sql);
+	}
+	if ((dist->binary && PQputCopyData(conn, trailer, sizeof(trailer)) != 1) ||
+		PQputCopyEnd(conn, NULL) != 1)
+		fdw_report_error(ERROR, NULL, conn, false, sql);
+}
+
+/*
  * first_row_literals returns the first row of buf as an SQL VALUES list.
  */
 static char *
@@ -764,18 +829,14 @@ send_buffer(SlotBuffer *buf)
 		}
 		else
 		{
-			appendStringInfo(&sql, "COPY %s (%s) FROM STDIN",
-							 slot->remote_table, buf->dist->copy_columns);
+			copy_command(&sql, buf->dist, slot->remote_table);
 			if (!PQsendQuery(conn, sql.data))
 				fdw_report_error(ERROR, NULL, conn, false, sql.data);
 			res = copy_in_result(conn, sql.data);
 			if (PQresultStatus(res) != PGRES_COPY_IN)
 				fdw_report_error(ERROR, res, conn, true, sql.data);
 			PQclear(res);
-			if (PQputCopyData(conn, buf->copy_data.data + from->offset,
-							  buf->copy_data.len - from->offset) != 1 ||
-				PQputCopyEnd(conn, NULL) != 1)
-				fdw_report_error(ERROR, NULL, conn, false, sql.data);
+			put_rows(conn, list_make1(buf), sql.data);
 			res = fdw_get_result(conn, sql.data);
 			if (PQresultStatus(res) != PGRES_COMMAND_OK)
 				fdw_report_error(ERROR, res, conn, true, sql.data);
@@ -964,8 +1025,7 @@ send_table(DistEntry *dist)
 			ServerSend *send = lfirst(lc);
 
 			current = send;
-			appendStringInfo(&send->sql, "COPY %s (%s) FROM STDIN",
-							 dist->shard_table, dist->copy_columns);
+			copy_command(&send->sql, dist, dist->shard_table);
 			if (!PQsendQuery(send->conn, send->sql.data))
 				fdw_report_error(ERROR, NULL, send->conn, false, send->sql.data);
 			AddWaitEventToSet(set, WL_SOCKET_READABLE, PQsocket(send->conn), NULL, send);
@@ -993,21 +1053,8 @@ send_table(DistEntry *dist)
 					}
 					if (PQresultStatus(res) == PGRES_COPY_IN)
 					{
-						ListCell   *lb;
-
 						PQclear(res);
-						foreach(lb, send->buffers)
-						{
-							SlotBuffer *b = lfirst(lb);
-							int			index;
-							SavepointMark *from = current_rows(b, &index);
-
-							if (PQputCopyData(send->conn, b->copy_data.data + from->offset,
-											  b->copy_data.len - from->offset) != 1)
-								fdw_report_error(ERROR, NULL, send->conn, false, send->sql.data);
-						}
-						if (PQputCopyEnd(send->conn, NULL) != 1)
-							fdw_report_error(ERROR, NULL, send->conn, false, send->sql.data);
+						put_rows(send->conn, send->buffers, send->sql.data);
 					}
 					else if (PQresultStatus(res) == PGRES_COMMAND_OK)
 						PQclear(res);
@@ -1138,6 +1185,74 @@ set_transmission_modes(void)
 }
 
 /*
+ * append_row appends a row to buf as a COPY line, with its slot last (in
+ * COPY's binary format if the table's rows travel so); the first row of a
+ * buffer is also kept as text, for an INSERT.  Called in a short-lived
+ * memory context.
+ */
+static void
+append_row(SlotBuffer *buf, TupleDesc desc, HeapTuple tuple)
+{
+	DistEntry  *dist = buf->dist;
+	int			guc_level = set_transmission_modes();
+
+	if (dist->binary)
+		pq_sendint16(&buf->copy_data, dist->ncolumns + 1);
+	for (int i = 0, n = 0; i < desc->natts; i++)
+	{
+		Datum		value;
+		bool		null;
+		char	   *text = NULL;
+
+		if (TupleDescAttr(desc, i)->attisdropped)
+			continue;
+		value = heap_getattr(tuple, i + 1, desc, &null);
+		if (!null && (buf->rows == 0 || !dist->binary))
+			text = OutputFunctionCall(&dist->out_functions[i], value);
+		if (buf->rows == 0)
+		{
+			buf->first_offsets[n] = null ? -1 : buf->first_row.len;
+			if (!null)
+				appendBinaryStringInfo(&buf->first_row, text, strlen(text) + 1);
+		}
+		if (dist->binary && null)
+			pq_sendint32(&buf->copy_data, -1);
+		else if (dist->binary)
+		{
+			bytea	   *bytes = SendFunctionCall(&dist->send_functions[i], value);
+
+			pq_sendint32(&buf->copy_data, VARSIZE(bytes) - VARHDRSZ);
+			appendBinaryStringInfo(&buf->copy_data, VARDATA(bytes), VARSIZE(bytes) - VARHDRSZ);
+		}
+		else
+		{
+			if (n > 0)
+				appendStringInfoChar(&buf->copy_data, '\t');
+			if (null)
+				appendStringInfoString(&buf->copy_data, "\\N");
+			else
+				append_copy_value(&buf->copy_data, text);
+		}
+		n++;
+	}
+	if (guc_level >= 0)
+		AtEOXact_GUC(true, guc_level);
+	if (dist->binary)
+	{
+		pq_sendint32(&buf->copy_data, sizeof(int16));
+		pq_sendint16(&buf->copy_data, buf->slot);
+	}
+	else
+	{
+		char		slot_text[16];
+
+		slot_text[0] = '\t';
+		appendBinaryStringInfo(&buf->copy_data, slot_text, 1 + pg_ltoa(buf->slot, slot_text + 1));
+		appendStringInfoChar(&buf->copy_data, '\n');
+	}
+}
+
+/*
  * ws._route_insert() is the INSTEAD OF INSERT row trigger of a distributed
  * table: it buffers the row for its slot and returns it.
  */
@@ -1155,7 +1270,7 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	bool		isnull;
 	char	   *key_text;
 	int			slot;
-	int			guc_level;
+	int			client_encoding;
 	MemoryContext caller_context;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_INSTEAD(trigdata->tg_event) ||
@@ -1219,43 +1334,20 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	}
 
 	MemoryContextSwitchTo(row_context);
-	guc_level = set_transmission_modes();
-	for (int i = 0, n = 0; i < desc->natts; i++)
+	client_encoding = dist->binary ? ws_enter_database_encoding() : -1;
+	if (client_encoding < 0)
+		append_row(buf, desc, tuple);
+	else
 	{
-		Datum		value;
-		bool		null;
-		char	   *text;
-
-		if (TupleDescAttr(desc, i)->attisdropped)
-			continue;
-		if (n > 0)
-			appendStringInfoChar(&buf->copy_data, '\t');
-		value = heap_getattr(tuple, i + 1, desc, &null);
-		if (null)
+		PG_TRY();
 		{
-			appendStringInfoString(&buf->copy_data, "\\N");
-			if (buf->rows == 0)
-				buf->first_offsets[n] = -1;
-			n++;
-			continue;
+			append_row(buf, desc, tuple);
 		}
-		text = OutputFunctionCall(&dist->out_functions[i], value);
-		append_copy_value(&buf->copy_data, text);
-		if (buf->rows == 0)
+		PG_FINALLY();
 		{
-			buf->first_offsets[n] = buf->first_row.len;
-			appendBinaryStringInfo(&buf->first_row, text, strlen(text) + 1);
+			ws_leave_database_encoding(client_encoding);
 		}
-		n++;
-	}
-	if (guc_level >= 0)
-		AtEOXact_GUC(true, guc_level);
-	{
-		char		slot_text[16];
-
-		slot_text[0] = '\t';
-		appendBinaryStringInfo(&buf->copy_data, slot_text, 1 + pg_ltoa(slot, slot_text + 1));
-		appendStringInfoChar(&buf->copy_data, '\n');
+		PG_END_TRY();
 	}
 	buf->rows++;
 	MemoryContextSwitchTo(old);
