@@ -18,6 +18,7 @@ OBJS = \
 	src/shard_hash.o \
 	src/shard_map.o \
 	src/shard_conn.o \
+	src/shard_defer.o \
 	src/shard_route.o \
 	src/bulk.o \
 	src/wal_advice.o \

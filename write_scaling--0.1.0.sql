@@ -1524,23 +1524,26 @@ RETURNS name
 LANGUAGE sql IMMUTABLE STRICT
 AS $$ SELECT (base || '_shard')::name $$;
 
--- The commands that create a slot's table on a shard, attached to the
--- shard's table of slots (created first if missing).  The slot table is
--- created alone and then attached, with a CHECK that spares ATTACH a scan:
--- that locks the parent only in SHARE UPDATE EXCLUSIVE mode, so the shard's
--- writers go on meanwhile.
+-- The command that makes a slot's table on a shard ready for its rows:
+-- created, and attached to the shard's table of slots (created first if
+-- missing); or, if an old copy of the slot is still there (its drop put
+-- off), that copy, emptied.  The slot table is created alone and then
+-- attached, with a CHECK that spares ATTACH a scan: that locks the parent
+-- only in SHARE UPDATE EXCLUSIVE mode, so the shard's writers go on.
 CREATE FUNCTION ws._create_slot_table_command(d ws.distributed_tables, slot int)
 RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT format('DO %L', format(
-			   'BEGIN IF to_regclass(%L) IS NULL THEN'
-			   ' CREATE TABLE %s (%s, ws_slot smallint NOT NULL) PARTITION BY LIST (ws_slot); END IF; END',
-			   parent, parent, d.remote_columns))
-		   || format('; CREATE TABLE %s (%s, ws_slot smallint NOT NULL DEFAULT %s CHECK (ws_slot = %s))',
-					 slot_table, d.remote_definition, slot, slot)
-		   || format('; ALTER TABLE %s ATTACH PARTITION %s FOR VALUES IN (%s)', parent, slot_table, slot)
+			   'BEGIN IF to_regclass(%L) IS NOT NULL THEN TRUNCATE %s; ELSE'
+			   ' IF to_regclass(%L) IS NULL THEN'
+			   ' CREATE TABLE %s (%s, ws_slot smallint NOT NULL) PARTITION BY LIST (ws_slot); END IF;'
+			   ' CREATE TABLE %s (%s, ws_slot smallint NOT NULL DEFAULT %s CHECK (ws_slot = %s));'
+			   ' ALTER TABLE %s ATTACH PARTITION %s FOR VALUES IN (%s);'
+			   ' END IF; END',
+			   slot_table, slot_table, parent, parent, d.remote_columns,
+			   slot_table, d.remote_definition, slot, slot, parent, slot_table, slot))
 	FROM (SELECT format('%I.%I', d.remote_schema, ws._shard_table(d.remote_table)) AS parent,
 				 format('%I.%I', d.remote_schema, ws._slot_table(d.remote_table, slot)) AS slot_table) n
 $$;
@@ -1756,9 +1759,8 @@ BEGIN
 	DELETE FROM ws.shard_cleanup c
 	WHERE c.server = to_server AND c.remote_schema = d.remote_schema AND c.remote_table = slot_name;
 	PERFORM ws._shard_exec(to_server, ws._create_schema_command(d.remote_schema));
-	-- No reader can see a table there: the slot points elsewhere.  What an
-	-- interrupted earlier run left is dropped.
-	PERFORM ws._shard_exec(to_server, ws._drop_table_command(d.remote_schema, slot_name));
+	-- No reader can see a table there: the slot points elsewhere.  An old
+	-- copy left there is emptied and used again.
 	PERFORM ws._shard_exec(to_server, ws._create_slot_table_command(d, p_slot));
 	SELECT string_agg(format('%I %s%s', a.attname, format_type(a.atttypid, a.atttypmod),
 							 CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END), ', ' ORDER BY a.attnum)

@@ -396,7 +396,7 @@ flush_buffer(TableBuffer *buf)
 	bool		pushed_snapshot = false;
 	RowArray	rows = buf->pending;
 	uint64		written;
-	int			client_encoding;
+	volatile int client_encoding = -1;
 
 	if (rows.count == 0)
 		return 0;
@@ -434,9 +434,14 @@ flush_buffer(TableBuffer *buf)
 	 */
 	memset(&buf->pending, 0, sizeof(RowArray));
 	buf->bytes = 0;
-	client_encoding = ws_enter_database_encoding();
 	PG_TRY();
 	{
+		/*
+		 * Send and receive functions in the database's encoding (see
+		 * send_encoding.h); triggers fired by this COPY see it as the client
+		 * encoding too.
+		 */
+		client_encoding = ws_enter_database_encoding();
 		serialise_rows(rel, &rows, &data);
 		copy_data = &data;
 		cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_source, NIL,

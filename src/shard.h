@@ -12,14 +12,31 @@
 
 #include "utils/relcache.h"
 
+/* shard_hash.c */
 extern uint64 ws_key_hash(const char *bytes, int len, uint64 seed);
 extern int	ws_key_slot(const char *bytes, int len, int nslots);
+
+/* shard_route.c */
 extern void ws_shard_register_callbacks(void);
 extern bool ws_shard_prepare_connections(Relation view);
-extern bool ws_shard_can_run_alone(Oid serverid);
-extern void ws_shard_run_alone(Oid serverid, const char *sql, int nparams,
-							   const char *const *values);
 extern Size ws_shard_shmem_size(void);
 extern void ws_shard_shmem_init(void);
+extern void ws_shard_insert_row(Oid serverid, Oid userid, const char *sql,
+								const char *table, int slot, const char *remote_table);
+extern void ws_shard_rethrow_write_error(int nrows, const char *table, Oid serverid,
+										 int slot, const char *remote_table) pg_attribute_noreturn();
+
+/* shard_conn.c */
+extern bool ws_shard_can_run_alone(Oid serverid, Oid userid);
+extern void ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
+							   const char *const *values);
+
+/* shard_defer.c */
+extern bool ws_defer_single_row(Oid serverid, const char *sql, const char *literals,
+								int nvalues, const char *const *values, const char *table,
+								int slot, const char *remote_table);
+extern void ws_defer_flush(void);
+extern void ws_defer_note_fdw_use(void);
+extern void ws_defer_register(void);
 
 #endif							/* WS_SHARD_H */

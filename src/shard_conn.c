@@ -18,7 +18,9 @@
  * rule, and where it is not met, return no connection, so the caller takes
  * postgres_fdw's path, which then reports the problem.
  *
- * The connections live in a hash by user mapping, for the session, each
+ * The connections live in a hash by user mapping (and whether its user is a
+ * superuser: one opened for a superuser without a password must not serve
+ * anyone else), for the session, each
  * with the statements prepared on it (one per slot table: the shard then
  * parses and plans each only once) and a wait event set of its own.  A
  * change to a foreign server or user mapping closes them all: the next use
@@ -37,6 +39,7 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/fd.h"
 #include "storage/latch.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -45,9 +48,15 @@
 
 #include "shard.h"
 
+typedef struct ConnectionKey
+{
+	Oid			umid;			/* the user mapping */
+	bool		superuser;		/* its user is one */
+} ConnectionKey;
+
 typedef struct OwnConnection
 {
-	Oid			umid;			/* hash key: the user mapping */
+	ConnectionKey key;			/* hash key */
 	PGconn	   *conn;			/* NULL when none is open */
 	bool		refused;		/* may not be used: postgres_fdw's path only */
 	WaitEventSet *wait_set;		/* the latch and the connection's socket */
@@ -65,6 +74,7 @@ typedef struct PreparedStatement
 
 static HTAB *own_connections = NULL;
 static bool options_changed = false;
+static char connect_error[256];	/* why the last connection failed */
 
 /*
  * is_libpq_option tells whether a foreign server or user mapping option is
@@ -121,11 +131,12 @@ close_entry(OwnConnection *entry)
 			}
 		}
 		PQfinish(entry->conn);
+		ReleaseExternalFD();
 	}
 	if (entry->wait_set != NULL)
 		FreeWaitEventSet(entry->wait_set);
 	if (entry->memory != NULL)
-		MemoryContextDelete(entry->memory);
+		MemoryContextDelete(entry->memory);	/* after the wait set it holds */
 	entry->conn = NULL;
 	entry->wait_set = NULL;
 	entry->memory = NULL;
@@ -146,23 +157,26 @@ close_all(void)
 	}
 }
 
+static PGresult *last_result(OwnConnection *entry);
+
 /*
- * open_connection connects as postgres_fdw would; returns NULL if the
- * server cannot be reached or the connection may not be used.
+ * open_connection connects entry as postgres_fdw would connect for user;
+ * leaves entry->conn NULL if the server cannot be reached (saying why in
+ * connect_error) or the connection may not be used (setting refused).
  */
-static PGconn *
-open_connection(UserMapping *user, bool *refused)
+static void
+open_connection(OwnConnection *entry, UserMapping *user)
 {
 	ForeignServer *server = GetForeignServer(user->serverid);
 	List	   *options = list_concat(list_copy(server->options), user->options);
 	const char **keywords = palloc((list_length(options) + 3) * sizeof(char *));
 	const char **values = palloc((list_length(options) + 3) * sizeof(char *));
 	bool		has_password = false;
-	bool		trusted = superuser_arg(user->userid);
 	int			n = 0;
 	ListCell   *lc;
 	PGconn	   *conn;
 	PGresult   *res;
+	HASHCTL		ctl;
 
 	foreach(lc, options)
 	{
@@ -182,44 +196,67 @@ open_connection(UserMapping *user, bool *refused)
 	values[n++] = GetDatabaseEncodingName();
 	keywords[n] = values[n] = NULL;
 
-	*refused = !trusted && !has_password;
-	if (*refused)
-		return NULL;
+	entry->refused = !entry->key.superuser && !has_password;
+	if (entry->refused)
+		return;
+	if (!AcquireExternalFD())
+	{
+		snprintf(connect_error, sizeof(connect_error), "out of file descriptors");
+		return;
+	}
 	conn = PQconnectdbParams(keywords, values, false);
-	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+	if (conn == NULL || PQstatus(conn) != CONNECTION_OK ||
+		(!entry->key.superuser && !PQconnectionUsedPassword(conn)))
 	{
+		entry->refused = conn != NULL && PQstatus(conn) == CONNECTION_OK;
+		strlcpy(connect_error, conn ? pchomp(PQerrorMessage(conn)) : "out of memory",
+				sizeof(connect_error));
 		PQfinish(conn);
-		return NULL;
+		ReleaseExternalFD();
+		return;
 	}
-	if (!trusted && !PQconnectionUsedPassword(conn))
-	{
-		*refused = true;
-		PQfinish(conn);
-		return NULL;
-	}
+
+	entry->conn = conn;
+	entry->memory = AllocSetContextCreate(TopMemoryContext, "write_scaling shard connection",
+										  ALLOCSET_SMALL_SIZES);
+	entry->wait_set = CreateWaitEventSet(entry->memory, 3);
+	AddWaitEventToSet(entry->wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(entry->wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(entry->wait_set, WL_SOCKET_READABLE, PQsocket(conn), NULL, NULL);
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(PreparedStatement);
+	ctl.hcxt = entry->memory;
+	entry->statements = hash_create("write_scaling prepared statements", 64, &ctl,
+									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	entry->statements_made = 0;
+
 	/* postgres_fdw's session settings: values travel in these forms. */
-	res = PQexec(conn, "SET search_path = pg_catalog; SET timezone = 'UTC';"
-				 " SET datestyle = ISO; SET intervalstyle = postgres;"
-				 " SET extra_float_digits = 3");
+	if (!PQsendQuery(conn, "SET search_path = pg_catalog; SET timezone = 'UTC';"
+					 " SET datestyle = ISO; SET intervalstyle = postgres;"
+					 " SET extra_float_digits = 3"))
+		res = NULL;
+	else
+		res = last_result(entry);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
 	{
+		strlcpy(connect_error, pchomp(PQerrorMessage(conn)), sizeof(connect_error));
 		PQclear(res);
-		PQfinish(conn);
-		return NULL;
+		close_entry(entry);
+		return;
 	}
 	PQclear(res);
-	return conn;
 }
 
 /*
  * own_connection returns the entry of our own idle connection to serverid
- * for the current user, opening it if need be; its conn is NULL when
- * postgres_fdw's connection must serve instead.
+ * for userid, opening it if need be; its conn is NULL when postgres_fdw's
+ * connection must serve instead.
  */
 static OwnConnection *
-own_connection(Oid serverid)
+own_connection(Oid serverid, Oid userid)
 {
-	UserMapping *user = GetUserMapping(GetUserId(), serverid);
+	UserMapping *user = GetUserMapping(userid, serverid);
+	ConnectionKey key;
 	OwnConnection *entry;
 	bool		found;
 
@@ -227,7 +264,7 @@ own_connection(Oid serverid)
 	{
 		HASHCTL		ctl;
 
-		ctl.keysize = sizeof(Oid);
+		ctl.keysize = sizeof(ConnectionKey);
 		ctl.entrysize = sizeof(OwnConnection);
 		ctl.hcxt = TopMemoryContext;
 		own_connections = hash_create("write_scaling shard connections", 8, &ctl,
@@ -240,7 +277,10 @@ own_connection(Oid serverid)
 		close_all();
 		options_changed = false;
 	}
-	entry = hash_search(own_connections, &user->umid, HASH_ENTER, &found);
+	memset(&key, 0, sizeof(key));
+	key.umid = user->umid;
+	key.superuser = superuser_arg(userid);
+	entry = hash_search(own_connections, &key, HASH_ENTER, &found);
 	if (!found)
 	{
 		entry->conn = NULL;
@@ -251,30 +291,19 @@ own_connection(Oid serverid)
 	}
 	if (entry->refused)
 		return entry;
-	/* A connection the server closed, or one left mid-command, is replaced. */
+
+	/*
+	 * A connection the server closed (a restart, idle_session_timeout) is
+	 * replaced; reading what is waiting on it tells.  So is one left in the
+	 * middle of a command.
+	 */
 	if (entry->conn != NULL &&
-		(PQstatus(entry->conn) != CONNECTION_OK ||
-		 PQtransactionStatus(entry->conn) != PQTRANS_IDLE))
+		(PQtransactionStatus(entry->conn) != PQTRANS_IDLE ||
+		 !PQconsumeInput(entry->conn) ||
+		 PQstatus(entry->conn) != CONNECTION_OK))
 		close_entry(entry);
 	if (entry->conn == NULL)
-	{
-		HASHCTL		ctl;
-
-		entry->conn = open_connection(user, &entry->refused);
-		if (entry->conn == NULL)
-			return entry;
-		entry->wait_set = CreateWaitEventSet(TopMemoryContext, 2);
-		AddWaitEventToSet(entry->wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-		AddWaitEventToSet(entry->wait_set, WL_SOCKET_READABLE, PQsocket(entry->conn), NULL, NULL);
-		entry->memory = AllocSetContextCreate(TopMemoryContext, "write_scaling shard connection",
-											  ALLOCSET_SMALL_SIZES);
-		ctl.keysize = sizeof(uint64);
-		ctl.entrysize = sizeof(PreparedStatement);
-		ctl.hcxt = entry->memory;
-		entry->statements = hash_create("write_scaling prepared statements", 64, &ctl,
-										HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		entry->statements_made = 0;
-	}
+		open_connection(entry, user);
 	return entry;
 }
 
@@ -283,9 +312,9 @@ own_connection(Oid serverid)
  * our own connection (opening it now).
  */
 bool
-ws_shard_can_run_alone(Oid serverid)
+ws_shard_can_run_alone(Oid serverid, Oid userid)
 {
-	return own_connection(serverid)->conn != NULL;
+	return own_connection(serverid, userid)->conn != NULL;
 }
 
 /*
@@ -356,7 +385,8 @@ last_result(OwnConnection *entry)
  * once.  Raises the shard's error, if any.
  */
 void
-ws_shard_run_alone(Oid serverid, const char *sql, int nparams, const char *const *values)
+ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
+				   const char *const *values)
 {
 	OwnConnection *volatile entry = NULL;
 
@@ -372,12 +402,13 @@ ws_shard_run_alone(Oid serverid, const char *sql, int nparams, const char *const
 		{
 			bool		sent = true;
 
-			entry = own_connection(serverid);
+			entry = own_connection(serverid, userid);
 			if (entry->conn == NULL)
 				ereport(ERROR,
 						(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
 						 errmsg("could not connect to server \"%s\"",
-								GetForeignServer(serverid)->servername)));
+								GetForeignServer(serverid)->servername),
+						 errdetail_internal("%s", connect_error)));
 			statement = hash_search(entry->statements, &sql_hash, HASH_ENTER, &found);
 			if (!found)
 			{

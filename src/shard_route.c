@@ -9,15 +9,20 @@
  * partitioning: pruning to one slot when the query fixes the key, an async
  * Append over all slots otherwise.  Writes go through the view's INSTEAD OF
  * INSERT trigger (ws._route_insert), because postgres_fdw sends several
- * statements per inserted row: the trigger buffers each row, as COPY text,
- * for its slot, and the view's AFTER INSERT statement trigger
- * (ws._route_flush) sends each buffer in one statement, COPY for many rows
- * and INSERT for one.
+ * statements per inserted row: the trigger buffers each row as a COPY line
+ * (binary where the column types allow) for its slot, and the view's AFTER
+ * INSERT statement trigger (ws._route_flush) sends each shard its rows in
+ * one COPY into its table of slots (<table>_shard, partitioned by LIST
+ * (ws_slot) over the slot tables), all shards at once; a single row goes as
+ * an INSERT.
  *
  * Rows travel on postgres_fdw's own connection (GetConnection, looked up in
  * postgres_fdw.so), so they belong to the same remote transaction as the
  * reads, savepoints and commit that postgres_fdw manages: a rollback takes
- * them back, and a read later in the transaction sees them.
+ * them back, and a read later in the transaction sees them.  The exception
+ * is the single row of an autocommit INSERT, which waits for the commit and
+ * goes alone, unless the transaction does anything else first
+ * (shard_defer.c).
  *
  * The trigger locks the slot's foreign table before trusting the cached
  * placement: ws.rebalance holds that table in SHARE mode while it moves the
@@ -95,6 +100,7 @@ typedef struct DistEntry
 {
 	Oid			view;			/* hash key: the distributed table */
 	bool		valid;
+	MemoryContext context;		/* holds all of the entry below */
 	Oid			partitioned;
 	char	   *name;			/* for messages */
 	AttrNumber	key_attnum;
@@ -124,24 +130,12 @@ typedef struct SlotBuffer
 	DistEntry  *dist;
 	int			slot;
 	StringInfoData copy_data;	/* COPY text lines */
+	int			ncolumns;		/* of the rows (the table's when buffered) */
 	StringInfoData first_row;	/* the first row's values, each ending in \0 */
 	int		   *first_offsets;	/* where each is in first_row, -1 for NULL */
 	int			rows;
 	List	   *marks;
 } SlotBuffer;
-
-/* The single row of an autocommit INSERT, sent at commit (defer_row). */
-typedef struct DeferredRow
-{
-	Oid			serverid;
-	char	   *sql;			/* with parameters */
-	char	   *literals;		/* the same with the values, for postgres_fdw */
-	int			nvalues;
-	char	  **values;			/* NULL for NULL */
-	char	   *table;			/* for messages */
-	int			slot;
-	char	   *remote_table;
-} DeferredRow;
 
 /* Rows routed to each server since server start, in shared memory. */
 #define WS_MAX_SHARD_SERVERS	256
@@ -177,9 +171,6 @@ static HTAB *dist_cache = NULL;
 static HTAB *buffers = NULL;	/* in TopTransactionContext */
 static MemoryContext buffer_context = NULL;
 static MemoryContext row_context = NULL;
-static DeferredRow *deferred = NULL;	/* in TopTransactionContext */
-static bool committing = false;
-static ExecutorStart_hook_type prev_executor_start = NULL;
 
 PG_FUNCTION_INFO_V1(write_scaling_route_insert);
 PG_FUNCTION_INFO_V1(write_scaling_route_flush);
@@ -321,10 +312,19 @@ load_postgres_fdw(void)
  * user, in the remote transaction that matches ours.
  */
 static PGconn *
+connection_as(Oid serverid, Oid userid)
+{
+	/* A row waiting for the commit goes first: it was inserted first. */
+	ws_defer_flush();
+	ws_defer_note_fdw_use();
+	load_postgres_fdw();
+	return fdw_get_connection(GetUserMapping(userid, serverid), false, NULL);
+}
+
+static PGconn *
 connection(Oid serverid)
 {
-	load_postgres_fdw();
-	return fdw_get_connection(GetUserMapping(GetUserId(), serverid), false, NULL);
+	return connection_as(serverid, GetUserId());
 }
 
 /*
@@ -408,17 +408,59 @@ dist_cache_invalidate(Datum arg, Oid relid)
 }
 
 /*
+ * binary_safe tells whether values of a type can travel in COPY's binary
+ * format: a built-in type with send and receive functions whose binary form
+ * holds no OID that could name something else on another server (the reg*
+ * types, and records and arrays of other types, do).
+ */
+static bool
+binary_safe(Oid type)
+{
+	Oid			element = get_element_type(type);
+	HeapTuple	tuple;
+	Form_pg_type form;
+	bool		safe;
+
+	if (OidIsValid(element))
+		return type < FirstGenbkiObjectId && binary_safe(element);
+	if (type >= FirstGenbkiObjectId)
+		return false;
+	tuple = SearchSysCache1(TYPEOID, ObjectIdGetDatum(type));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for type %u", type);
+	form = (Form_pg_type) GETSTRUCT(tuple);
+	safe = OidIsValid(form->typsend) && OidIsValid(form->typreceive) &&
+		form->typtype == TYPTYPE_BASE &&
+		!(type == REGPROCOID || type == REGPROCEDUREOID || type == REGOPEROID ||
+		  type == REGOPERATOROID || type == REGCLASSOID || type == REGTYPEOID ||
+		  type == REGCOLLATIONOID || type == REGCONFIGOID ||
+		  type == REGDICTIONARYOID || type == REGROLEOID || type == REGNAMESPACEOID);
+	ReleaseSysCache(tuple);
+	return safe;
+}
+
+/*
  * fill_entry reads a distributed table's slots: the partitions of its
  * partitioned table, in slot order, with their servers and remote names.
+ * The new entry is built in a memory context of its own and replaces the
+ * old one only when complete, so an error leaves the old one intact.
  */
 static void
 fill_entry(DistEntry *entry, Relation view)
 {
+	DistEntry	fresh;
 	MemoryContext old;
 	TupleDesc	desc = RelationGetDescr(view);
 	Datum		arg = ObjectIdGetDatum(RelationGetRelid(view));
 	StringInfoData columns;
 	bool		isnull;
+
+	memset(&fresh, 0, sizeof(fresh));
+	fresh.view = entry->view;
+	fresh.context = AllocSetContextCreate(CurrentMemoryContext, "write_scaling distributed table",
+										  ALLOCSET_SMALL_SIZES);
+	/* An invalidation from here on must not be lost (see the end). */
+	entry->valid = true;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -433,57 +475,41 @@ fill_entry(DistEntry *entry, Relation view)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("\"%s\" is not a distributed table", RelationGetRelationName(view))));
 
-	/* What an earlier fill left. */
-	if (entry->slots != NULL)
-	{
-		for (int s = 0; s < entry->nslots; s++)
-			pfree(entry->slots[s].remote_table);
-		pfree(entry->slots);
-		pfree(entry->name);
-		pfree(entry->shard_table);
-		pfree(entry->column_list);
-		pfree(entry->copy_columns);
-		pfree(entry->parameters);
-		pfree(entry->out_functions);
-		pfree(entry->send_functions);
-	}
-
-	old = MemoryContextSwitchTo(CacheMemoryContext);
-	entry->partitioned = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	entry->name = pstrdup(RelationGetRelationName(view));
-	entry->key_attnum = attnameAttNum(view, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), false);
-	entry->nslots = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
-	entry->slots = palloc0(sizeof(SlotInfo) * entry->nslots);
+	old = MemoryContextSwitchTo(fresh.context);
+	fresh.partitioned = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	fresh.name = pstrdup(RelationGetRelationName(view));
+	fresh.key_attnum = attnameAttNum(view, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), false);
+	fresh.nslots = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	fresh.slots = palloc0(sizeof(SlotInfo) * fresh.nslots);
 	{
 		char	   *remote_schema = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
 		char	   *remote_table = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
-
 		char		name[NAMEDATALEN * 2];
 
-		for (int s = 0; s < entry->nslots; s++)
+		for (int s = 0; s < fresh.nslots; s++)
 		{
 			snprintf(name, sizeof(name), "%s_s%03d", remote_table, s);
-			entry->slots[s].remote_table = quote_qualified_identifier(remote_schema, name);
+			fresh.slots[s].remote_table = quote_qualified_identifier(remote_schema, name);
 		}
 		snprintf(name, sizeof(name), "%s_shard", remote_table);
-		entry->shard_table = quote_qualified_identifier(remote_schema, name);
+		fresh.shard_table = quote_qualified_identifier(remote_schema, name);
 	}
+
 	/*
 	 * Rows travel in COPY's binary format, cheaper to write here and to read
-	 * there, when every column has a built-in type: their binary forms are
-	 * the same on every server, where those of other types may name type
-	 * OIDs that differ from server to server (arrays and records of them).
+	 * there, when every column's type allows (binary_safe); otherwise as
+	 * COPY text.
 	 */
 	initStringInfo(&columns);
-	entry->out_functions = palloc(sizeof(FmgrInfo) * desc->natts);
-	entry->send_functions = palloc(sizeof(FmgrInfo) * desc->natts);
-	entry->binary = true;
+	fresh.out_functions = palloc(sizeof(FmgrInfo) * desc->natts);
+	fresh.send_functions = palloc(sizeof(FmgrInfo) * desc->natts);
+	fresh.binary = true;
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
-		if (!att->attisdropped && att->atttypid >= FirstGenbkiObjectId)
-			entry->binary = false;
+		if (!att->attisdropped && !binary_safe(att->atttypid))
+			fresh.binary = false;
 	}
 	for (int i = 0; i < desc->natts; i++)
 	{
@@ -496,22 +522,21 @@ fill_entry(DistEntry *entry, Relation view)
 		appendStringInfo(&columns, "%s%s", columns.len > 0 ? ", " : "",
 						 quote_identifier(NameStr(att->attname)));
 		getTypeOutputInfo(att->atttypid, &func, &varlena);
-		fmgr_info_cxt(func, &entry->out_functions[i], CacheMemoryContext);
-		if (entry->binary)
+		fmgr_info_cxt(func, &fresh.out_functions[i], fresh.context);
+		if (fresh.binary)
 		{
 			getTypeBinaryOutputInfo(att->atttypid, &func, &varlena);
-			fmgr_info_cxt(func, &entry->send_functions[i], CacheMemoryContext);
+			fmgr_info_cxt(func, &fresh.send_functions[i], fresh.context);
 		}
+		fresh.ncolumns++;
 	}
-	entry->column_list = columns.data;
-	entry->copy_columns = psprintf("%s, ws_slot", columns.data);
-	entry->ncolumns = 0;
+	fresh.column_list = columns.data;
+	fresh.copy_columns = psprintf("%s, ws_slot", columns.data);
 	initStringInfo(&columns);
-	for (int i = 0; i < desc->natts; i++)
-		if (!TupleDescAttr(desc, i)->attisdropped)
-			appendStringInfo(&columns, "%s$%d", columns.len > 0 ? ", " : "(", ++entry->ncolumns);
+	for (int i = 1; i <= fresh.ncolumns; i++)
+		appendStringInfo(&columns, "%s$%d", i > 1 ? ", " : "(", i);
 	appendStringInfoChar(&columns, ')');
-	entry->parameters = columns.data;
+	fresh.parameters = columns.data;
 	MemoryContextSwitchTo(old);
 
 	SPI_finish();
@@ -523,23 +548,29 @@ fill_entry(DistEntry *entry, Relation view)
 	 * the bound's index of remainder r is slot r.
 	 */
 	{
-		Relation	parent = relation_open(entry->partitioned, AccessShareLock);
+		Relation	parent = relation_open(fresh.partitioned, AccessShareLock);
 		PartitionDesc partdesc = RelationGetPartitionDesc(parent, true);
 		PartitionBoundInfo bounds = partdesc->boundinfo;
 
-		for (int r = 0; bounds != NULL && r < Min(bounds->nindexes, entry->nslots); r++)
+		for (int r = 0; bounds != NULL && r < Min(bounds->nindexes, fresh.nslots); r++)
 		{
 			int			index = bounds->indexes[r];
 
 			if (index < 0)
 				continue;
-			entry->slots[r].partition = partdesc->oids[index];
-			entry->slots[r].serverid = GetForeignTable(partdesc->oids[index])->serverid;
+			fresh.slots[r].partition = partdesc->oids[index];
+			fresh.slots[r].serverid = GetForeignTable(partdesc->oids[index])->serverid;
 		}
 		/* Only while reading: a writer must not hold back a slot's switch. */
 		relation_close(parent, AccessShareLock);
 	}
-	entry->valid = true;
+
+	/* Complete: it replaces the old entry, still invalid if news came. */
+	MemoryContextSetParent(fresh.context, CacheMemoryContext);
+	if (entry->context != NULL)
+		MemoryContextDelete(entry->context);
+	fresh.valid = entry->valid;
+	*entry = fresh;
 }
 
 static DistEntry *
@@ -563,7 +594,7 @@ open_dist(Relation view)
 	if (!found)
 	{
 		entry->valid = false;
-		entry->slots = NULL;
+		entry->context = NULL;
 	}
 	if (!entry->valid)
 		fill_entry(entry, view);
@@ -654,21 +685,26 @@ buffer_for(DistEntry *dist, int slot)
 		buf->slot = slot;
 		initStringInfo(&buf->copy_data);
 		initStringInfo(&buf->first_row);
+		buf->ncolumns = dist->ncolumns;
 		buf->first_offsets = palloc(sizeof(int) * dist->ncolumns);
 		buf->rows = 0;
 		buf->marks = NIL;
 		MemoryContextSwitchTo(old);
 	}
+	else if (buf->ncolumns != dist->ncolumns)
+	{
+		/* The view was replaced in this transaction. */
+		if (buf->rows > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("distributed table \"%s\" changed while rows for it were buffered",
+							dist->name)));
+		buf->ncolumns = dist->ncolumns;
+		buf->first_offsets = MemoryContextAlloc(buffer_context, sizeof(int) * dist->ncolumns);
+	}
 	return buf;
 }
 
-/*
- * send_buffer writes to its shard the rows a slot's buffer holds for the
- * current subtransaction, one INSERT for a single row and COPY for more.
- * Rows buffered by an enclosing subtransaction stay: the statement that
- * buffered them sends them (a nested statement that a savepoint rolls back
- * must not take them along).
- */
 /*
  * capture_error takes the error being handled out of the error state, so
  * that it can be raised again with where the rows were going.
@@ -768,11 +804,11 @@ first_row_literals(SlotBuffer *buf)
 }
 
 /*
- * rethrow_write_error raises the error being handled again, saying which
- * rows were going where.
+ * ws_shard_rethrow_write_error raises the error being handled again, saying
+ * which rows were going where.
  */
-static void
-rethrow_write_error(int nrows, const char *table, Oid serverid, int slot,
+void
+ws_shard_rethrow_write_error(int nrows, const char *table, Oid serverid, int slot,
 					const char *remote_table)
 {
 	ErrorData  *edata = capture_error();
@@ -801,6 +837,13 @@ rows_sent(SlotBuffer *buf, SavepointMark *from, int from_index)
 	buf->marks = list_truncate(buf->marks, from_index);
 }
 
+/*
+ * send_buffer writes to its shard the rows a slot's buffer holds for the
+ * current subtransaction, one INSERT for a single row and COPY for more.
+ * Rows buffered by an enclosing subtransaction stay: the statement that
+ * buffered them sends them (a nested statement that a savepoint rolls back
+ * must not take them along).
+ */
 static void
 send_buffer(SlotBuffer *buf)
 {
@@ -845,23 +888,17 @@ send_buffer(SlotBuffer *buf)
 	}
 	PG_CATCH();
 	{
-		rethrow_write_error(nrows, buf->dist->name, slot->serverid, buf->slot, slot->remote_table);
+		ws_shard_rethrow_write_error(nrows, buf->dist->name, slot->serverid, buf->slot, slot->remote_table);
 	}
 	PG_END_TRY();
 	pfree(sql.data);
 	rows_sent(buf, from, from_index);
 }
 
-/* --- the single row of an autocommit INSERT -------------------------------- */
-
 /*
- * defer_row holds back the single row of an autocommit INSERT (buf's only
- * row, in the transaction's only statement so far), to send it at commit in
- * one round trip on a connection of our own, where postgres_fdw would take
- * three.  Returns false if that does not apply; the caller sends the row.
- * A statement that starts before the commit (a pipelined one, or a query
- * in a trigger or function) sends it through postgres_fdw first, so that
- * the transaction reads it (route_executor_start).
+ * defer_row offers the single row of a statement, buf's only row, to wait
+ * for the commit and go alone (shard_defer.c); returns false if it may not,
+ * and the caller sends it.
  */
 static bool
 defer_row(SlotBuffer *buf)
@@ -869,86 +906,45 @@ defer_row(SlotBuffer *buf)
 	SlotInfo   *slot = &buf->dist->slots[buf->slot];
 	int			index;
 	SavepointMark *from = current_rows(buf, &index);
-	MemoryContext old;
+	const char **values;
+	char	   *sql;
+	char	   *literals;
 
-	if (!ws_shard_one_round_trip || committing || deferred != NULL ||
-		IsTransactionBlock() || GetCurrentTransactionNestLevel() > 1 ||
-		from == NULL || from->rows != 0 || buf->rows != 1 ||
-		!ws_shard_can_run_alone(slot->serverid))
+	if (from == NULL || from->rows != 0 || buf->rows != 1)
 		return false;
-
-	old = MemoryContextSwitchTo(TopTransactionContext);
-	deferred = palloc(sizeof(DeferredRow));
-	deferred->serverid = slot->serverid;
-	deferred->sql = psprintf("INSERT INTO %s (%s) VALUES %s", slot->remote_table,
-							 buf->dist->column_list, buf->dist->parameters);
-	deferred->literals = psprintf("INSERT INTO %s (%s) VALUES %s", slot->remote_table,
-								  buf->dist->column_list, first_row_literals(buf));
-	deferred->nvalues = buf->dist->ncolumns;
-	deferred->values = palloc(sizeof(char *) * deferred->nvalues);
-	for (int i = 0; i < deferred->nvalues; i++)
-		deferred->values[i] = buf->first_offsets[i] < 0 ? NULL :
-			pstrdup(buf->first_row.data + buf->first_offsets[i]);
-	deferred->table = pstrdup(buf->dist->name);
-	deferred->slot = buf->slot;
-	deferred->remote_table = pstrdup(slot->remote_table);
-	MemoryContextSwitchTo(old);
+	values = palloc(sizeof(char *) * buf->dist->ncolumns);
+	for (int i = 0; i < buf->dist->ncolumns; i++)
+		values[i] = buf->first_offsets[i] < 0 ? NULL :
+			buf->first_row.data + buf->first_offsets[i];
+	sql = psprintf("INSERT INTO %s (%s) VALUES %s", slot->remote_table,
+				   buf->dist->column_list, buf->dist->parameters);
+	literals = psprintf("INSERT INTO %s (%s) VALUES %s", slot->remote_table,
+						buf->dist->column_list, first_row_literals(buf));
+	if (!ws_defer_single_row(slot->serverid, sql, literals, buf->dist->ncolumns, values,
+							 buf->dist->name, buf->slot, slot->remote_table))
+		return false;
 	rows_sent(buf, from, index);
 	return true;
 }
 
 /*
- * send_deferred_through_fdw sends the deferred row in postgres_fdw's remote
- * transaction, as any other row.
+ * ws_shard_insert_row sends a statement that inserts one row, through
+ * postgres_fdw's connection for userid; an error says where the row was
+ * going.
  */
-static void
-send_deferred_through_fdw(void)
+void
+ws_shard_insert_row(Oid serverid, Oid userid, const char *sql, const char *table,
+					int slot, const char *remote_table)
 {
-	DeferredRow *row = deferred;
-
-	deferred = NULL;
 	PG_TRY();
 	{
-		remote_command(connection(row->serverid), row->literals);
+		remote_command(connection_as(serverid, userid), sql);
 	}
 	PG_CATCH();
 	{
-		rethrow_write_error(1, row->table, row->serverid, row->slot, row->remote_table);
+		ws_shard_rethrow_write_error(1, table, serverid, slot, remote_table);
 	}
 	PG_END_TRY();
-}
-
-/*
- * send_deferred_alone sends the deferred row at commit, as a statement of
- * its own that commits on the shard by itself.
- */
-static void
-send_deferred_alone(void)
-{
-	DeferredRow *row = deferred;
-
-	deferred = NULL;
-	PG_TRY();
-	{
-		ws_shard_run_alone(row->serverid, row->sql, row->nvalues,
-						   (const char *const *) row->values);
-	}
-	PG_CATCH();
-	{
-		rethrow_write_error(1, row->table, row->serverid, row->slot, row->remote_table);
-	}
-	PG_END_TRY();
-}
-
-static void
-route_executor_start(QueryDesc *queryDesc, int eflags)
-{
-	if (deferred != NULL)
-		send_deferred_through_fdw();
-	if (prev_executor_start != NULL)
-		prev_executor_start(queryDesc, eflags);
-	else
-		standard_ExecutorStart(queryDesc, eflags);
 }
 
 /* One server's share of a statement's rows, sent by send_all. */
@@ -1383,13 +1379,6 @@ route_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_PRE_COMMIT:
 		case XACT_EVENT_PRE_PREPARE:
-			committing = true;
-			if (deferred != NULL && event == XACT_EVENT_PRE_PREPARE)
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot prepare a transaction that wrote to a distributed table")));
-			if (deferred != NULL)
-				send_deferred_alone();
 			if (buffers != NULL)
 			{
 				HASH_SEQ_STATUS status;
@@ -1416,8 +1405,6 @@ route_xact_callback(XactEvent event, void *arg)
 			buffers = NULL;
 			buffer_context = NULL;
 			nrouted = 0;
-			deferred = NULL;
-			committing = false;
 			break;
 		default:
 			break;
@@ -1481,6 +1468,5 @@ ws_shard_register_callbacks(void)
 {
 	RegisterXactCallback(route_xact_callback, NULL);
 	RegisterSubXactCallback(route_subxact_callback, NULL);
-	prev_executor_start = ExecutorStart_hook;
-	ExecutorStart_hook = route_executor_start;
+	ws_defer_register();
 }

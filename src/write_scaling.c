@@ -41,7 +41,8 @@ _PG_init(void)
 
 	ws_frontier_register_callbacks();
 	ws_worker_register_callbacks();
+	/* Before bulk.c's: callbacks run newest first, and ours go last. */
+	ws_shard_register_callbacks();
 	ws_bulk_register_callbacks();
 	ws_queue_register_callbacks();
-	ws_shard_register_callbacks();
 }

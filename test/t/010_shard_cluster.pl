@@ -282,6 +282,53 @@ $expected{160002} = 1;
 is($coord->safe_psql('postgres', q{SELECT count(*) FROM orders WHERE id IN (160001, 160002)}), '2',
 	'the connection serves the next row after the error');
 
+# Only a transaction's first top-level statement may leave its row waiting:
+# the rows of a loop go in postgres_fdw's transaction, so a duplicate key on
+# the third takes back the first two.
+learn_slots(160031, 160040);
+my ($loop_out, $loop_ret) = $session->query(q{
+	DO $$ BEGIN FOR i IN 160031 .. 160033 LOOP
+		INSERT INTO orders (id, customer, amount) VALUES (CASE WHEN i = 160033 THEN 160001 ELSE i END, cust(i), i % 1000);
+	END LOOP; END $$;});
+like($session->{stderr}, qr/duplicate key value/, 'a loop whose third INSERT is a duplicate key fails');
+$session->{stderr} = '';
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM orders WHERE id IN (160031, 160032)}), '0',
+	'and none of its rows stays on the shards');
+
+# A waiting row sent through postgres_fdw inside a subtransaction (here by
+# a trigger with an exception block, running as another role) waits again
+# when that subtransaction rolls back, and goes at commit, as the role that
+# inserted it.
+$coord->safe_psql('postgres', q{
+	CREATE ROLE no_mapping;
+	GRANT SELECT ON orders TO no_mapping;
+	CREATE FUNCTION read_then_undo() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+	BEGIN
+		BEGIN
+			PERFORM count(*) FROM orders;
+			RAISE EXCEPTION 'undone';
+		EXCEPTION WHEN raise_exception THEN NULL;
+		END;
+		RETURN NULL;
+	END $$;
+	ALTER FUNCTION read_then_undo() OWNER TO no_mapping;
+	CREATE TRIGGER zz_read_then_undo AFTER INSERT ON orders FOR EACH STATEMENT EXECUTE FUNCTION read_then_undo();
+});
+$session->query_safe(insert_sql(160034));
+$expected{160034} = 1;
+$coord->safe_psql('postgres', q{DROP TRIGGER zz_read_then_undo ON orders; DROP FUNCTION read_then_undo(); DROP OWNED BY no_mapping; DROP ROLE no_mapping;});
+is($shard{shard_of(160034)}->safe_psql('postgres', q{SELECT count(*) FROM orders_shard WHERE id = 160034}), '1',
+	'a row sent in a subtransaction that rolled back is written at commit all the same');
+
+# A shard restarted between two rows: the connection of our own, closed by
+# the restart, is opened again.
+my ($same_shard) = grep { shard_of($_) eq shard_of(160034) } 160035 .. 160040;
+$shard{shard_of(160034)}->restart;
+$session->query_safe(insert_sql($same_shard));
+$expected{$same_shard} = 1;
+is($coord->safe_psql('postgres', "SELECT count(*) FROM orders WHERE id = $same_shard"), '1',
+	'after its shard restarted, the next row goes through a new connection');
+
 # A statement that starts before the commit sends the row through
 # postgres_fdw first, and so reads it.
 $coord->safe_psql('postgres', q{

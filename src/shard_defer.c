@@ -1,0 +1,368 @@
+/*-------------------------------------------------------------------------
+ *
+ * shard_defer.c
+ *	  The single row of an autocommit INSERT into a distributed table, held
+ *	  until commit and then sent alone, in one round trip.
+ *
+ * postgres_fdw wraps every use of a shard in a remote transaction: START
+ * TRANSACTION, the statement, COMMIT, three round trips.  A transaction
+ * whose only remote write is one row needs none of that: at commit the row
+ * goes alone, as a statement that commits on the shard by itself, on a
+ * connection of our own (shard_conn.c).
+ *
+ * When a row may wait
+ *	  Only at the end of the transaction's first top-level statement,
+ *	  outside a transaction block and any savepoint, and before the
+ *	  transaction used postgres_fdw in any way (a routed write, or a query
+ *	  over a foreign table): then the row is the transaction's only remote
+ *	  write.  Our commit callback runs after those of bulk.c and
+ *	  postgres_fdw (callbacks run newest first, and they register after
+ *	  us), so everything else that can fail at commit has, before the row
+ *	  goes.  Like postgres_fdw's own commits, the row stays committed on the
+ *	  shard if the local commit fails after that.
+ *
+ * When it cannot wait any longer
+ *	  Anything the transaction does before its commit (a statement, a
+ *	  utility command other than transaction control, a routed write) sends
+ *	  the row through postgres_fdw first, so the rest of the transaction
+ *	  reads it and commits with it.  If that happens inside a subtransaction
+ *	  (an AFTER trigger with an exception block, say) that then rolls back,
+ *	  the row, which belongs to the enclosing statement, waits again.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_class.h"
+#include "executor/executor.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "optimizer/planner.h"
+#include "tcop/utility.h"
+#include "utils/memutils.h"
+
+#include "guc.h"
+#include "shard.h"
+
+typedef struct DeferredRow
+{
+	Oid			serverid;
+	Oid			userid;			/* who inserted it: whose user mapping */
+	char	   *sql;			/* with parameters, to send alone */
+	char	   *literals;		/* with the values, for postgres_fdw */
+	int			nvalues;
+	char	  **values;			/* NULL for NULL */
+	char	   *table;			/* for messages */
+	int			slot;
+	char	   *remote_table;
+} DeferredRow;
+
+/* In TopTransactionContext. */
+static DeferredRow *waiting = NULL;
+static DeferredRow *sent = NULL;	/* through postgres_fdw, in sent_in */
+static SubTransactionId sent_in = InvalidSubTransactionId;
+
+static int	nesting = 0;		/* planning or statements inside statements */
+static int	statements = 0;		/* top-level statements this transaction */
+static bool fdw_used = false;
+
+static ExecutorStart_hook_type prev_executor_start = NULL;
+static ExecutorRun_hook_type prev_executor_run = NULL;
+static ExecutorFinish_hook_type prev_executor_finish = NULL;
+static ProcessUtility_hook_type prev_process_utility = NULL;
+static planner_hook_type prev_planner = NULL;
+
+/*
+ * ws_defer_note_fdw_use records that the transaction used postgres_fdw: no
+ * row may wait for the commit any more.
+ */
+void
+ws_defer_note_fdw_use(void)
+{
+	fdw_used = true;
+}
+
+/*
+ * ws_defer_single_row holds back the single row of an INSERT, if it may
+ * wait (see the file header); returns false if not, and the caller sends
+ * it.  sql takes the values as parameters; literals has them written in.
+ */
+bool
+ws_defer_single_row(Oid serverid, const char *sql, const char *literals,
+					int nvalues, const char *const *values, const char *table,
+					int slot, const char *remote_table)
+{
+	MemoryContext old;
+	DeferredRow *row;
+
+	if (!ws_shard_one_round_trip || waiting != NULL || sent != NULL || fdw_used ||
+		nesting != 1 || statements != 1 || IsTransactionBlock() ||
+		GetCurrentTransactionNestLevel() != 1 ||
+		!ws_shard_can_run_alone(serverid, GetUserId()))
+		return false;
+
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	row = palloc(sizeof(DeferredRow));
+	row->serverid = serverid;
+	row->userid = GetUserId();
+	row->sql = pstrdup(sql);
+	row->literals = pstrdup(literals);
+	row->nvalues = nvalues;
+	row->values = palloc(sizeof(char *) * nvalues);
+	for (int i = 0; i < nvalues; i++)
+		row->values[i] = values[i] ? pstrdup(values[i]) : NULL;
+	row->table = pstrdup(table);
+	row->slot = slot;
+	row->remote_table = pstrdup(remote_table);
+	MemoryContextSwitchTo(old);
+	waiting = row;
+	return true;
+}
+
+/*
+ * ws_defer_flush sends the waiting row, if any, through postgres_fdw now.
+ */
+void
+ws_defer_flush(void)
+{
+	DeferredRow *row = waiting;
+
+	if (row == NULL)
+		return;
+	waiting = NULL;
+	/* In a subtransaction, remember the row, in case it rolls back. */
+	if (GetCurrentTransactionNestLevel() > 1)
+	{
+		sent = row;
+		sent_in = GetCurrentSubTransactionId();
+	}
+	ws_shard_insert_row(row->serverid, row->userid, row->literals, row->table,
+						row->slot, row->remote_table);
+}
+
+/*
+ * send_alone sends the waiting row at commit, as a statement of its own.
+ */
+static void
+send_alone(void)
+{
+	DeferredRow *row = waiting;
+
+	waiting = NULL;
+	PG_TRY();
+	{
+		ws_shard_run_alone(row->serverid, row->userid, row->sql, row->nvalues,
+						   (const char *const *) row->values);
+	}
+	PG_CATCH();
+	{
+		ws_shard_rethrow_write_error(1, row->table, row->serverid, row->slot, row->remote_table);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * touches_foreign_table tells whether a plan reads or writes a foreign
+ * table (through postgres_fdw, as far as we know).
+ */
+static bool
+touches_foreign_table(PlannedStmt *plan)
+{
+	ListCell   *lc;
+
+	foreach(lc, plan->rtable)
+	{
+		RangeTblEntry *rte = lfirst(lc);
+
+		if (rte->rtekind == RTE_RELATION && rte->relkind == RELKIND_FOREIGN_TABLE)
+			return true;
+	}
+	return false;
+}
+
+static void
+defer_executor_start(QueryDesc *queryDesc, int eflags)
+{
+	if (nesting == 0)
+		statements++;
+	if (touches_foreign_table(queryDesc->plannedstmt))
+		fdw_used = true;
+	ws_defer_flush();
+	if (prev_executor_start != NULL)
+		prev_executor_start(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+}
+
+/* Functions the planner runs (constant folding) run inside a statement. */
+static PlannedStmt *
+defer_planner(Query *parse, const char *query_string, int cursorOptions,
+			  ParamListInfo boundParams)
+{
+	PlannedStmt *result;
+
+	nesting++;
+	PG_TRY();
+	{
+		if (prev_planner != NULL)
+			result = prev_planner(parse, query_string, cursorOptions, boundParams);
+		else
+			result = standard_planner(parse, query_string, cursorOptions, boundParams);
+	}
+	PG_FINALLY();
+	{
+		nesting--;
+	}
+	PG_END_TRY();
+	return result;
+}
+
+static void
+defer_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
+				   bool execute_once)
+{
+	nesting++;
+	PG_TRY();
+	{
+		if (prev_executor_run != NULL)
+			prev_executor_run(queryDesc, direction, count, execute_once);
+		else
+			standard_ExecutorRun(queryDesc, direction, count, execute_once);
+	}
+	PG_FINALLY();
+	{
+		nesting--;
+	}
+	PG_END_TRY();
+}
+
+static void
+defer_executor_finish(QueryDesc *queryDesc)
+{
+	nesting++;
+	PG_TRY();
+	{
+		if (prev_executor_finish != NULL)
+			prev_executor_finish(queryDesc);
+		else
+			standard_ExecutorFinish(queryDesc);
+	}
+	PG_FINALLY();
+	{
+		nesting--;
+	}
+	PG_END_TRY();
+}
+
+static void
+defer_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+					  ProcessUtilityContext context, ParamListInfo params,
+					  QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *statement = pstmt->utilityStmt;
+	bool		transaction_control = false;
+
+	if (IsA(statement, TransactionStmt))
+	{
+		TransactionStmtKind kind = ((TransactionStmt *) statement)->kind;
+
+		transaction_control = kind == TRANS_STMT_BEGIN || kind == TRANS_STMT_START ||
+			kind == TRANS_STMT_COMMIT || kind == TRANS_STMT_ROLLBACK;
+	}
+	if (!transaction_control)
+	{
+		if (nesting == 0)
+			statements++;
+		else
+			fdw_used = true;	/* COPY into a foreign table, say */
+		ws_defer_flush();
+	}
+	nesting++;
+	PG_TRY();
+	{
+		if (prev_process_utility != NULL)
+			prev_process_utility(pstmt, queryString, readOnlyTree, context, params,
+								 queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+									queryEnv, dest, qc);
+	}
+	PG_FINALLY();
+	{
+		nesting--;
+	}
+	PG_END_TRY();
+}
+
+static void
+defer_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (waiting != NULL)
+				send_alone();
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			/* Reached only by a pipeline: INSERT, then BEGIN and PREPARE. */
+			if (waiting != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that wrote to a distributed table")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* The memory goes with TopTransactionContext. */
+			waiting = sent = NULL;
+			sent_in = InvalidSubTransactionId;
+			statements = 0;
+			fdw_used = false;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+defer_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	if (sent == NULL || mySubid != sent_in)
+		return;
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		sent_in = parentSubid;
+		if (parentSubid == TopSubTransactionId)
+			sent = NULL;		/* in postgres_fdw's top-level transaction now */
+	}
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		/* Its statement goes on: the row waits again. */
+		waiting = sent;
+		sent = NULL;
+		sent_in = InvalidSubTransactionId;
+	}
+}
+
+/*
+ * ws_defer_register installs the hooks and callbacks; called from _PG_init
+ * before bulk.c registers its callbacks, so that ours run after its.
+ */
+void
+ws_defer_register(void)
+{
+	prev_executor_start = ExecutorStart_hook;
+	ExecutorStart_hook = defer_executor_start;
+	prev_executor_run = ExecutorRun_hook;
+	ExecutorRun_hook = defer_executor_run;
+	prev_executor_finish = ExecutorFinish_hook;
+	ExecutorFinish_hook = defer_executor_finish;
+	prev_process_utility = ProcessUtility_hook;
+	ProcessUtility_hook = defer_process_utility;
+	prev_planner = planner_hook;
+	planner_hook = defer_planner;
+	RegisterXactCallback(defer_xact_callback, NULL);
+	RegisterSubXactCallback(defer_subxact_callback, NULL);
+}
