@@ -110,6 +110,7 @@ static WsBulkShared *bulk_stats = NULL;
 static HTAB *buffers = NULL;
 static MemoryContext buffer_context = NULL;
 static bool used_buffered_path = false;
+static bool flushing_at_commit = false;
 
 /* The COPY data of the flush in progress, read by copy_source. */
 static StringInfo copy_data = NULL;
@@ -250,6 +251,17 @@ buffer_for(Relation rel)
 		 */
 		if (rel->rd_rel->relkind == RELKIND_VIEW && ws_shard_prepare_connections(rel))
 		{
+			/*
+			 * Too late once the commit's flush runs (a trigger of it buffering
+			 * here): postgres_fdw may have committed already, and callbacks
+			 * cannot be moved while they run.
+			 */
+			if (flushing_at_commit)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot buffer rows for distributed table \"%s\" while the commit flushes buffered rows",
+								RelationGetRelationName(rel)),
+						 errhint("Buffer rows for it before the commit, or insert them directly.")));
 			UnregisterXactCallback(bulk_xact_callback, NULL);
 			RegisterXactCallback(bulk_xact_callback, NULL);
 		}
@@ -501,6 +513,25 @@ flush_buffer(TableBuffer *buf)
 	return written;
 }
 
+/*
+ * ws_bulk_has_rows tells whether this transaction has buffered rows waiting
+ * for a flush.
+ */
+bool
+ws_bulk_has_rows(void)
+{
+	HASH_SEQ_STATUS status;
+	TableBuffer *buf;
+	bool		any = false;
+
+	if (buffers == NULL)
+		return false;
+	hash_seq_init(&status, buffers);
+	while ((buf = hash_seq_search(&status)) != NULL)
+		any |= buf->pending.count > 0;
+	return any;
+}
+
 static bool
 buffer_full(TableBuffer *buf)
 {
@@ -559,6 +590,10 @@ write_scaling_buffered_insert(PG_FUNCTION_ARGS)
 	Oid			relid;
 
 	require_args(fcinfo, "row");
+	/* A row waiting to go to a shard at commit goes now (shard_defer.c). */
+	ws_defer_flush();
+	ws_defer_note_fdw_use();
+
 	/*
 	 * After this transaction's first call for the table, which checked
 	 * everything, a call only takes the lock (a savepoint may have released
@@ -636,6 +671,8 @@ write_scaling_copy_rows(PG_FUNCTION_ARGS)
 
 	require_args(fcinfo, "rows");
 	PreventCommandIfReadOnly("ws.copy_rows()");
+	ws_defer_flush();
+	ws_defer_note_fdw_use();
 
 	rel = open_target(PG_GETARG_OID(0));
 	array = PG_GETARG_ARRAYTYPE_P(1);
@@ -693,6 +730,7 @@ bulk_xact_callback(XactEvent event, void *arg)
 			 * Triggers fired by a flush, deferred ones included, may buffer
 			 * more rows: flush until nothing is left.
 			 */
+			flushing_at_commit = true;
 			for (int round = 0; flush_all() > 0; round++)
 			{
 				AfterTriggerFireDeferred();
@@ -702,6 +740,7 @@ bulk_xact_callback(XactEvent event, void *arg)
 							 errmsg("buffered rows kept buffering more rows at commit"),
 							 errdetail("Triggers of the flushed tables buffered new rows 100 times in a row.")));
 			}
+			flushing_at_commit = false;
 			if (used_buffered_path && ws_buffered_async_commit &&
 				!ws_frontier_appended_in_xact())
 				(void) set_config_option("synchronous_commit", "off",
@@ -717,6 +756,7 @@ bulk_xact_callback(XactEvent event, void *arg)
 			buffers = NULL;
 			buffer_context = NULL;
 			used_buffered_path = false;
+			flushing_at_commit = false;
 			copy_data = NULL;
 			break;
 		default:

@@ -30,6 +30,8 @@
  */
 #include "postgres.h"
 
+#include <poll.h>
+
 #include "catalog/pg_foreign_server.h"
 #include "catalog/pg_user_mapping.h"
 #include "commands/defrem.h"
@@ -216,35 +218,53 @@ open_connection(OwnConnection *entry, UserMapping *user)
 		return;
 	}
 
+	/* An error from here on closes the connection: no half-built entry. */
 	entry->conn = conn;
-	entry->memory = AllocSetContextCreate(TopMemoryContext, "write_scaling shard connection",
-										  ALLOCSET_SMALL_SIZES);
-	entry->wait_set = CreateWaitEventSet(entry->memory, 3);
-	AddWaitEventToSet(entry->wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-	AddWaitEventToSet(entry->wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-	AddWaitEventToSet(entry->wait_set, WL_SOCKET_READABLE, PQsocket(conn), NULL, NULL);
-	ctl.keysize = sizeof(uint64);
-	ctl.entrysize = sizeof(PreparedStatement);
-	ctl.hcxt = entry->memory;
-	entry->statements = hash_create("write_scaling prepared statements", 64, &ctl,
-									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	entry->statements_made = 0;
-
-	/* postgres_fdw's session settings: values travel in these forms. */
-	if (!PQsendQuery(conn, "SET search_path = pg_catalog; SET timezone = 'UTC';"
-					 " SET datestyle = ISO; SET intervalstyle = postgres;"
-					 " SET extra_float_digits = 3"))
-		res = NULL;
-	else
-		res = last_result(entry);
-	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	PG_TRY();
 	{
-		strlcpy(connect_error, pchomp(PQerrorMessage(conn)), sizeof(connect_error));
-		PQclear(res);
-		close_entry(entry);
-		return;
+		entry->memory = AllocSetContextCreate(TopMemoryContext, "write_scaling shard connection",
+											  ALLOCSET_SMALL_SIZES);
+		entry->wait_set = CreateWaitEventSet(entry->memory, 3);
+		AddWaitEventToSet(entry->wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(entry->wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		AddWaitEventToSet(entry->wait_set, WL_SOCKET_READABLE, PQsocket(conn), NULL, NULL);
+		ctl.keysize = sizeof(uint64);
+		ctl.entrysize = sizeof(PreparedStatement);
+		ctl.hcxt = entry->memory;
+		entry->statements = hash_create("write_scaling prepared statements", 64, &ctl,
+										HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		entry->statements_made = 0;
+
+		/* postgres_fdw's session settings: values travel in these forms. */
+		if (!PQsendQuery(conn, "SET search_path = pg_catalog; SET timezone = 'UTC';"
+						 " SET datestyle = ISO; SET intervalstyle = postgres;"
+						 " SET extra_float_digits = 3"))
+			res = NULL;
+		else
+			res = last_result(entry);
+		if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		{
+			strlcpy(connect_error, pchomp(PQerrorMessage(conn)), sizeof(connect_error));
+			PQclear(res);
+			close_entry(entry);
+		}
+		else
+			PQclear(res);
 	}
-	PQclear(res);
+	PG_CATCH();
+	{
+		close_entry(entry);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+static bool
+socket_readable(pgsocket sock)
+{
+	struct pollfd fd = {.fd = sock,.events = POLLIN};
+
+	return poll(&fd, 1, 0) != 0;
 }
 
 /*
@@ -293,14 +313,14 @@ own_connection(Oid serverid, Oid userid)
 		return entry;
 
 	/*
-	 * A connection the server closed (a restart, idle_session_timeout) is
-	 * replaced; reading what is waiting on it tells.  So is one left in the
-	 * middle of a command.
+	 * A connection left in the middle of a command is replaced, and so is
+	 * one the server closed (a restart, idle_session_timeout): an idle
+	 * connection has nothing to read unless the server said goodbye.
 	 */
 	if (entry->conn != NULL &&
 		(PQtransactionStatus(entry->conn) != PQTRANS_IDLE ||
-		 !PQconsumeInput(entry->conn) ||
-		 PQstatus(entry->conn) != CONNECTION_OK))
+		 PQstatus(entry->conn) != CONNECTION_OK ||
+		 socket_readable(PQsocket(entry->conn))))
 		close_entry(entry);
 	if (entry->conn == NULL)
 		open_connection(entry, user);
@@ -409,43 +429,58 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 						 errmsg("could not connect to server \"%s\"",
 								GetForeignServer(serverid)->servername),
 						 errdetail_internal("%s", connect_error)));
-			statement = hash_search(entry->statements, &sql_hash, HASH_ENTER, &found);
-			if (!found)
-			{
-				statement->sql = NULL;	/* until prepared */
-				statement->number = entry->statements_made++;
-			}
-			else if (strcmp(statement->sql, sql) != 0)
+			statement = hash_search(entry->statements, &sql_hash, HASH_FIND, &found);
+			if (found && strcmp(statement->sql, sql) != 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_INTERNAL_ERROR),
 						 errmsg("two statements for shard server \"%s\" share a hash",
 								GetForeignServer(serverid)->servername)));
-			snprintf(name, sizeof(name), "ws_%d", statement->number);
-			if (statement->sql == NULL)
+			if (!found)
 			{
+				/* Prepared first; remembered only once it is. */
+				int			number = entry->statements_made++;
+
+				snprintf(name, sizeof(name), "ws_%d", number);
 				sent = PQsendPrepare(entry->conn, name, sql, nparams, NULL);
 				if (sent)
 				{
 					res = last_result(entry);
 					if (PQresultStatus(res) != PGRES_COMMAND_OK)
-					{
-						hash_search(entry->statements, &sql_hash, HASH_REMOVE, NULL);
 						report_remote_error(entry->conn, res);
-					}
 					PQclear(res);
+					statement = hash_search(entry->statements, &sql_hash, HASH_ENTER, NULL);
+					statement->number = number;
 					statement->sql = MemoryContextStrdup(entry->memory, sql);
 				}
 			}
+			else
+				snprintf(name, sizeof(name), "ws_%d", statement->number);
 			if (sent && PQsendQueryPrepared(entry->conn, name, nparams, values, NULL, NULL, 0))
+			{
+				const char *sqlstate;
+
+				res = last_result(entry);
+				sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+				/*
+				 * A shard that lost the prepared statement (a pooler between
+				 * us, say) ran nothing: once more, on a new connection.
+				 */
+				if (attempt == 0 && sqlstate != NULL && strcmp(sqlstate, "26000") == 0)
+				{
+					PQclear(res);
+					close_entry(entry);
+					continue;
+				}
+				if (PQresultStatus(res) != PGRES_COMMAND_OK)
+					report_remote_error(entry->conn, res);
+				PQclear(res);
 				break;
+			}
 			if (attempt > 0)
 				report_remote_error(entry->conn, NULL);
 			close_entry(entry);
 		}
-		res = last_result(entry);
-		if (PQresultStatus(res) != PGRES_COMMAND_OK)
-			report_remote_error(entry->conn, res);
-		PQclear(res);
 	}
 	PG_CATCH();
 	{

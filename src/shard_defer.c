@@ -12,10 +12,13 @@
  *
  * When a row may wait
  *	  Only at the end of the transaction's first top-level statement,
- *	  outside a transaction block and any savepoint, and before the
- *	  transaction used postgres_fdw in any way (a routed write, or a query
- *	  over a foreign table): then the row is the transaction's only remote
- *	  write.  Our commit callback runs after those of bulk.c and
+ *	  outside a transaction block and any savepoint, before the transaction
+ *	  used postgres_fdw in any way (a routed write, a query over a foreign
+ *	  table, an insert into a partitioned table, which may route to foreign
+ *	  partitions) and while ws.buffered_insert holds no rows: then the row
+ *	  is the transaction's only remote write, and no flush at commit can
+ *	  need postgres_fdw after postgres_fdw has committed.  And only with the
+ *	  library preloaded, so that our callbacks are older than postgres_fdw's.  Our commit callback runs after those of bulk.c and
  *	  postgres_fdw (callbacks run newest first, and they register after
  *	  us), so everything else that can fail at commit has, before the row
  *	  goes.  Like postgres_fdw's own commits, the row stays committed on the
@@ -39,9 +42,11 @@
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "optimizer/planner.h"
+#include "parser/parsetree.h"
 #include "tcop/utility.h"
 #include "utils/memutils.h"
 
+#include "bulk.h"
 #include "guc.h"
 #include "shard.h"
 
@@ -63,9 +68,13 @@ static DeferredRow *waiting = NULL;
 static DeferredRow *sent = NULL;	/* through postgres_fdw, in sent_in */
 static SubTransactionId sent_in = InvalidSubTransactionId;
 
+static bool preloaded = false;
+static bool committing = false; /* the commit's callbacks have begun */
 static int	nesting = 0;		/* planning or statements inside statements */
 static int	statements = 0;		/* top-level statements this transaction */
 static bool fdw_used = false;
+
+static void defer_commit_begins(XactEvent event, void *arg);
 
 static ExecutorStart_hook_type prev_executor_start = NULL;
 static ExecutorRun_hook_type prev_executor_run = NULL;
@@ -96,9 +105,9 @@ ws_defer_single_row(Oid serverid, const char *sql, const char *literals,
 	MemoryContext old;
 	DeferredRow *row;
 
-	if (!ws_shard_one_round_trip || waiting != NULL || sent != NULL || fdw_used ||
-		nesting != 1 || statements != 1 || IsTransactionBlock() ||
-		GetCurrentTransactionNestLevel() != 1 ||
+	if (!ws_shard_one_round_trip || !preloaded || waiting != NULL || sent != NULL ||
+		fdw_used || nesting != 1 || statements != 1 || IsTransactionBlock() ||
+		GetCurrentTransactionNestLevel() != 1 || ws_bulk_has_rows() ||
 		!ws_shard_can_run_alone(serverid, GetUserId()))
 		return false;
 
@@ -117,6 +126,10 @@ ws_defer_single_row(Oid serverid, const char *sql, const char *literals,
 	row->remote_table = pstrdup(remote_table);
 	MemoryContextSwitchTo(old);
 	waiting = row;
+
+	/* Be the first callback at commit, to know when it begins. */
+	UnregisterXactCallback(defer_commit_begins, NULL);
+	RegisterXactCallback(defer_commit_begins, NULL);
 	return true;
 }
 
@@ -130,6 +143,13 @@ ws_defer_flush(void)
 
 	if (row == NULL)
 		return;
+	/* postgres_fdw may have committed: no remote transaction may begin. */
+	if (committing)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("a statement run at commit needs the row inserted into \"%s\", which waits to go to its shard",
+						row->table),
+				 errhint("SET write_scaling.shard_one_round_trip = off for such transactions.")));
 	waiting = NULL;
 	/* In a subtransaction, remember the row, in case it rolls back. */
 	if (GetCurrentTransactionNestLevel() > 1)
@@ -163,11 +183,12 @@ send_alone(void)
 }
 
 /*
- * touches_foreign_table tells whether a plan reads or writes a foreign
- * table (through postgres_fdw, as far as we know).
+ * may_use_fdw tells whether a plan may use postgres_fdw: it reads or writes
+ * a foreign table, or inserts into a partitioned table (whose partitions
+ * may be foreign tables, found only as rows are routed).
  */
 static bool
-touches_foreign_table(PlannedStmt *plan)
+may_use_fdw(PlannedStmt *plan)
 {
 	ListCell   *lc;
 
@@ -178,6 +199,13 @@ touches_foreign_table(PlannedStmt *plan)
 		if (rte->rtekind == RTE_RELATION && rte->relkind == RELKIND_FOREIGN_TABLE)
 			return true;
 	}
+	foreach(lc, plan->resultRelations)
+	{
+		RangeTblEntry *rte = rt_fetch(lfirst_int(lc), plan->rtable);
+
+		if (rte->relkind == RELKIND_PARTITIONED_TABLE)
+			return true;
+	}
 	return false;
 }
 
@@ -186,7 +214,8 @@ defer_executor_start(QueryDesc *queryDesc, int eflags)
 {
 	if (nesting == 0)
 		statements++;
-	if (touches_foreign_table(queryDesc->plannedstmt))
+	/* Only while a row may still come to wait: each query pays for this. */
+	if (statements == 1 && !fdw_used && may_use_fdw(queryDesc->plannedstmt))
 		fdw_used = true;
 	ws_defer_flush();
 	if (prev_executor_start != NULL)
@@ -296,6 +325,13 @@ defer_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 }
 
 static void
+defer_commit_begins(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE)
+		committing = true;
+}
+
+static void
 defer_xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
@@ -305,7 +341,7 @@ defer_xact_callback(XactEvent event, void *arg)
 				send_alone();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
-			/* Reached only by a pipeline: INSERT, then BEGIN and PREPARE. */
+			/* Not reached: PREPARE TRANSACTION, a command, sends the row. */
 			if (waiting != NULL)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -319,6 +355,7 @@ defer_xact_callback(XactEvent event, void *arg)
 			sent_in = InvalidSubTransactionId;
 			statements = 0;
 			fdw_used = false;
+			committing = false;
 			break;
 		default:
 			break;
@@ -353,6 +390,7 @@ defer_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 void
 ws_defer_register(void)
 {
+	preloaded = process_shared_preload_libraries_in_progress;
 	prev_executor_start = ExecutorStart_hook;
 	ExecutorStart_hook = defer_executor_start;
 	prev_executor_run = ExecutorRun_hook;

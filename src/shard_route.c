@@ -168,6 +168,7 @@ static int	nrouted = 0;
 static int	maxrouted = 0;
 
 static HTAB *dist_cache = NULL;
+static uint64 dist_invalidations = 0;	/* counts dist_cache_invalidate calls */
 static HTAB *buffers = NULL;	/* in TopTransactionContext */
 static MemoryContext buffer_context = NULL;
 static MemoryContext row_context = NULL;
@@ -401,6 +402,7 @@ dist_cache_invalidate(Datum arg, Oid relid)
 
 	if (dist_cache == NULL)
 		return;
+	dist_invalidations++;
 	hash_seq_init(&status, dist_cache);
 	while ((entry = hash_seq_search(&status)) != NULL)
 		if (relid == InvalidOid || relid == entry->view || relid == entry->partitioned)
@@ -451,6 +453,7 @@ fill_entry(DistEntry *entry, Relation view)
 	DistEntry	fresh;
 	MemoryContext old;
 	TupleDesc	desc = RelationGetDescr(view);
+	uint64		invalidations = dist_invalidations;
 	Datum		arg = ObjectIdGetDatum(RelationGetRelid(view));
 	StringInfoData columns;
 	bool		isnull;
@@ -459,8 +462,6 @@ fill_entry(DistEntry *entry, Relation view)
 	fresh.view = entry->view;
 	fresh.context = AllocSetContextCreate(CurrentMemoryContext, "write_scaling distributed table",
 										  ALLOCSET_SMALL_SIZES);
-	/* An invalidation from here on must not be lost (see the end). */
-	entry->valid = true;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -565,11 +566,14 @@ fill_entry(DistEntry *entry, Relation view)
 		relation_close(parent, AccessShareLock);
 	}
 
-	/* Complete: it replaces the old entry, still invalid if news came. */
+	/*
+	 * Complete: it replaces the old entry, and is valid unless news came
+	 * meanwhile (then the next use reads again).
+	 */
 	MemoryContextSetParent(fresh.context, CacheMemoryContext);
 	if (entry->context != NULL)
 		MemoryContextDelete(entry->context);
-	fresh.valid = entry->valid;
+	fresh.valid = invalidations == dist_invalidations;
 	*entry = fresh;
 }
 
@@ -856,6 +860,8 @@ send_buffer(SlotBuffer *buf)
 	if (from == NULL)
 		return;
 	nrows = buf->rows - from->rows;
+	/* A row waiting for the commit goes first, with its own error. */
+	ws_defer_flush();
 
 	/* A failure below says where the rows were going. */
 	initStringInfo(&sql);
@@ -1145,6 +1151,8 @@ send_all(void)
 	hash_seq_init(&status, buffers);
 	while ((buf = hash_seq_search(&status)) != NULL)
 		tables = list_append_unique_ptr(tables, buf->dist);
+	if (tables != NIL)
+		ws_defer_flush();	/* before any COPY, with its own error */
 	foreach(lc, tables)
 		send_table(lfirst(lc));
 	list_free(tables);
@@ -1466,7 +1474,8 @@ route_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 void
 ws_shard_register_callbacks(void)
 {
+	/* Callbacks run newest first: the check of unsent rows before the wait. */
+	ws_defer_register();
 	RegisterXactCallback(route_xact_callback, NULL);
 	RegisterSubXactCallback(route_subxact_callback, NULL);
-	ws_defer_register();
 }

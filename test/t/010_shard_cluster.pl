@@ -405,6 +405,74 @@ for my $server (qw(s1 s2 s3))
 }
 is($feelings_on_shards, 1001, 'the shards hold each of those rows once');
 
+# Terminated on the shard while idle, the connection is noticed as closed
+# and replaced.
+learn_slots(160041, 160060);
+my ($after_kill) = grep { shard_of($_) eq shard_of(160034) && !$expected{$_} } 160041 .. 160060;
+is($shard{shard_of(160034)}->safe_psql('postgres', q{
+	SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'write_scaling'}),
+	'1', 'the connection of its own is terminated on the shard');
+$session->query_safe(insert_sql($after_kill));
+$expected{$after_kill} = 1;
+is($coord->safe_psql('postgres', "SELECT count(*) FROM orders WHERE id = $after_kill"), '1',
+	'and the next row goes through a new one');
+
+# A trigger that buffers rows for a local table (flushed at commit, after
+# postgres_fdw's commit) sends the waiting row first.
+my ($with_local) = grep { !$expected{$_} } 160041 .. 160060;
+$coord->safe_psql('postgres', q{
+	CREATE TABLE order_notes (id bigint PRIMARY KEY, note text);
+	CREATE FUNCTION note_order() RETURNS trigger LANGUAGE plpgsql AS $$
+	DECLARE
+		buffered bigint;
+	BEGIN
+		buffered := ws.buffered_insert('order_notes', ROW(-1, 'noted')::order_notes);
+		RETURN NULL;
+	END $$;
+	CREATE TRIGGER zz_note_order AFTER INSERT ON orders FOR EACH STATEMENT EXECUTE FUNCTION note_order();
+});
+$session->query_safe(insert_sql($with_local));
+$expected{$with_local} = 1;
+$coord->safe_psql('postgres', q{DROP TRIGGER zz_note_order ON orders});
+is($coord->safe_psql('postgres', "SELECT (SELECT count(*) FROM orders WHERE id = $with_local) || ' ' || (SELECT count(*) FROM order_notes)"),
+	'1 1', 'a row and a buffered row of a trigger both commit');
+
+# Rows buffered for a distributed table by a trigger that the commit's
+# flush fires come too late: a clear error, and nothing is written.
+$coord->safe_psql('postgres', q{
+	CREATE FUNCTION note_to_orders() RETURNS trigger LANGUAGE plpgsql AS $$
+	DECLARE
+		buffered bigint;
+	BEGIN
+		buffered := ws.buffered_insert('moods.feelings', ROW(5000 + NEW.id::int, 'calm', 'late')::moods.feelings);
+		RETURN NEW;
+	END $$;
+	CREATE TRIGGER forward AFTER INSERT ON order_notes FOR EACH ROW EXECUTE FUNCTION note_to_orders();
+});
+my ($late_ret, $late_out, $late_err) = $coord->psql('postgres',
+	q{SELECT ws.buffered_insert('order_notes', ROW(2, 'x')::order_notes)});
+like($late_err, qr/cannot buffer rows for distributed table "feelings" while the commit flushes buffered rows/,
+	'buffering for a distributed table during the commit\'s flush is refused');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM order_notes WHERE id = 2}), '0', 'and nothing was written');
+$coord->safe_psql('postgres', q{DROP TABLE order_notes; DROP FUNCTION note_order(), note_to_orders();});
+
+# A transaction that cannot see a table distributed after it began fails to
+# write to it, and the next transaction writes: the failed read of the
+# table's shape left nothing behind.
+my $old_snapshot = $coord->background_psql('postgres', on_error_stop => 0);
+$old_snapshot->query_safe(q{BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1;});
+$coord->safe_psql('postgres', q{
+	CREATE TABLE moods.later (id int PRIMARY KEY, note text);
+	SELECT ws.distribute_table('moods.later', 'id', 'm2');
+});
+$old_snapshot->query(q{INSERT INTO moods.later VALUES (1, 'too early'), (2, 'too early');});
+like($old_snapshot->{stderr}, qr/not a distributed table/, 'a transaction older than the distribution cannot write to it');
+$old_snapshot->{stderr} = '';
+$old_snapshot->query_safe(q{ROLLBACK});
+$old_snapshot->query_safe(q{INSERT INTO moods.later VALUES (1, 'then'), (2, 'then')});
+$old_snapshot->quit;
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM moods.later}), '2', 'the same session then writes to it');
+
 # Switched off, the row goes in postgres_fdw's remote transaction.
 $session->quit;
 ok($shard{shard_of(160005)}->poll_query_until('postgres',
