@@ -1876,6 +1876,25 @@ BEGIN
 END
 $$;
 
+-- Drops the old copies that moved slots left, one transaction each, those
+-- put off by an earlier try too if asked.  A procedure, to commit each; it
+-- cannot pin search_path (that would forbid COMMIT), so every name it uses
+-- is qualified.
+CREATE PROCEDURE ws._drop_old_copies(retry_put_off boolean)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+	IF retry_put_off THEN
+		UPDATE ws.shard_cleanup c SET next_try = pg_catalog.clock_timestamp()
+		WHERE c.next_try OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp();
+	END IF;
+	WHILE ws._shard_cleanup_one() LOOP
+		COMMIT;
+	END LOOP;
+	COMMIT;
+END
+$$;
+
 -- A procedure, to commit each slot.  It cannot pin search_path (that would
 -- forbid COMMIT), so every name it uses is qualified.
 CREATE PROCEDURE ws.rebalance(map text, INOUT rows_moved jsonb DEFAULT NULL)
@@ -1894,23 +1913,13 @@ BEGIN
 	END IF;
 	rows_moved := '{}'::pg_catalog.jsonb;
 	-- A new run tries again every drop that an earlier one put off.
-	UPDATE ws.shard_cleanup c SET next_try = pg_catalog.clock_timestamp()
-	WHERE c.next_try OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp();
-	WHILE ws._shard_cleanup_one() LOOP
-		COMMIT;
-	END LOOP;
-	COMMIT;
+	CALL ws._drop_old_copies(retry_put_off => true);
 
 	LOOP
 		SELECT * INTO step FROM ws._move_slots(map);
 		IF NOT FOUND THEN
 			-- Once more for the drops put off meanwhile.
-			UPDATE ws.shard_cleanup c SET next_try = pg_catalog.clock_timestamp()
-			WHERE c.next_try OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp();
-			WHILE ws._shard_cleanup_one() LOOP
-				COMMIT;
-			END LOOP;
-			COMMIT;
+			CALL ws._drop_old_copies(retry_put_off => true);
 			EXIT;
 		END IF;
 		IF step.moved OPERATOR(pg_catalog.<) 0 THEN
@@ -1930,10 +1939,7 @@ BEGIN
 		rows_moved := pg_catalog.jsonb_set(rows_moved, ARRAY[step.server::pg_catalog.text],
 			pg_catalog.to_jsonb(COALESCE((rows_moved OPERATOR(pg_catalog.->>) step.server::pg_catalog.text)::bigint, 0)
 								OPERATOR(pg_catalog.+) step.moved));
-		WHILE ws._shard_cleanup_one() LOOP
-			COMMIT;
-		END LOOP;
-		COMMIT;
+		CALL ws._drop_old_copies(retry_put_off => false);
 	END LOOP;
 END
 $$;
@@ -1977,6 +1983,7 @@ REVOKE ALL ON FUNCTION ws.distribute_table(regclass, name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._move_slot(ws.distributed_tables, int, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._move_slots(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._shard_cleanup_one() FROM PUBLIC;
+REVOKE ALL ON PROCEDURE ws._drop_old_copies(boolean) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.rebalance(text, jsonb) FROM PUBLIC;
 
 ------------------------------------------------------------------------------
