@@ -1526,23 +1526,31 @@ AS $$ SELECT (base || '_shard')::name $$;
 
 -- The command that makes a slot's table on a shard ready for its rows:
 -- created, and attached to the shard's table of slots (created first if
--- missing); or, if an old copy of the slot is still there (its drop put
--- off), that copy, emptied.  The slot table is created alone and then
--- attached, with a CHECK that spares ATTACH a scan: that locks the parent
--- only in SHARE UPDATE EXCLUSIVE mode, so the shard's writers go on.
-CREATE FUNCTION ws._create_slot_table_command(d ws.distributed_tables, slot int)
+-- missing).  The slot table is created alone and then attached, with a
+-- CHECK that spares ATTACH a scan: that locks the parent only in SHARE
+-- UPDATE EXCLUSIVE mode, so the shard's writers go on.  With reuse, an old
+-- copy of the slot still there (attached to our table of slots: ours; its
+-- drop put off, or left by a move whose local commit failed) is emptied
+-- and used again instead, waiting at most 200 ms for its lock.
+CREATE FUNCTION ws._create_slot_table_command(d ws.distributed_tables, slot int, reuse boolean)
 RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT format('DO %L', format(
-			   'BEGIN IF to_regclass(%L) IS NOT NULL THEN TRUNCATE %s; ELSE'
+			   'DECLARE timeout text := current_setting(''lock_timeout''); '
+			   'BEGIN IF %L AND EXISTS (SELECT FROM pg_inherits i'
+			   ' WHERE i.inhrelid = to_regclass(%L) AND i.inhparent = to_regclass(%L)) THEN'
+			   ' PERFORM set_config(''lock_timeout'', ''200ms'', true); TRUNCATE %s;'
+			   ' PERFORM set_config(''lock_timeout'', timeout, true);'
+			   ' ELSE'
 			   ' IF to_regclass(%L) IS NULL THEN'
 			   ' CREATE TABLE %s (%s, ws_slot smallint NOT NULL) PARTITION BY LIST (ws_slot); END IF;'
 			   ' CREATE TABLE %s (%s, ws_slot smallint NOT NULL DEFAULT %s CHECK (ws_slot = %s));'
 			   ' ALTER TABLE %s ATTACH PARTITION %s FOR VALUES IN (%s);'
 			   ' END IF; END',
-			   slot_table, slot_table, parent, parent, d.remote_columns,
+			   reuse, slot_table, parent, slot_table,
+			   parent, parent, d.remote_columns,
 			   slot_table, d.remote_definition, slot, slot, parent, slot_table, slot))
 	FROM (SELECT format('%I.%I', d.remote_schema, ws._shard_table(d.remote_table)) AS parent,
 				 format('%I.%I', d.remote_schema, ws._slot_table(d.remote_table, slot)) AS slot_table) n
@@ -1687,7 +1695,7 @@ BEGIN
 			PERFORM ws._shard_exec(s.placed_on, ws._create_schema_command(nsp));
 			servers_ready := servers_ready || s.placed_on;
 		END IF;
-		PERFORM ws._shard_exec(s.placed_on, ws._create_slot_table_command(dist, s.slot));
+		PERFORM ws._shard_exec(s.placed_on, ws._create_slot_table_command(dist, s.slot, false));
 		EXECUTE format('CREATE FOREIGN TABLE ws_dist.%I PARTITION OF %s'
 					   ' FOR VALUES WITH (MODULUS %s, REMAINDER %s) SERVER %I'
 					   ' OPTIONS (schema_name %L, table_name %L, async_capable ''true'', batch_size ''1000'')',
@@ -1761,7 +1769,7 @@ BEGIN
 	PERFORM ws._shard_exec(to_server, ws._create_schema_command(d.remote_schema));
 	-- No reader can see a table there: the slot points elsewhere.  An old
 	-- copy left there is emptied and used again.
-	PERFORM ws._shard_exec(to_server, ws._create_slot_table_command(d, p_slot));
+	PERFORM ws._shard_exec(to_server, ws._create_slot_table_command(d, p_slot, true));
 	SELECT string_agg(format('%I %s%s', a.attname, format_type(a.atttypid, a.atttypmod),
 							 CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END), ', ' ORDER BY a.attnum)
 	INTO columns

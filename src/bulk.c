@@ -95,6 +95,7 @@ typedef struct TableBuffer
 	RowArray	pending;		/* buffered, not yet written */
 	RowArray	journal;		/* outer-level rows written in a subxact */
 	Size		bytes;			/* of pending */
+	bool		each_statement; /* flushed at the end of each statement */
 } TableBuffer;
 
 typedef struct WsBulkShared
@@ -111,6 +112,13 @@ static HTAB *buffers = NULL;
 static MemoryContext buffer_context = NULL;
 static bool used_buffered_path = false;
 static bool flushing_at_commit = false;
+
+/*
+ * Whether our commit callback runs before postgres_fdw's: so once it has
+ * been registered again after postgres_fdw's (which postgres_fdw registers
+ * once per backend).  Only then may the flush at commit use postgres_fdw.
+ */
+static bool ahead_of_fdw = false;
 
 /* The COPY data of the flush in progress, read by copy_source. */
 static StringInfo copy_data = NULL;
@@ -244,31 +252,38 @@ buffer_for(Relation rel)
 	buf = hash_search(buffers, &relid, HASH_ENTER, &found);
 	if (!found)
 	{
+		char		kind = rel->rd_rel->relkind;
+
+		memset(&buf->pending, 0, sizeof(RowArray));
+		memset(&buf->journal, 0, sizeof(RowArray));
+		buf->rowtype = rel->rd_rel->reltype;
+		buf->bytes = 0;
+
+		/*
+		 * Rows for a foreign table, or a partitioned one (its partitions
+		 * may be foreign), go at the end of each statement, not at commit:
+		 * their wrapper may have committed by the time our flush runs.
+		 */
+		buf->each_statement = kind == RELKIND_FOREIGN_TABLE || kind == RELKIND_PARTITIONED_TABLE;
+
 		/*
 		 * Rows of a distributed table flushed at commit must reach the
 		 * shards before postgres_fdw commits its remote transactions: open
-		 * its connections now, and put our callback in front of its.
+		 * its connections now, and put our callback in front of its.  Too
+		 * late once the commit's flush runs (a trigger of it buffering
+		 * here): callbacks cannot be moved while they run.
 		 */
-		if (rel->rd_rel->relkind == RELKIND_VIEW && ws_shard_prepare_connections(rel))
+		if (kind == RELKIND_VIEW && ws_shard_is_distributed(rel))
 		{
-			/*
-			 * Too late once the commit's flush runs (a trigger of it buffering
-			 * here): postgres_fdw may have committed already, and callbacks
-			 * cannot be moved while they run.
-			 */
 			if (flushing_at_commit)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot buffer rows for distributed table \"%s\" while the commit flushes buffered rows",
 								RelationGetRelationName(rel)),
 						 errhint("Buffer rows for it before the commit, or insert them directly.")));
-			UnregisterXactCallback(bulk_xact_callback, NULL);
-			RegisterXactCallback(bulk_xact_callback, NULL);
+			ws_shard_open_connections(rel);
+			ws_bulk_get_ahead_of_fdw();
 		}
-		memset(&buf->pending, 0, sizeof(RowArray));
-		memset(&buf->journal, 0, sizeof(RowArray));
-		buf->rowtype = rel->rd_rel->reltype;
-		buf->bytes = 0;
 	}
 	return buf;
 }
@@ -511,6 +526,62 @@ flush_buffer(TableBuffer *buf)
 	count(&bulk_stats->flushes, 1);
 	count(&bulk_stats->rows_flushed, written);
 	return written;
+}
+
+/*
+ * ws_bulk_get_ahead_of_fdw registers our commit callback again, in front of
+ * postgres_fdw's, which must be registered already; not while callbacks
+ * run.
+ */
+void
+ws_bulk_get_ahead_of_fdw(void)
+{
+	if (flushing_at_commit || ahead_of_fdw)
+		return;
+	UnregisterXactCallback(bulk_xact_callback, NULL);
+	RegisterXactCallback(bulk_xact_callback, NULL);
+	ahead_of_fdw = true;
+}
+
+/*
+ * ws_bulk_check_fdw_use refuses a use of postgres_fdw by the commit's flush
+ * when postgres_fdw may have committed already: an error then is a clean
+ * abort, where a remote transaction begun after postgres_fdw's commit would
+ * end in a PANIC.
+ */
+bool
+ws_bulk_flushing_at_commit(void)
+{
+	return flushing_at_commit;
+}
+
+void
+ws_bulk_check_fdw_use(void)
+{
+	if (flushing_at_commit && !ahead_of_fdw)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot use postgres_fdw while the commit flushes buffered rows"),
+				 errdetail("postgres_fdw may have committed its remote transactions already."),
+				 errhint("Call ws.flush() before the commit.")));
+}
+
+/*
+ * ws_bulk_end_of_statement flushes the buffers that go at the end of each
+ * top-level statement (each_statement).
+ */
+void
+ws_bulk_end_of_statement(void)
+{
+	HASH_SEQ_STATUS status;
+	TableBuffer *buf;
+
+	if (buffers == NULL)
+		return;
+	hash_seq_init(&status, buffers);
+	while ((buf = hash_seq_search(&status)) != NULL)
+		if (buf->each_statement)
+			(void) flush_buffer(buf);
 }
 
 /*

@@ -18,7 +18,8 @@ extern int	ws_key_slot(const char *bytes, int len, int nslots);
 
 /* shard_route.c */
 extern void ws_shard_register_callbacks(void);
-extern bool ws_shard_prepare_connections(Relation view);
+extern bool ws_shard_is_distributed(Relation view);
+extern void ws_shard_open_connections(Relation view);
 extern Size ws_shard_shmem_size(void);
 extern void ws_shard_shmem_init(void);
 extern void ws_shard_insert_row(Oid serverid, Oid userid, const char *sql,

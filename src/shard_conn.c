@@ -444,13 +444,16 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 				sent = PQsendPrepare(entry->conn, name, sql, nparams, NULL);
 				if (sent)
 				{
+					char	   *copy;
+
 					res = last_result(entry);
 					if (PQresultStatus(res) != PGRES_COMMAND_OK)
 						report_remote_error(entry->conn, res);
 					PQclear(res);
+					copy = MemoryContextStrdup(entry->memory, sql);
 					statement = hash_search(entry->statements, &sql_hash, HASH_ENTER, NULL);
 					statement->number = number;
-					statement->sql = MemoryContextStrdup(entry->memory, sql);
+					statement->sql = copy;
 				}
 			}
 			else

@@ -214,9 +214,18 @@ defer_executor_start(QueryDesc *queryDesc, int eflags)
 {
 	if (nesting == 0)
 		statements++;
-	/* Only while a row may still come to wait: each query pays for this. */
-	if (statements == 1 && !fdw_used && may_use_fdw(queryDesc->plannedstmt))
-		fdw_used = true;
+	/*
+	 * Only while a row may still come to wait (or the commit flushes
+	 * buffered rows): each query pays for this.
+	 */
+	if ((statements <= 1 && !fdw_used) || ws_bulk_flushing_at_commit())
+	{
+		if (may_use_fdw(queryDesc->plannedstmt))
+		{
+			fdw_used = true;
+			ws_bulk_check_fdw_use();
+		}
+	}
 	ws_defer_flush();
 	if (prev_executor_start != NULL)
 		prev_executor_start(queryDesc, eflags);
@@ -282,6 +291,8 @@ defer_executor_finish(QueryDesc *queryDesc)
 		nesting--;
 	}
 	PG_END_TRY();
+	if (nesting == 0)
+		ws_bulk_end_of_statement();
 }
 
 static void
@@ -322,6 +333,8 @@ defer_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 		nesting--;
 	}
 	PG_END_TRY();
+	if (nesting == 0 && !transaction_control)
+		ws_bulk_end_of_statement();
 }
 
 static void

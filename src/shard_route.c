@@ -69,6 +69,7 @@
 #include "utils/rel.h"
 #include "utils/syscache.h"
 
+#include "bulk.h"
 #include "guc.h"
 #include "send_encoding.h"
 #include "shard.h"
@@ -315,11 +316,17 @@ load_postgres_fdw(void)
 static PGconn *
 connection_as(Oid serverid, Oid userid)
 {
+	PGconn	   *conn;
+
 	/* A row waiting for the commit goes first: it was inserted first. */
 	ws_defer_flush();
 	ws_defer_note_fdw_use();
+	ws_bulk_check_fdw_use();
 	load_postgres_fdw();
-	return fdw_get_connection(GetUserMapping(userid, serverid), false, NULL);
+	conn = fdw_get_connection(GetUserMapping(userid, serverid), false, NULL);
+	/* postgres_fdw's callback is registered now: the buffered path goes first. */
+	ws_bulk_get_ahead_of_fdw();
+	return conn;
 }
 
 static PGconn *
@@ -606,16 +613,11 @@ open_dist(Relation view)
 }
 
 /*
- * ws_shard_prepare_connections opens postgres_fdw's connections to every
- * server of a distributed table, starting their remote transactions, so
- * that postgres_fdw's transaction callback is registered; returns false if
- * view is not a distributed table.  bulk.c calls it before buffering rows
- * that it may flush at commit.
+ * ws_shard_is_distributed tells whether a view is a distributed table.
  */
 bool
-ws_shard_prepare_connections(Relation view)
+ws_shard_is_distributed(Relation view)
 {
-	DistEntry  *dist;
 	Datum		arg = ObjectIdGetDatum(RelationGetRelid(view));
 	bool		distributed;
 
@@ -626,14 +628,23 @@ ws_shard_prepare_connections(Relation view)
 		elog(ERROR, "could not read ws.distributed_tables");
 	distributed = SPI_processed > 0;
 	SPI_finish();
-	if (!distributed)
-		return false;
+	return distributed;
+}
 
-	dist = open_dist(view);
+/*
+ * ws_shard_open_connections opens postgres_fdw's connections to every
+ * server of a distributed table, starting their remote transactions, so
+ * that postgres_fdw's transaction callback is registered.  bulk.c calls it
+ * before buffering rows that it may flush at commit.
+ */
+void
+ws_shard_open_connections(Relation view)
+{
+	DistEntry  *dist = open_dist(view);
+
 	for (int s = 0; s < dist->nslots; s++)
 		if (OidIsValid(dist->slots[s].serverid))
 			(void) connection(dist->slots[s].serverid);
-	return true;
 }
 
 /* --- buffers -------------------------------------------------------------- */
@@ -978,6 +989,7 @@ send_table(DistEntry *dist)
 	int			nbuffers = 0;
 	SlotBuffer *only = NULL;
 	ServerSend *volatile current = NULL;
+	WaitEventSet *volatile set = NULL;
 	ListCell   *lc;
 
 	hash_seq_init(&status, buffers);
@@ -1012,9 +1024,9 @@ send_table(DistEntry *dist)
 
 	PG_TRY();
 	{
-		WaitEventSet *set = CreateWaitEventSet(CurrentMemoryContext, list_length(sends) + 1);
 		int			pending = list_length(sends);
 
+		set = CreateWaitEventSet(CurrentMemoryContext, list_length(sends) + 1);
 		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 		/* Every connection first: a server that is down stops us before any COPY starts. */
 		foreach(lc, sends)
@@ -1084,10 +1096,14 @@ send_table(DistEntry *dist)
 			}
 		}
 		FreeWaitEventSet(set);
+		set = NULL;
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata = capture_error();
+
+		if (set != NULL)
+			FreeWaitEventSet(set);	/* its epoll descriptor */
 
 		/*
 		 * A server still waiting for rows gets an aborted COPY, which ends

@@ -770,4 +770,36 @@ learn_slots(400001, 402000);
 $expected{$_} = 1 for 400001 .. 402000;
 verify('after buffered inserts', settled => 1);
 
+# Rows buffered for a postgres_fdw foreign table go at the end of each
+# statement, not at commit, where postgres_fdw may have committed already:
+# the transaction reads them, and they commit with it.
+$shard{s1}->safe_psql('postgres', q{CREATE TABLE plain_notes (id int PRIMARY KEY, note text)});
+$coord->safe_psql('postgres', q{
+	CREATE FOREIGN TABLE plain_notes (id int, note text) SERVER s1;
+	CREATE TABLE local_notes (id int PRIMARY KEY, note text);
+});
+is($coord->safe_psql('postgres', q{
+	BEGIN;
+	SELECT ws.buffered_insert('plain_notes', ROW(1, 'one')::plain_notes);
+	SELECT ws.buffered_insert('plain_notes', ROW(2, 'two')::plain_notes);
+	SELECT count(*) FROM plain_notes;
+	COMMIT;}), "1\n1\n2", 'rows buffered for a foreign table go at the end of each statement, and the next reads them');
+is($shard{s1}->safe_psql('postgres', q{SELECT count(*) FROM plain_notes}), '2', 'and committed with the transaction');
+
+# A trigger of the commit's flush that writes through postgres_fdw, which
+# may have committed already, is refused with a clean error.
+$coord->safe_psql('postgres', q{
+	CREATE FUNCTION forward_note() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		INSERT INTO plain_notes VALUES (NEW.id, NEW.note);
+		RETURN NEW;
+	END $$;
+	CREATE TRIGGER forward AFTER INSERT ON local_notes FOR EACH ROW EXECUTE FUNCTION forward_note();
+});
+($ret, $out, $err) = $coord->psql('postgres', q{SELECT ws.buffered_insert('local_notes', ROW(3, 'three')::local_notes)});
+like($err, qr/cannot use postgres_fdw while the commit flushes buffered rows/,
+	'a trigger of the commit\'s flush that uses postgres_fdw is refused');
+is($coord->safe_psql('postgres', q{SELECT (SELECT count(*) FROM local_notes) || ' ' || (SELECT count(*) FROM plain_notes)}),
+	'0 2', 'and nothing of that transaction was written');
+
 done_testing();
