@@ -105,7 +105,8 @@ ws_defer_single_row(Oid serverid, const char *sql, const char *literals,
 	MemoryContext old;
 	DeferredRow *row;
 
-	if (!ws_shard_one_round_trip || !preloaded || waiting != NULL || sent != NULL ||
+	if (!ws_shard_one_round_trip || !preloaded || committing || ws_bulk_flushing_at_commit() ||
+		waiting != NULL || sent != NULL ||
 		fdw_used || nesting != 1 || statements != 1 || IsTransactionBlock() ||
 		GetCurrentTransactionNestLevel() != 1 || ws_bulk_has_rows() ||
 		!ws_shard_can_run_alone(serverid, GetUserId()))
