@@ -593,17 +593,22 @@ sub moves_this_round
 	return $coord->safe_psql('postgres', "SELECT count(*) FROM (SELECT * FROM ws.rebalance_log OFFSET $log_mark) x");
 }
 
-# Kill 1: in the cleanup right after the first slot's move committed.  A
-# transaction on s2 holds the old copy of that slot, so the rebalance's DROP
-# of it waits there.
+# Kill 1: after the first slot's move committed, its old copy not dropped.
+# A transaction on s2 holds that old copy, so the rebalance puts its drop
+# off (after 200 ms); a writer holds the second slot, so the rebalance then
+# waits there, and is killed.
 my $s2_blocker = $shard{s2}->background_psql('postgres');
 $s2_blocker->query_safe("BEGIN; LOCK TABLE public.$leaving_tables[0] IN ACCESS SHARE MODE;");
+my ($held_key) = keys_of_slot($leaving[1]);
+my $slot_holder = $coord->background_psql('postgres');
+$slot_holder->query_safe("BEGIN; " . insert_sql($held_key) . ";");
 my $r1 = start_rebalance('rebalance_1');
-ok( $shard{s2}->poll_query_until('postgres', qq{
-	SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND mode = 'AccessExclusiveLock'
-				   AND relation = 'public.$leaving_tables[0]'::regclass)}),
-	'kill 1: the rebalance waits to drop the old copy of the first moved slot');
+ok(waits_for('rebalance_1', slot_rel($leaving[1])), 'kill 1: the rebalance waits for the second slot, which a writer holds');
+like($coord->safe_psql('postgres', qq{SELECT last_error FROM ws.shard_cleanup WHERE remote_table = '$leaving_tables[0]'}),
+	qr/lock timeout/, 'kill 1: having put off the drop of the first slot\'s old copy, which a transaction on s2 holds');
 kill_rebalance($r1, 'kill 1');
+$slot_holder->query_safe('ROLLBACK');
+$slot_holder->quit;
 $s2_blocker->query_safe('ROLLBACK');
 is(moves_this_round(), 1, 'kill 1: one slot was moved before the kill');
 is($coord->safe_psql('postgres', qq{SELECT placed_on <> 's2' FROM ws.shard_slots WHERE map = 'm' AND slot = $leaving[0]}),
