@@ -33,7 +33,8 @@ extern void ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int np
 							   const char *const *values);
 
 /* shard_defer.c */
-extern bool ws_defer_single_row(Oid serverid, const char *sql, const char *literals,
+extern bool ws_defer_may_wait(Oid serverid);
+extern void ws_defer_single_row(Oid serverid, const char *sql, const char *literals,
 								int nvalues, const char *const *values, const char *table,
 								int slot, const char *remote_table);
 extern void ws_defer_flush(void);

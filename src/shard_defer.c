@@ -93,24 +93,31 @@ ws_defer_note_fdw_use(void)
 }
 
 /*
- * ws_defer_single_row holds back the single row of an INSERT, if it may
- * wait (see the file header); returns false if not, and the caller sends
- * it.  sql takes the values as parameters; literals has them written in.
+ * ws_defer_may_wait tells whether the single row of the statement ending
+ * now, for serverid, may wait for the commit (see the file header).
  */
 bool
+ws_defer_may_wait(Oid serverid)
+{
+	return ws_shard_one_round_trip && preloaded && !committing &&
+		!ws_bulk_flushing_at_commit() && waiting == NULL && sent == NULL &&
+		!fdw_used && nesting == 1 && statements == 1 && !IsTransactionBlock() &&
+		GetCurrentTransactionNestLevel() == 1 && !ws_bulk_has_rows() &&
+		ws_shard_can_run_alone(serverid, GetUserId());
+}
+
+/*
+ * ws_defer_single_row holds back the single row of an INSERT, which
+ * ws_defer_may_wait allowed.  sql takes the values as parameters; literals
+ * has them written in.
+ */
+void
 ws_defer_single_row(Oid serverid, const char *sql, const char *literals,
 					int nvalues, const char *const *values, const char *table,
 					int slot, const char *remote_table)
 {
 	MemoryContext old;
 	DeferredRow *row;
-
-	if (!ws_shard_one_round_trip || !preloaded || committing || ws_bulk_flushing_at_commit() ||
-		waiting != NULL || sent != NULL ||
-		fdw_used || nesting != 1 || statements != 1 || IsTransactionBlock() ||
-		GetCurrentTransactionNestLevel() != 1 || ws_bulk_has_rows() ||
-		!ws_shard_can_run_alone(serverid, GetUserId()))
-		return false;
 
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	row = palloc(sizeof(DeferredRow));
@@ -131,7 +138,6 @@ ws_defer_single_row(Oid serverid, const char *sql, const char *literals,
 	/* Be the first callback at commit, to know when it begins. */
 	UnregisterXactCallback(defer_commit_begins, NULL);
 	RegisterXactCallback(defer_commit_begins, NULL);
-	return true;
 }
 
 /*
@@ -355,11 +361,8 @@ defer_xact_callback(XactEvent event, void *arg)
 				send_alone();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
-			/* Not reached: PREPARE TRANSACTION, a command, sends the row. */
-			if (waiting != NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot prepare a transaction that wrote to a distributed table")));
+			/* PREPARE TRANSACTION, a command, has sent the row. */
+			Assert(waiting == NULL);
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_ABORT:

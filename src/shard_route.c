@@ -927,7 +927,7 @@ defer_row(SlotBuffer *buf)
 	char	   *sql;
 	char	   *literals;
 
-	if (from == NULL || from->rows != 0 || buf->rows != 1)
+	if (from == NULL || from->rows != 0 || buf->rows != 1 || !ws_defer_may_wait(slot->serverid))
 		return false;
 	values = palloc(sizeof(char *) * buf->dist->ncolumns);
 	for (int i = 0; i < buf->dist->ncolumns; i++)
@@ -937,9 +937,8 @@ defer_row(SlotBuffer *buf)
 				   buf->dist->column_list, buf->dist->parameters);
 	literals = psprintf("INSERT INTO %s (%s) VALUES %s", slot->remote_table,
 						buf->dist->column_list, first_row_literals(buf));
-	if (!ws_defer_single_row(slot->serverid, sql, literals, buf->dist->ncolumns, values,
-							 buf->dist->name, buf->slot, slot->remote_table))
-		return false;
+	ws_defer_single_row(slot->serverid, sql, literals, buf->dist->ncolumns, values,
+						buf->dist->name, buf->slot, slot->remote_table);
 	rows_sent(buf, from, index);
 	return true;
 }
