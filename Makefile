@@ -21,6 +21,7 @@ OBJS = \
 	src/shard_defer.o \
 	src/shard_route.o \
 	src/bulk.o \
+	src/bulk_direct.o \
 	src/wal_advice.o \
 	src/stats.o
 DATA = write_scaling--0.1.0.sql

@@ -134,6 +134,70 @@ CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO (
 SELECT ws.copy_rows('events', ARRAY[ROW('2025-06-01', 'old'), ROW('2026-06-01', 'new')]::events[]);
 SELECT tableoid::regclass, * FROM events ORDER BY at;
 
+-- Rows for a plain table without triggers go straight to the table, not
+-- through COPY, with the same checks: NOT NULL, CHECK, unique keys, a
+-- partition's bounds, expression indexes, values that need TOAST, dropped
+-- columns.  An error names the buffered row.
+CREATE TABLE plain (id int PRIMARY KEY, name text NOT NULL, gone int, qty int CHECK (qty > 0), body text);
+CREATE INDEX plain_lower_name ON plain (lower(name));
+ALTER TABLE plain DROP COLUMN gone;
+BEGIN;
+SELECT ws.buffered_insert('plain', ROW(1, 'Ann', 1, (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 1000) i))::plain);
+SELECT ws.buffered_insert('plain', ROW(2, 'Bob', 2, NULL)::plain);
+COMMIT;
+SELECT id, name, qty, length(body) FROM plain ORDER BY id;
+SELECT id FROM plain WHERE lower(name) = 'bob';
+SELECT pg_relation_size(reltoastrelid) > 0 AS toasted FROM pg_class WHERE oid = 'plain'::regclass;
+BEGIN;
+SELECT ws.buffered_insert('plain', ROW(3, 'Cy', 1, NULL)::plain);
+SELECT ws.buffered_insert('plain', ROW(4, 'Dee', 0, NULL)::plain);
+COMMIT;
+SELECT ws.copy_rows('plain', ARRAY[ROW(5, 'Eve', 1, NULL), ROW(1, 'again', 1, NULL)]::plain[]);
+SELECT ws.copy_rows('plain', ARRAY[ROW(6, NULL, 1, NULL)]::plain[]);
+SELECT count(*) AS still_two FROM plain;
+
+-- A partition written directly keeps to its bounds.
+CREATE TABLE spans (at date NOT NULL, what text) PARTITION BY RANGE (at);
+CREATE TABLE spans_2026 PARTITION OF spans FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+SELECT ws.copy_rows('spans_2026', ARRAY[ROW('2026-03-01', 'fits'), ROW('2025-03-01', 'too early')]::spans_2026[]);
+SELECT ws.copy_rows('spans_2026', ARRAY[ROW('2026-03-01', 'fits')]::spans_2026[]);
+SELECT * FROM spans;
+
+-- A domain's constraints are checked at the flush too: its column makes
+-- the flush go through COPY.
+CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+CREATE TABLE measured (v positive);
+BEGIN;
+SELECT ws.buffered_insert('measured', ROW(5)::measured);
+ALTER DOMAIN positive ADD CONSTRAINT below_three CHECK (VALUE < 3);
+COMMIT;
+SELECT count(*) AS no_rows FROM measured;
+
+-- Rows buffered before a column changed type are refused; rows buffered
+-- before a column was added get its default.
+CREATE TABLE reshaped (id int, v int);
+BEGIN;
+SELECT ws.buffered_insert('reshaped', ROW(1, 42)::reshaped);
+ALTER TABLE reshaped ALTER COLUMN v TYPE text;
+COMMIT;
+BEGIN;
+SELECT ws.buffered_insert('reshaped', ROW(1, 1)::reshaped);
+ALTER TABLE reshaped ADD COLUMN note text DEFAULT 'filled in';
+SELECT ws.buffered_insert('reshaped', ROW(2, 2, 'given')::reshaped);
+ALTER TABLE reshaped DROP COLUMN v;
+COMMIT;
+SELECT * FROM reshaped ORDER BY id;
+
+-- A call after a rolled-back savepoint takes the table's lock again.
+BEGIN;
+SAVEPOINT s;
+SELECT ws.buffered_insert('plain', ROW(7, 'Fay', 1, NULL)::plain);
+ROLLBACK TO s;
+SELECT ws.buffered_insert('plain', ROW(8, 'Gus', 1, NULL)::plain);
+SELECT mode FROM pg_locks WHERE relation = 'plain'::regclass AND pid = pg_backend_pid();
+COMMIT;
+SELECT id FROM plain WHERE id > 2 ORDER BY id;
+
 -- Bad input: rejected at the call.
 SELECT ws.buffered_insert(NULL, ROW(1, 'a', 1, NULL, NULL)::orders);
 SELECT ws.buffered_insert('orders', NULL::orders);
@@ -158,7 +222,8 @@ SELECT counter, value > 0 AS counted FROM ws.stats WHERE area = 'buffered_insert
 
 DROP ROLE ws_bulk_outsider;
 DROP VIEW order_view;
-DROP TABLE orders, audit, events, growing, chain;
+DROP TABLE orders, audit, events, growing, chain, plain, spans, measured, reshaped;
+DROP DOMAIN positive;
 DROP FUNCTION audit_order(), chain_more();
 DROP SEQUENCE seq;
 DROP EXTENSION write_scaling;

@@ -10,15 +10,22 @@
  *	  rollback discards it with the transaction.  It is flushed when it
  *	  holds write_scaling.batch_rows rows or write_scaling.batch_bytes bytes,
  *	  on ws.flush, and always in XACT_EVENT_PRE_COMMIT (and PRE_PREPARE):
- *	  nothing buffered is written outside its transaction or lost.  A flush
- *	  serialises the rows in COPY's binary format (each column's send
- *	  function) and hands them to BeginCopyFrom/CopyFrom through a data
- *	  source callback, so defaults of dropped-out columns, generated
- *	  columns, constraints, triggers, partition routing and foreign tables
- *	  behave exactly as for COPY, and an error names the row as COPY does
- *	  ("COPY t, line N": the Nth row of that flush).  A flush at commit runs
+ *	  nothing buffered is written outside its transaction or lost.  Rows
+ *	  for a plain table without triggers go straight to table_multi_insert
+ *	  with COPY's checks (bulk_direct.c); an error names the row ("buffered
+ *	  row N of M").  Any other flush serialises the rows in COPY's binary
+ *	  format (each column's send function) and hands them to
+ *	  BeginCopyFrom/CopyFrom through a data source callback, so generated
+ *	  columns, triggers, partition routing and foreign tables behave exactly
+ *	  as for COPY, and an error names the row as COPY does ("COPY t, line
+ *	  N": the Nth row of that flush).  A flush at commit runs
  *	  AfterTriggerFireDeferred again, since deferred triggers queued this
  *	  late would otherwise be missed.
+ *
+ *	  A buffered row is a tuple of the table's columns when it was
+ *	  buffered.  A flush refuses rows whose columns have since changed type
+ *	  (ALTER TABLE in the same transaction): their stored values would no
+ *	  longer fit.  Added columns are fine: COPY fills them in.
  *
  * Subtransactions
  *	  Each row remembers the subtransaction that buffered it (its origin).
@@ -62,11 +69,13 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "bulk.h"
 #include "send_encoding.h"
@@ -95,7 +104,14 @@ typedef struct TableBuffer
 	RowArray	pending;		/* buffered, not yet written */
 	RowArray	journal;		/* outer-level rows written in a subxact */
 	Size		bytes;			/* of pending */
+	TupleDesc	layout;			/* the columns when pending's first row came */
 	bool		each_statement; /* flushed at the end of each statement */
+
+	/* What the last call checked, so that the next may skip it. */
+	SubTransactionId locked_in;
+	Oid			checked_user;
+	int			checked_context;
+	uint64		checked_generation;
 } TableBuffer;
 
 typedef struct WsBulkShared
@@ -119,6 +135,12 @@ static bool flushing_at_commit = false;
  * once per backend).  Only then may the flush at commit use postgres_fdw.
  */
 static bool ahead_of_fdw = false;
+
+/*
+ * Bumped when a pg_class row, a role or a role membership changes: the
+ * privileges a call checked may have changed with it.
+ */
+static uint64 privilege_generation = 0;
 
 /* The COPY data of the flush in progress, read by copy_source. */
 static StringInfo copy_data = NULL;
@@ -258,6 +280,9 @@ buffer_for(Relation rel)
 		memset(&buf->journal, 0, sizeof(RowArray));
 		buf->rowtype = rel->rd_rel->reltype;
 		buf->bytes = 0;
+		buf->layout = NULL;
+		buf->locked_in = InvalidSubTransactionId;
+		buf->checked_user = InvalidOid;
 
 		/*
 		 * Rows for a foreign table, or a partitioned one (its partitions
@@ -303,12 +328,65 @@ check_row_type(Relation rel, Oid type)
 						 format_type_be(rel->rd_rel->reltype))));
 }
 
+/*
+ * note_layout remembers the table's columns as they are now, when a first
+ * row is buffered after a flush: rows buffered until the next flush are
+ * tuples of these columns, or of columns added since.
+ */
+static void
+note_layout(TableBuffer *buf)
+{
+	Relation	rel = table_open(buf->relid, NoLock);
+	MemoryContext old = MemoryContextSwitchTo(buffer_context);
+
+	if (buf->layout != NULL)
+		FreeTupleDesc(buf->layout);
+	buf->layout = CreateTupleDescCopy(RelationGetDescr(rel));
+	MemoryContextSwitchTo(old);
+	table_close(rel, NoLock);
+}
+
+typedef enum LayoutChange
+{
+	LAYOUT_SAME,				/* dropped columns aside */
+	LAYOUT_COLUMNS_ADDED,
+	LAYOUT_CHANGED
+} LayoutChange;
+
+/*
+ * layout_change compares the columns rows were buffered with (then) to the
+ * table's columns now.  A dropped column keeps its storage, so its values
+ * in old rows are harmless.
+ */
+static LayoutChange
+layout_change(TupleDesc then, TupleDesc now)
+{
+	if (now->natts < then->natts)
+		return LAYOUT_CHANGED;
+	for (int i = 0; i < then->natts; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(then, i);
+		Form_pg_attribute b = TupleDescAttr(now, i);
+
+		if (a->attlen != b->attlen || a->attalign != b->attalign ||
+			a->attbyval != b->attbyval)
+			return LAYOUT_CHANGED;
+		if (!b->attisdropped &&
+			(a->attisdropped || a->atttypid != b->atttypid ||
+			 a->atttypmod != b->atttypmod))
+			return LAYOUT_CHANGED;
+	}
+	return now->natts > then->natts ? LAYOUT_COLUMNS_ADDED : LAYOUT_SAME;
+}
+
 static void
 add_row(TableBuffer *buf, HeapTupleHeader td)
 {
 	HeapTupleData tmp;
 	BufferedRow row;
 
+	if (buf->pending.count == 0)
+		note_layout(buf);
 	tmp.t_len = HeapTupleHeaderGetDatumLength(td);
 	ItemPointerSetInvalid(&tmp.t_self);
 	tmp.t_tableOid = InvalidOid;
@@ -424,6 +502,8 @@ flush_buffer(TableBuffer *buf)
 	RowArray	rows = buf->pending;
 	uint64		written;
 	volatile int client_encoding = -1;
+	LayoutChange change;
+	bool		direct;
 
 	if (rows.count == 0)
 		return 0;
@@ -439,6 +519,15 @@ flush_buffer(TableBuffer *buf)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table with OID %u, which has buffered rows, was dropped", buf->relid)));
+	change = layout_change(buf->layout, RelationGetDescr(rel));
+	if (change == LAYOUT_CHANGED)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" changed while rows for it were buffered",
+						RelationGetRelationName(rel)),
+				 errdetail("A column's type changed after rows were buffered with its old type."),
+				 errhint("Call ws.flush() before altering a table that has buffered rows.")));
+	direct = change == LAYOUT_SAME && ws_bulk_direct_applies(rel);
 	initStringInfo(&data);
 
 	if (!ActiveSnapshotSet())
@@ -452,9 +541,6 @@ flush_buffer(TableBuffer *buf)
 	errcallback.previous = error_context_stack;
 	error_context_stack = &errcallback;
 
-	pstate = make_parsestate(NULL);
-	(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
-
 	/*
 	 * Detach the rows: a trigger fired by this COPY may buffer new rows for
 	 * this very table, and they must stay pending.
@@ -463,18 +549,32 @@ flush_buffer(TableBuffer *buf)
 	buf->bytes = 0;
 	PG_TRY();
 	{
-		/*
-		 * Send and receive functions in the database's encoding (see
-		 * send_encoding.h); triggers fired by this COPY see it as the client
-		 * encoding too.
-		 */
-		client_encoding = ws_enter_database_encoding();
-		serialise_rows(rel, &rows, &data);
-		copy_data = &data;
-		cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_source, NIL,
-							   list_make1(makeDefElem("format", (Node *) makeString("binary"), -1)));
-		written = CopyFrom(cstate);
-		EndCopyFrom(cstate);
+		if (direct)
+		{
+			HeapTuple  *tuples = palloc(rows.count * sizeof(HeapTuple));
+
+			for (int r = 0; r < rows.count; r++)
+				tuples[r] = rows.rows[r].tuple;
+			written = ws_bulk_insert_direct(rel, tuples, rows.count);
+		}
+		else
+		{
+			/*
+			 * Send and receive functions in the database's encoding (see
+			 * send_encoding.h); triggers fired by this COPY see it as the
+			 * client encoding too.
+			 */
+			client_encoding = ws_enter_database_encoding();
+			serialise_rows(rel, &rows, &data);
+			copy_data = &data;
+			pstate = make_parsestate(NULL);
+			(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock,
+												 NULL, false, false);
+			cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_source, NIL,
+								   list_make1(makeDefElem("format", (Node *) makeString("binary"), -1)));
+			written = CopyFrom(cstate);
+			EndCopyFrom(cstate);
+		}
 	}
 	PG_CATCH();
 	{
@@ -659,6 +759,8 @@ write_scaling_buffered_insert(PG_FUNCTION_ARGS)
 	Relation	rel;
 	TableBuffer *buf;
 	Oid			relid;
+	Oid			user;
+	int			context;
 
 	require_args(fcinfo, "row");
 	/* A row waiting to go to a shard at commit goes now (shard_defer.c). */
@@ -667,11 +769,14 @@ write_scaling_buffered_insert(PG_FUNCTION_ARGS)
 
 	/*
 	 * After this transaction's first call for the table, which checked
-	 * everything, a call only takes the lock (a savepoint may have released
-	 * it) and checks the privilege of the current user (a SECURITY DEFINER
-	 * function may have made the first call) and the row type.
+	 * everything, a call checks the row type, takes the lock unless this
+	 * subtransaction holds it (a rolled-back savepoint releases it), and
+	 * checks the privileges again when the user, the security context
+	 * (a SECURITY DEFINER function may have made the first call) or the
+	 * catalogs they rest on changed.
 	 */
 	relid = PG_GETARG_OID(0);
+	GetUserIdAndSecContext(&user, &context);
 	buf = buffers ? hash_search(buffers, &relid, HASH_FIND, NULL) : NULL;
 	if (buf == NULL)
 	{
@@ -683,20 +788,29 @@ write_scaling_buffered_insert(PG_FUNCTION_ARGS)
 	}
 	else
 	{
-		LockRelationOid(relid, RowExclusiveLock);
-		if (pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
-			aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, get_rel_name(relid));
-		if (check_enable_rls(relid, InvalidOid, false) == RLS_ENABLED)
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("cannot buffer rows for table \"%s\" with row-level security",
-							get_rel_name(relid))));
 		if (get_fn_expr_argtype(fcinfo->flinfo, 1) != buf->rowtype)
 		{
 			rel = table_open(relid, NoLock);
 			check_row_type(rel, get_fn_expr_argtype(fcinfo->flinfo, 1));
 		}
+		if (buf->locked_in != GetCurrentSubTransactionId())
+			LockRelationOid(relid, RowExclusiveLock);
+		if (user != buf->checked_user || context != buf->checked_context ||
+			privilege_generation != buf->checked_generation)
+		{
+			if (pg_class_aclcheck(relid, user, ACL_INSERT) != ACLCHECK_OK)
+				aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, get_rel_name(relid));
+			if (check_enable_rls(relid, InvalidOid, false) == RLS_ENABLED)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot buffer rows for table \"%s\" with row-level security",
+								get_rel_name(relid))));
+		}
 	}
+	buf->locked_in = GetCurrentSubTransactionId();
+	buf->checked_user = user;
+	buf->checked_context = context;
+	buf->checked_generation = privilege_generation;
 	add_row(buf, PG_GETARG_HEAPTUPLEHEADER(1));
 
 	if (buffer_full(buf))
@@ -902,9 +1016,18 @@ bulk_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 /*
  * ws_bulk_register_callbacks hooks the buffers into transaction end.
  */
+static void
+privileges_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	privilege_generation++;
+}
+
 void
 ws_bulk_register_callbacks(void)
 {
 	RegisterXactCallback(bulk_xact_callback, NULL);
 	RegisterSubXactCallback(bulk_subxact_callback, NULL);
+	CacheRegisterSyscacheCallback(RELOID, privileges_changed, (Datum) 0);
+	CacheRegisterSyscacheCallback(AUTHOID, privileges_changed, (Datum) 0);
+	CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, privileges_changed, (Datum) 0);
 }

@@ -1,7 +1,7 @@
 -- pgTAP: the buffered path's error paths with their SQLSTATEs, and the WAL
 -- report and tuner.
 BEGIN;
-SELECT plan(22);
+SELECT plan(24);
 
 SELECT has_function('ws', 'buffered_insert', ARRAY['regclass', 'anyelement']);
 SELECT has_function('ws', 'flush', ARRAY['regclass']);
@@ -28,6 +28,20 @@ SELECT throws_ok($$SELECT ws.buffered_insert('tap_bulk', ROW(1, 'a')::tap_bulk)$
 SELECT throws_ok($$SELECT * FROM ws.tune_wal()$$, '42501', NULL, 'tune_wal is not for everyone');
 RESET ROLE;
 SELECT is((SELECT count(*) FROM tap_bulk), 0::bigint, 'no bad call wrote anything');
+
+-- A privilege revoked in the transaction counts from the next call on,
+-- though the same user made the last one.
+GRANT INSERT ON tap_bulk TO ws_tap_bulk_outsider;
+SET LOCAL ROLE ws_tap_bulk_outsider;
+SELECT lives_ok($$SELECT ws.buffered_insert('tap_bulk', ROW(100, 'granted')::tap_bulk)$$, 'a granted insert is buffered');
+RESET ROLE;
+REVOKE INSERT ON tap_bulk FROM ws_tap_bulk_outsider;
+SET LOCAL ROLE ws_tap_bulk_outsider;
+SELECT throws_ok($$SELECT ws.buffered_insert('tap_bulk', ROW(101, 'revoked')::tap_bulk)$$, '42501', NULL,
+	'the next call after REVOKE is refused');
+RESET ROLE;
+SELECT ws.flush();
+DELETE FROM tap_bulk;
 
 SELECT lives_ok($$SELECT ws.copy_rows('tap_bulk', ARRAY[ROW(1, 'a'), ROW(2, 'b')]::tap_bulk[])$$, 'copy_rows');
 SELECT is((SELECT count(*) FROM tap_bulk), 2::bigint, 'copy_rows wrote its rows');
