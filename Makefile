@@ -22,6 +22,7 @@ OBJS = \
 	src/shard_route.o \
 	src/bulk.o \
 	src/bulk_direct.o \
+	src/copy_binary.o \
 	src/wal_advice.o \
 	src/stats.o
 DATA = write_scaling--0.1.0.sql

@@ -270,10 +270,11 @@ socket_readable(pgsocket sock)
 /*
  * own_connection returns the entry of our own idle connection to serverid
  * for userid, opening it if need be; its conn is NULL when postgres_fdw's
- * connection must serve instead.
+ * connection must serve instead.  Unless about to use it, the caller may
+ * skip the check that the server has not closed it.
  */
 static OwnConnection *
-own_connection(Oid serverid, Oid userid)
+own_connection(Oid serverid, Oid userid, bool about_to_use)
 {
 	UserMapping *user = GetUserMapping(userid, serverid);
 	ConnectionKey key;
@@ -320,7 +321,7 @@ own_connection(Oid serverid, Oid userid)
 	if (entry->conn != NULL &&
 		(PQtransactionStatus(entry->conn) != PQTRANS_IDLE ||
 		 PQstatus(entry->conn) != CONNECTION_OK ||
-		 socket_readable(PQsocket(entry->conn))))
+		 (about_to_use && socket_readable(PQsocket(entry->conn)))))
 		close_entry(entry);
 	if (entry->conn == NULL)
 		open_connection(entry, user);
@@ -334,7 +335,7 @@ own_connection(Oid serverid, Oid userid)
 bool
 ws_shard_can_run_alone(Oid serverid, Oid userid)
 {
-	return own_connection(serverid, userid)->conn != NULL;
+	return own_connection(serverid, userid, false)->conn != NULL;
 }
 
 /*
@@ -422,7 +423,7 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 		{
 			bool		sent = true;
 
-			entry = own_connection(serverid, userid);
+			entry = own_connection(serverid, userid, true);
 			if (entry->conn == NULL)
 				ereport(ERROR,
 						(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),

@@ -54,6 +54,7 @@
 #include "partitioning/partdesc.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
+#include "storage/proc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "storage/lmgr.h"
@@ -70,6 +71,7 @@
 #include "utils/syscache.h"
 
 #include "bulk.h"
+#include "copy_binary.h"
 #include "guc.h"
 #include "send_encoding.h"
 #include "shard.h"
@@ -95,6 +97,9 @@ typedef struct SlotInfo
 	Oid			partition;		/* the slot's foreign table */
 	Oid			serverid;
 	char	   *remote_table;	/* schema-qualified, quoted */
+	/* Where this backend last locked the partition: no need to again. */
+	LocalTransactionId locked_lxid;
+	SubTransactionId locked_subid;
 } SlotInfo;
 
 typedef struct DistEntry
@@ -105,6 +110,7 @@ typedef struct DistEntry
 	Oid			partitioned;
 	char	   *name;			/* for messages */
 	AttrNumber	key_attnum;
+	Oid			key_type;
 	int			nslots;
 	SlotInfo   *slots;
 	char	   *shard_table;	/* on every shard: its slots' parent */
@@ -114,6 +120,7 @@ typedef struct DistEntry
 	char	   *parameters;		/* ($1, ..., $ncolumns) */
 	bool		binary;			/* rows travel in COPY's binary format */
 	FmgrInfo   *send_functions; /* per column of the view, if binary */
+	char	   *binary_forms;	/* per column of the view: copy_binary.c */
 	FmgrInfo   *out_functions;	/* per column of the view */
 } DistEntry;
 
@@ -487,6 +494,7 @@ fill_entry(DistEntry *entry, Relation view)
 	fresh.partitioned = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	fresh.name = pstrdup(RelationGetRelationName(view));
 	fresh.key_attnum = attnameAttNum(view, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), false);
+	fresh.key_type = TupleDescAttr(desc, fresh.key_attnum - 1)->atttypid;
 	fresh.nslots = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 	fresh.slots = palloc0(sizeof(SlotInfo) * fresh.nslots);
 	{
@@ -511,6 +519,7 @@ fill_entry(DistEntry *entry, Relation view)
 	initStringInfo(&columns);
 	fresh.out_functions = palloc(sizeof(FmgrInfo) * desc->natts);
 	fresh.send_functions = palloc(sizeof(FmgrInfo) * desc->natts);
+	fresh.binary_forms = palloc(desc->natts);
 	fresh.binary = true;
 	for (int i = 0; i < desc->natts; i++)
 	{
@@ -535,6 +544,7 @@ fill_entry(DistEntry *entry, Relation view)
 		{
 			getTypeBinaryOutputInfo(att->atttypid, &func, &varlena);
 			fmgr_info_cxt(func, &fresh.send_functions[i], fresh.context);
+			fresh.binary_forms[i] = ws_binary_form(att->atttypid);
 		}
 		fresh.ncolumns++;
 	}
@@ -1213,20 +1223,23 @@ static void
 append_row(SlotBuffer *buf, TupleDesc desc, HeapTuple tuple)
 {
 	DistEntry  *dist = buf->dist;
-	int			guc_level = set_transmission_modes();
+	bool		as_text = buf->rows == 0 || !dist->binary;
+	int			guc_level = as_text ? set_transmission_modes() : -1;
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
 
+	heap_deform_tuple(tuple, desc, values, nulls);
 	if (dist->binary)
 		pq_sendint16(&buf->copy_data, dist->ncolumns + 1);
 	for (int i = 0, n = 0; i < desc->natts; i++)
 	{
-		Datum		value;
-		bool		null;
+		Datum		value = values[i];
+		bool		null = nulls[i];
 		char	   *text = NULL;
 
 		if (TupleDescAttr(desc, i)->attisdropped)
 			continue;
-		value = heap_getattr(tuple, i + 1, desc, &null);
-		if (!null && (buf->rows == 0 || !dist->binary))
+		if (!null && as_text)
 			text = OutputFunctionCall(&dist->out_functions[i], value);
 		if (buf->rows == 0)
 		{
@@ -1237,12 +1250,8 @@ append_row(SlotBuffer *buf, TupleDesc desc, HeapTuple tuple)
 		if (dist->binary && null)
 			pq_sendint32(&buf->copy_data, -1);
 		else if (dist->binary)
-		{
-			bytea	   *bytes = SendFunctionCall(&dist->send_functions[i], value);
-
-			pq_sendint32(&buf->copy_data, VARSIZE(bytes) - VARHDRSZ);
-			appendBinaryStringInfo(&buf->copy_data, VARDATA(bytes), VARSIZE(bytes) - VARHDRSZ);
-		}
+			ws_append_binary_value(&buf->copy_data, dist->binary_forms[i],
+								   &dist->send_functions[i], value);
 		else
 		{
 			if (n > 0)
@@ -1288,7 +1297,11 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	Datum		key;
 	bool		isnull;
 	char	   *key_text;
+	char		key_digits[MAXINT8LEN + 1];
+	int			key_len;
 	int			slot;
+	SlotInfo   *info;
+	SubTransactionId subid = GetCurrentSubTransactionId();
 	int			client_encoding;
 	MemoryContext caller_context;
 
@@ -1321,18 +1334,42 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 					 errmsg("null value in column \"%s\" of distributed table \"%s\"",
 							NameStr(TupleDescAttr(desc, dist->key_attnum - 1)->attname), dist->name),
 					 errdetail("The shard key decides where a row lives.")));
-		key_text = OutputFunctionCall(&dist->out_functions[dist->key_attnum - 1], key);
-		slot = ws_key_slot(key_text, strlen(key_text), dist->nslots);
-		if (!OidIsValid(dist->slots[slot].partition))
+
+		/* The key's text, which the hash reads (int8out's, for integers). */
+		key_text = key_digits;
+		if (dist->key_type == INT8OID)
+			key_len = pg_lltoa(DatumGetInt64(key), key_digits);
+		else if (dist->key_type == INT4OID)
+			key_len = pg_ltoa(DatumGetInt32(key), key_digits);
+		else if (dist->key_type == INT2OID)
+			key_len = pg_itoa(DatumGetInt16(key), key_digits);
+		else
+		{
+			key_text = OutputFunctionCall(&dist->out_functions[dist->key_attnum - 1], key);
+			key_len = strlen(key_text);
+		}
+		slot = ws_key_slot(key_text, key_len, dist->nslots);
+		info = &dist->slots[slot];
+		if (!OidIsValid(info->partition))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("slot %d of distributed table \"%s\" has no partition", slot, dist->name)));
 
-		/* ws.rebalance holds a moving slot; the lock also brings news of the move. */
-		LockRelationOid(dist->slots[slot].partition, RowExclusiveLock);
-		if (dist->valid)
+		/*
+		 * ws.rebalance holds a moving slot; the lock also brings news of the
+		 * move.  Once this subtransaction holds it, taking it again brings
+		 * nothing.
+		 */
+		if (dist->valid && info->locked_lxid == MyProc->lxid && info->locked_subid == subid)
 			break;
-		UnlockRelationOid(dist->slots[slot].partition, RowExclusiveLock);
+		LockRelationOid(info->partition, RowExclusiveLock);
+		if (dist->valid)
+		{
+			info->locked_lxid = MyProc->lxid;
+			info->locked_subid = subid;
+			break;
+		}
+		UnlockRelationOid(info->partition, RowExclusiveLock);
 	}
 
 	buf = buffer_for(dist, slot);
