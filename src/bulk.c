@@ -23,9 +23,10 @@
  *	  late would otherwise be missed.
  *
  *	  A buffered row is a tuple of the table's columns when it was
- *	  buffered.  A flush refuses rows whose columns have since changed type
- *	  (ALTER TABLE in the same transaction): their stored values would no
- *	  longer fit.  Added columns are fine: COPY fills them in.
+ *	  buffered, and remembers them.  A flush refuses rows whose columns have
+ *	  since changed type (ALTER TABLE in the same transaction): their stored
+ *	  values would no longer fit.  Added columns are fine: COPY fills them
+ *	  in.
  *
  * Subtransactions
  *	  Each row remembers the subtransaction that buffered it (its origin).
@@ -86,6 +87,7 @@
 typedef struct BufferedRow
 {
 	HeapTuple	tuple;
+	TupleDesc	layout;			/* the table's columns when it was buffered */
 	SubTransactionId origin;	/* subtransaction that buffered it */
 	SubTransactionId flushed_in;	/* journal only: where it was written */
 } BufferedRow;
@@ -104,7 +106,8 @@ typedef struct TableBuffer
 	RowArray	pending;		/* buffered, not yet written */
 	RowArray	journal;		/* outer-level rows written in a subxact */
 	Size		bytes;			/* of pending */
-	TupleDesc	layout;			/* the columns when pending's first row came */
+	TupleDesc	layout;			/* the columns of the rows buffered now */
+	uint64		layout_generation;	/* layout_generation when it was noted */
 	bool		each_statement; /* flushed at the end of each statement */
 
 	/* What the last call checked, so that the next may skip it. */
@@ -141,6 +144,9 @@ static bool ahead_of_fdw = false;
  * privileges a call checked may have changed with it.
  */
 static uint64 privilege_generation = 0;
+
+/* Bumped by relation cache invalidations: a table's columns may have changed. */
+static uint64 layout_generation = 1;
 
 /* The COPY data of the flush in progress, read by copy_source. */
 static StringInfo copy_data = NULL;
@@ -281,6 +287,7 @@ buffer_for(Relation rel)
 		buf->rowtype = rel->rd_rel->reltype;
 		buf->bytes = 0;
 		buf->layout = NULL;
+		buf->layout_generation = 0;
 		buf->locked_in = InvalidSubTransactionId;
 		buf->checked_user = InvalidOid;
 
@@ -328,24 +335,6 @@ check_row_type(Relation rel, Oid type)
 						 format_type_be(rel->rd_rel->reltype))));
 }
 
-/*
- * note_layout remembers the table's columns as they are now, when a first
- * row is buffered after a flush: rows buffered until the next flush are
- * tuples of these columns, or of columns added since.
- */
-static void
-note_layout(TableBuffer *buf)
-{
-	Relation	rel = table_open(buf->relid, NoLock);
-	MemoryContext old = MemoryContextSwitchTo(buffer_context);
-
-	if (buf->layout != NULL)
-		FreeTupleDesc(buf->layout);
-	buf->layout = CreateTupleDescCopy(RelationGetDescr(rel));
-	MemoryContextSwitchTo(old);
-	table_close(rel, NoLock);
-}
-
 typedef enum LayoutChange
 {
 	LAYOUT_SAME,				/* dropped columns aside */
@@ -379,13 +368,42 @@ layout_change(TupleDesc then, TupleDesc now)
 	return now->natts > then->natts ? LAYOUT_COLUMNS_ADDED : LAYOUT_SAME;
 }
 
+static bool
+same_layout(TupleDesc a, TupleDesc b)
+{
+	return a->natts == b->natts && layout_change(a, b) == LAYOUT_SAME &&
+		layout_change(b, a) == LAYOUT_SAME;
+}
+
+/*
+ * note_layout makes buf->layout the table's columns as they are now, after
+ * a relation cache invalidation (ALTER TABLE among others).  Each row keeps
+ * the layout it was buffered with, which a flush checks (layout_change).
+ */
+static void
+note_layout(TableBuffer *buf)
+{
+	Relation	rel = table_open(buf->relid, NoLock);
+
+	buf->layout_generation = layout_generation;
+	if (buf->layout == NULL || !same_layout(buf->layout, RelationGetDescr(rel)))
+	{
+		MemoryContext old = MemoryContextSwitchTo(buffer_context);
+
+		/* Rows keep pointing at the old one: it stays. */
+		buf->layout = CreateTupleDescCopy(RelationGetDescr(rel));
+		MemoryContextSwitchTo(old);
+	}
+	table_close(rel, NoLock);
+}
+
 static void
 add_row(TableBuffer *buf, HeapTupleHeader td)
 {
 	HeapTupleData tmp;
 	BufferedRow row;
 
-	if (buf->pending.count == 0)
+	if (buf->layout_generation != layout_generation || buf->layout == NULL)
 		note_layout(buf);
 	tmp.t_len = HeapTupleHeaderGetDatumLength(td);
 	ItemPointerSetInvalid(&tmp.t_self);
@@ -397,6 +415,7 @@ add_row(TableBuffer *buf, HeapTupleHeader td)
 	row.tuple->t_tableOid = InvalidOid;
 	row.tuple->t_data = (HeapTupleHeader) ((char *) row.tuple + HEAPTUPLESIZE);
 	memcpy(row.tuple->t_data, td, tmp.t_len);
+	row.layout = buf->layout;
 	row.origin = GetCurrentSubTransactionId();
 	row.flushed_in = InvalidSubTransactionId;
 	push_row(&buf->pending, row);
@@ -519,14 +538,24 @@ flush_buffer(TableBuffer *buf)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("table with OID %u, which has buffered rows, was dropped", buf->relid)));
-	change = layout_change(buf->layout, RelationGetDescr(rel));
-	if (change == LAYOUT_CHANGED)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table \"%s\" changed while rows for it were buffered",
-						RelationGetRelationName(rel)),
-				 errdetail("A column's type changed after rows were buffered with its old type."),
-				 errhint("Call ws.flush() before altering a table that has buffered rows.")));
+	change = LAYOUT_SAME;
+	for (int r = 0, checked = -1; r < rows.count; r++)
+	{
+		LayoutChange row_change;
+
+		if (checked >= 0 && rows.rows[r].layout == rows.rows[checked].layout)
+			continue;
+		checked = r;
+		row_change = layout_change(rows.rows[r].layout, RelationGetDescr(rel));
+		if (row_change == LAYOUT_CHANGED)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table \"%s\" changed while rows for it were buffered",
+							RelationGetRelationName(rel)),
+					 errdetail("A column's type changed after rows were buffered with its old type."),
+					 errhint("Call ws.flush() before altering a table that has buffered rows.")));
+		change = Max(change, row_change);
+	}
 	direct = change == LAYOUT_SAME && ws_bulk_direct_applies(rel);
 	initStringInfo(&data);
 
@@ -788,13 +817,13 @@ write_scaling_buffered_insert(PG_FUNCTION_ARGS)
 	}
 	else
 	{
+		if (buf->locked_in != GetCurrentSubTransactionId())
+			LockRelationOid(relid, RowExclusiveLock);
 		if (get_fn_expr_argtype(fcinfo->flinfo, 1) != buf->rowtype)
 		{
 			rel = table_open(relid, NoLock);
 			check_row_type(rel, get_fn_expr_argtype(fcinfo->flinfo, 1));
 		}
-		if (buf->locked_in != GetCurrentSubTransactionId())
-			LockRelationOid(relid, RowExclusiveLock);
 		if (user != buf->checked_user || context != buf->checked_context ||
 			privilege_generation != buf->checked_generation)
 		{
@@ -1022,6 +1051,12 @@ privileges_changed(Datum arg, int cacheid, uint32 hashvalue)
 	privilege_generation++;
 }
 
+static void
+layout_may_have_changed(Datum arg, Oid relid)
+{
+	layout_generation++;
+}
+
 void
 ws_bulk_register_callbacks(void)
 {
@@ -1030,4 +1065,5 @@ ws_bulk_register_callbacks(void)
 	CacheRegisterSyscacheCallback(RELOID, privileges_changed, (Datum) 0);
 	CacheRegisterSyscacheCallback(AUTHOID, privileges_changed, (Datum) 0);
 	CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, privileges_changed, (Datum) 0);
+	CacheRegisterRelcacheCallback(layout_may_have_changed, (Datum) 0);
 }

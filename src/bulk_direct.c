@@ -11,8 +11,9 @@
  *	  COPY does nothing more than check constraints, insert in batches and
  *	  add index entries do we take its place: a table with triggers
  *	  (foreign keys and deferrable constraints included), stored generated
- *	  columns or a domain-typed column, a partitioned or foreign table,
- *	  keeps COPY (bulk.c).
+ *	  columns, a column whose type involves a domain, or an access method
+ *	  other than heap, and a partitioned or foreign table, keep COPY
+ *	  (bulk.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -21,13 +22,16 @@
 #include "access/heapam.h"
 #include "access/sysattr.h"
 #include "access/tableam.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "executor/tuptable.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/typcache.h"
 
 #include "bulk.h"
 
@@ -51,17 +55,53 @@ direct_error_context(void *arg)
 }
 
 /*
+ * involves_domain tells whether values of type may hold a domain's values:
+ * the type itself, an array's elements, a row's fields, a range's bounds.
+ * COPY's receive functions check such domains' constraints again (one may
+ * have gained a constraint since the row was buffered); a stored value
+ * would skip the check.
+ */
+static bool
+involves_domain(Oid type)
+{
+	char		typtype = get_typtype(type);
+	Oid			element = get_element_type(type);
+
+	check_stack_depth();
+	if (typtype == TYPTYPE_DOMAIN)
+		return true;
+	if (OidIsValid(element))
+		return involves_domain(element);
+	if (typtype == TYPTYPE_RANGE)
+		return involves_domain(get_range_subtype(type));
+	if (typtype == TYPTYPE_MULTIRANGE)
+		return involves_domain(get_multirange_range(type));
+	if (typtype == TYPTYPE_COMPOSITE)
+	{
+		TupleDesc	desc = lookup_rowtype_tupdesc(type, -1);
+		bool		found = false;
+
+		for (int i = 0; i < desc->natts && !found; i++)
+			found = !TupleDescAttr(desc, i)->attisdropped &&
+				involves_domain(TupleDescAttr(desc, i)->atttypid);
+		ReleaseTupleDesc(desc);
+		return found;
+	}
+	return false;
+}
+
+/*
  * ws_bulk_direct_applies tells whether rows for rel may skip COPY: a plain
- * table whose inserts fire nothing and whose columns need no checks beyond
- * its constraints (a domain's receive function checks the domain's
- * constraints again, which a stored value would skip).
+ * heap table whose inserts fire nothing and whose columns need no checks
+ * beyond its constraints.
  */
 bool
 ws_bulk_direct_applies(Relation rel)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 
-	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->trigdesc != NULL)
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->trigdesc != NULL ||
+		rel->rd_rel->relam != HEAP_TABLE_AM_OID)
 		return false;
 	if (desc->constr != NULL && desc->constr->has_generated_stored)
 		return false;
@@ -69,7 +109,7 @@ ws_bulk_direct_applies(Relation rel)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
-		if (!att->attisdropped && get_typtype(att->atttypid) == TYPTYPE_DOMAIN)
+		if (!att->attisdropped && involves_domain(att->atttypid))
 			return false;
 	}
 	return true;
@@ -86,8 +126,11 @@ ws_bulk_insert_direct(Relation rel, HeapTuple *tuples, int ntuples)
 	EState	   *estate = CreateExecutorState();
 	RangeTblEntry *rte = makeNode(RangeTblEntry);
 	ResultRelInfo *result = makeNode(ResultRelInfo);
-	/* A copy, not reference-counted: its slots need no resource owner. */
-	TupleDesc	desc = CreateTupleDescCopy(RelationGetDescr(rel));
+	/*
+	 * A copy, not reference-counted: its slots need no resource owner.  With
+	 * the defaults, so that a slot reads what the table would.
+	 */
+	TupleDesc	desc = CreateTupleDescCopyConstr(RelationGetDescr(rel));
 	TupleTableSlot *slots[DIRECT_BATCH_ROWS] = {0};
 	bool		check_constraints = RelationGetDescr(rel)->constr != NULL;
 	bool		is_partition = rel->rd_rel->relispartition;
@@ -129,6 +172,8 @@ ws_bulk_insert_direct(Relation rel, HeapTuple *tuples, int ntuples)
 			if (slots[n] == NULL)
 				slots[n] = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
 			ExecStoreHeapTuple(tuples[end], slots[n], false);
+			/* CHECK constraints may read tableoid. */
+			slots[n]->tts_tableOid = RelationGetRelid(rel);
 			progress.row = end + 1;
 			if (check_constraints)
 				ExecConstraints(result, slots[n], estate);
@@ -144,15 +189,17 @@ ws_bulk_insert_direct(Relation rel, HeapTuple *tuples, int ntuples)
 		table_multi_insert(rel, slots, n, cid, 0, bistate);
 		MemoryContextSwitchTo(old);
 
+		old = MemoryContextSwitchTo(GetPerTupleMemoryContext(estate));
 		for (int i = 0; i < n; i++)
 		{
 			progress.row = start + i + 1;
 			if (result->ri_NumIndices > 0)
-				list_free(ExecInsertIndexTuples(result, slots[i], estate,
-												false, false, NULL, NIL));
+				(void) ExecInsertIndexTuples(result, slots[i], estate,
+											 false, false, NULL, NIL);
 			ExecClearTuple(slots[i]);
 			ResetPerTupleExprContext(estate);
 		}
+		MemoryContextSwitchTo(old);
 	}
 	error_context_stack = errcallback.previous;
 
