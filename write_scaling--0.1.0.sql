@@ -1954,6 +1954,107 @@ $$;
 COMMENT ON PROCEDURE ws.rebalance(text, jsonb) IS
 	'Moves the rows of every slot whose owner changed, one slot per transaction, and reports the rows moved to each server; safe to interrupt and run again';
 
+-- Takes a distributed table back: its rows into an ordinary table of the
+-- same name here, with its columns, constraints, defaults, owner and
+-- grants, in the caller's transaction; its slots' foreign tables dropped;
+-- its slot tables on the shards queued in ws.shard_cleanup, to be dropped
+-- only after this transaction commits, so that a failed commit loses
+-- nothing.  Returns the rows brought back.
+CREATE FUNCTION ws._undistribute(p_table regclass)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d ws.distributed_tables;
+	rel pg_class;
+	nsp name;
+	owner_name name;
+	local_name name;
+	column_names text;
+	moved bigint;
+	s record;
+BEGIN
+	IF p_table IS NULL THEN
+		RAISE EXCEPTION 'table name must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO d FROM ws.distributed_tables x WHERE x.table_name = p_table;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION '"%" is not a distributed table', p_table
+			USING ERRCODE = 'wrong_object_type';
+	END IF;
+	SELECT * INTO rel FROM pg_class c WHERE c.oid = p_table;
+	IF NOT pg_has_role(rel.relowner, 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', p_table
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Serialised with ws.rebalance, ws.add_shard and ws.remove_shard; and
+	-- no writer may route rows to slots about to go.
+	PERFORM FROM ws.shard_maps m WHERE m.map = d.map FOR UPDATE;
+	EXECUTE format('LOCK TABLE %s, %s IN EXCLUSIVE MODE', p_table, d.partitioned);
+	SELECT n.nspname INTO nsp FROM pg_namespace n WHERE n.oid = rel.relnamespace;
+	SELECT r.rolname INTO owner_name FROM pg_roles r WHERE r.oid = rel.relowner;
+	local_name := left(rel.relname, 40) || '_ws_local';
+	IF to_regclass(format('%I.%I', nsp, local_name)) IS NOT NULL THEN
+		RAISE EXCEPTION 'relation "%.%" is in the way', nsp, local_name
+			USING ERRCODE = 'duplicate_table',
+				  HINT = 'ws.undistribute_table builds the table under that name first; rename or drop it.';
+	END IF;
+
+	EXECUTE format('CREATE TABLE %I.%I (%s)', nsp, local_name, d.remote_definition);
+	SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum) INTO column_names
+	FROM pg_attribute a WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
+	EXECUTE format('INSERT INTO %I.%I (%s) SELECT %s FROM %s',
+				   nsp, local_name, column_names, column_names, d.partitioned);
+	GET DIAGNOSTICS moved = ROW_COUNT;
+	FOR s IN SELECT a.attname, pg_get_expr(ad.adbin, ad.adrelid) AS expr
+			 FROM pg_attrdef ad JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+			 WHERE ad.adrelid = p_table LOOP
+		EXECUTE format('ALTER TABLE %I.%I ALTER COLUMN %I SET DEFAULT %s', nsp, local_name, s.attname, s.expr);
+	END LOOP;
+	EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', nsp, local_name, owner_name);
+	FOR s IN SELECT a.privilege_type, a.is_grantable,
+					CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(g.rolname) END AS grantee
+			 FROM aclexplode(rel.relacl) a LEFT JOIN pg_roles g ON g.oid = a.grantee
+			 WHERE a.grantee <> rel.relowner LOOP
+		EXECUTE format('GRANT %s ON %I.%I TO %s%s', s.privilege_type, nsp, local_name, s.grantee,
+					   CASE WHEN s.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+	END LOOP;
+
+	-- The slots' tables on the shards, where their foreign tables point.
+	INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
+	SELECT srv.srvname, d.remote_schema, o.option_value
+	FROM pg_inherits i
+	JOIN pg_foreign_table ft ON ft.ftrelid = i.inhrelid
+	JOIN pg_foreign_server srv ON srv.oid = ft.ftserver
+	CROSS JOIN LATERAL pg_options_to_table(ft.ftoptions) o
+	WHERE i.inhparent = d.partitioned AND o.option_name = 'table_name'
+	ON CONFLICT DO NOTHING;
+
+	DELETE FROM ws.distributed_tables x WHERE x.table_name = p_table;
+	EXECUTE format('DROP VIEW %s', p_table);
+	EXECUTE format('DROP TABLE %s', d.partitioned);
+	EXECUTE format('ALTER TABLE %I.%I RENAME TO %I', nsp, local_name, rel.relname);
+	PERFORM ws._shard_maps_changed();
+	RETURN moved;
+END
+$$;
+
+-- A procedure, to drop the slot tables on the shards once the rows are
+-- back here for good.  It cannot pin search_path (that would forbid
+-- COMMIT), so every name it uses is qualified.
+CREATE PROCEDURE ws.undistribute_table(table_name regclass, INOUT rows_moved bigint DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+	rows_moved := ws._undistribute(table_name);
+	COMMIT;
+	CALL ws._drop_old_copies(retry_put_off => false);
+END
+$$;
+COMMENT ON PROCEDURE ws.undistribute_table(regclass, bigint) IS
+	'Brings a distributed table''s rows back into an ordinary table of the same name and drops its slots, here and, after the commit, on the shards';
+
 CREATE FUNCTION ws._shard_stats(OUT serverid oid, OUT rows_routed bigint)
 RETURNS SETOF record
 LANGUAGE c STRICT
@@ -1993,6 +2094,8 @@ REVOKE ALL ON FUNCTION ws._move_slots(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._shard_cleanup_one() FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws._drop_old_copies(boolean) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.rebalance(text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._undistribute(regclass) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE ws.undistribute_table(regclass, bigint) FROM PUBLIC;
 
 ------------------------------------------------------------------------------
 -- Every counter in one view

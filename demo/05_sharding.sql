@@ -33,3 +33,7 @@ SELECT server, slots_owned, slots_placed FROM ws.stat_shards ORDER BY server;
 CALL ws.rebalance('accounts');
 SELECT server, slots_owned, slots_placed, rows_routed FROM ws.stat_shards ORDER BY server;
 SELECT count(*), sum(balance) FROM accounts;
+
+-- Taken back: the rows come home into an ordinary table, the shards are emptied.
+CALL ws.undistribute_table('accounts');
+SELECT relkind, (SELECT count(*) FROM accounts) AS rows FROM pg_class WHERE oid = 'accounts'::regclass;

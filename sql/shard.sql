@@ -121,6 +121,9 @@ SELECT ws.distribute_table('by_account', 'account', 'moves');
 SELECT ws.distribute_table('a_view', 'id', 'moves');
 SELECT ws.distribute_table(NULL, 'id', 'moves');
 CALL ws.rebalance('no_such_map');
+-- undistribute_table takes back only a distributed table.
+CALL ws.undistribute_table('events');
+CALL ws.undistribute_table(NULL);
 SELECT count(*) AS distributed FROM ws.distributed_tables;
 
 DROP TABLE events, by_account, keyed_by_jsonb, placed_3, placed_4, placed_removed, modulo_3;

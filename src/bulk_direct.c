@@ -171,7 +171,13 @@ ws_bulk_insert_direct(Relation rel, HeapTuple *tuples, int ntuples)
 		{
 			if (slots[n] == NULL)
 				slots[n] = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
-			ExecStoreHeapTuple(tuples[end], slots[n], false);
+			/*
+			 * The slot borrows the buffered tuple, marked as its own so that
+			 * heap_multi_insert writes it without a copy (the header it sets
+			 * is set again by any later write of the row); given back before
+			 * the slot is cleared.
+			 */
+			ExecStoreHeapTuple(tuples[end], slots[n], true);
 			/* CHECK constraints may read tableoid. */
 			slots[n]->tts_tableOid = RelationGetRelid(rel);
 			progress.row = end + 1;
@@ -196,6 +202,7 @@ ws_bulk_insert_direct(Relation rel, HeapTuple *tuples, int ntuples)
 			if (result->ri_NumIndices > 0)
 				(void) ExecInsertIndexTuples(result, slots[i], estate,
 											 false, false, NULL, NIL);
+			slots[i]->tts_flags &= ~TTS_FLAG_SHOULDFREE;
 			ExecClearTuple(slots[i]);
 			ResetPerTupleExprContext(estate);
 		}

@@ -840,4 +840,46 @@ like($err, qr/cannot use postgres_fdw while the commit flushes buffered rows/,
 is($coord->safe_psql('postgres', q{SELECT (SELECT count(*) FROM local_notes) || ' ' || (SELECT count(*) FROM plain_notes)}),
 	'0 2', 'and nothing of that transaction was written');
 
+# --- undistributing ----------------------------------------------------------
+
+# A distributed table taken back: every row comes home, into an ordinary
+# table of the same name with its key, constraints, defaults and grants;
+# its slots are gone, here and on every shard.
+$coord->safe_psql('postgres', q{
+	CREATE ROLE kept_reader;
+	CREATE TABLE moods.kept (id int PRIMARY KEY, noted date NOT NULL DEFAULT '2026-01-01',
+		note text CHECK (note <> ''));
+	SELECT ws.distribute_table('moods.kept', 'id', 'm2');
+	GRANT SELECT ON moods.kept TO kept_reader;
+	INSERT INTO moods.kept (id, note) SELECT i, 'k' || i FROM generate_series(1, 500) i;
+});
+is($coord->safe_psql('postgres', q{CALL ws.undistribute_table('moods.kept')}), '500',
+	'ws.undistribute_table brings back every row');
+is($coord->safe_psql('postgres', q{
+	SELECT (SELECT relkind::text FROM pg_class WHERE oid = 'moods.kept'::regclass) || ' ' ||
+		   (SELECT count(*) FROM moods.kept WHERE note = 'k' || id AND noted = '2026-01-01')}),
+	'r 500', 'into an ordinary table of the same name, each row as it was');
+is($coord->safe_psql('postgres', q{INSERT INTO moods.kept (id, note) VALUES (501, 'new') RETURNING noted}),
+	'2026-01-01', 'the table keeps its column defaults');
+($ret, $out, $err) = $coord->psql('postgres', q{INSERT INTO moods.kept (id, note) VALUES (1, 'again')});
+like($err, qr/duplicate key value violates unique constraint/, 'and its primary key');
+($ret, $out, $err) = $coord->psql('postgres', q{INSERT INTO moods.kept (id, note) VALUES (502, '')});
+like($err, qr/violates check constraint/, 'and its CHECK constraint');
+is($coord->safe_psql('postgres', q{SELECT has_table_privilege('kept_reader', 'moods.kept', 'SELECT')}), 't',
+	'and its grants');
+is($coord->safe_psql('postgres', q{
+	SELECT (to_regclass('ws_dist.kept') IS NULL)::text || ' ' ||
+		   (SELECT count(*) FROM ws.distributed_tables WHERE remote_table = 'kept') || ' ' ||
+		   (SELECT count(*) FROM ws.shard_cleanup WHERE remote_table LIKE 'kept%')}),
+	'true 0 0', 'its slots are gone here, and nothing is left to clean up');
+for my $server (qw(s1 s2 s3))
+{
+	is($shard{$server}->safe_psql('postgres', q{
+		SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = 'moods' AND c.relname LIKE 'kept%'}),
+		'0', "$server: its slot tables are dropped");
+}
+($ret, $out, $err) = $coord->psql('postgres', q{CALL ws.undistribute_table('moods.kept')});
+like($err, qr/"moods.kept" is not a distributed table/, 'an ordinary table cannot be undistributed');
+
 done_testing();
