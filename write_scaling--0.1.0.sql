@@ -1850,6 +1850,10 @@ BEGIN
 	END;
 	UPDATE ws.shard_slots x SET placed_on = s.owner WHERE x.map = p_map AND x.slot = s.slot;
 	PERFORM ws._shard_maps_changed();
+	-- The old copy is dropped after the commit: the commit must not be lost.
+	IF current_setting('synchronous_commit') IN ('off', 'local') THEN
+		PERFORM set_config('synchronous_commit', 'on', true);
+	END IF;
 	RETURN NEXT;
 END
 $$;
@@ -1956,10 +1960,12 @@ COMMENT ON PROCEDURE ws.rebalance(text, jsonb) IS
 
 -- Takes a distributed table back: its rows into an ordinary table of the
 -- same name here, with its columns, constraints, defaults, owner and
--- grants, in the caller's transaction; its slots' foreign tables dropped;
--- its slot tables on the shards queued in ws.shard_cleanup, to be dropped
--- only after this transaction commits, so that a failed commit loses
--- nothing.  Returns the rows brought back.
+-- grants; its slots' foreign tables dropped; each shard's table of its
+-- slots queued in ws.shard_cleanup, to be dropped only after this
+-- transaction commits (durably), so that a failed commit loses nothing.
+-- Returns the rows brought back.  Must be the first statement of a READ
+-- COMMITTED transaction: the rows and the catalogs are read once the table
+-- is held, with snapshots taken then.
 CREATE FUNCTION ws._undistribute(p_table regclass)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -1970,71 +1976,107 @@ DECLARE
 	rel pg_class;
 	nsp name;
 	owner_name name;
-	local_name name;
 	column_names text;
+	later text[] := '{}';
 	moved bigint;
 	s record;
 BEGIN
 	IF p_table IS NULL THEN
 		RAISE EXCEPTION 'table name must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	SELECT * INTO d FROM ws.distributed_tables x WHERE x.table_name = p_table;
-	IF NOT FOUND THEN
+	IF NOT EXISTS (SELECT FROM ws.distributed_tables x WHERE x.table_name = p_table) THEN
 		RAISE EXCEPTION '"%" is not a distributed table', p_table
 			USING ERRCODE = 'wrong_object_type';
 	END IF;
-	SELECT * INTO rel FROM pg_class c WHERE c.oid = p_table;
-	IF NOT pg_has_role(rel.relowner, 'USAGE') THEN
+	IF NOT pg_has_role((SELECT c.relowner FROM pg_class c WHERE c.oid = p_table), 'USAGE') THEN
 		RAISE EXCEPTION 'must be owner of table %', p_table
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
-	-- Serialised with ws.rebalance, ws.add_shard and ws.remove_shard; and
-	-- no writer may route rows to slots about to go.
-	PERFORM FROM ws.shard_maps m WHERE m.map = d.map FOR UPDATE;
-	EXECUTE format('LOCK TABLE %s, %s IN EXCLUSIVE MODE', p_table, d.partitioned);
-	SELECT n.nspname INTO nsp FROM pg_namespace n WHERE n.oid = rel.relnamespace;
-	SELECT r.rolname INTO owner_name FROM pg_roles r WHERE r.oid = rel.relowner;
-	local_name := left(rel.relname, 40) || '_ws_local';
-	IF to_regclass(format('%I.%I', nsp, local_name)) IS NOT NULL THEN
-		RAISE EXCEPTION 'relation "%.%" is in the way', nsp, local_name
-			USING ERRCODE = 'duplicate_table',
-				  HINT = 'ws.undistribute_table builds the table under that name first; rename or drop it.';
+	IF current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'ws.undistribute_table needs a READ COMMITTED transaction'
+			USING ERRCODE = 'invalid_transaction_state';
+	END IF;
+	IF now() <> statement_timestamp() THEN
+		RAISE EXCEPTION 'ws.undistribute_table must be the first statement of its transaction'
+			USING ERRCODE = 'active_sql_transaction',
+				  DETAIL = 'A remote snapshot taken earlier in the transaction could miss rows.';
 	END IF;
 
-	EXECUTE format('CREATE TABLE %I.%I (%s)', nsp, local_name, d.remote_definition);
+	-- Serialised with ws.rebalance, ws.add_shard and ws.remove_shard; then
+	-- nobody uses the table until it is back.
+	PERFORM FROM ws.shard_maps m
+	WHERE m.map = (SELECT x.map FROM ws.distributed_tables x WHERE x.table_name = p_table) FOR UPDATE;
+	EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p_table);
+	SELECT * INTO d FROM ws.distributed_tables x WHERE x.table_name = p_table;
+	EXECUTE format('LOCK TABLE %s IN EXCLUSIVE MODE', d.partitioned);
+	-- The tables on the shards go after the commit: it must not be lost.
+	IF current_setting('synchronous_commit') IN ('off', 'local') THEN
+		PERFORM set_config('synchronous_commit', 'on', true);
+	END IF;
+	SELECT * INTO rel FROM pg_class c WHERE c.oid = p_table;
+	SELECT n.nspname INTO nsp FROM pg_namespace n WHERE n.oid = rel.relnamespace;
+	SELECT r.rolname INTO owner_name FROM pg_roles r WHERE r.oid = rel.relowner;
 	SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum) INTO column_names
 	FROM pg_attribute a WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped;
-	EXECUTE format('INSERT INTO %I.%I (%s) SELECT %s FROM %s',
-				   nsp, local_name, column_names, column_names, d.partitioned);
-	GET DIAGNOSTICS moved = ROW_COUNT;
+
+	-- The view's defaults and grants, for the table.
 	FOR s IN SELECT a.attname, pg_get_expr(ad.adbin, ad.adrelid) AS expr
 			 FROM pg_attrdef ad JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
 			 WHERE ad.adrelid = p_table LOOP
-		EXECUTE format('ALTER TABLE %I.%I ALTER COLUMN %I SET DEFAULT %s', nsp, local_name, s.attname, s.expr);
+		later := later || format('ALTER TABLE %I.%I ALTER COLUMN %I SET DEFAULT %s',
+								 nsp, rel.relname, s.attname, s.expr);
 	END LOOP;
-	EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', nsp, local_name, owner_name);
-	FOR s IN SELECT a.privilege_type, a.is_grantable,
-					CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(g.rolname) END AS grantee
-			 FROM aclexplode(rel.relacl) a LEFT JOIN pg_roles g ON g.oid = a.grantee
-			 WHERE a.grantee <> rel.relowner LOOP
-		EXECUTE format('GRANT %s ON %I.%I TO %s%s', s.privilege_type, nsp, local_name, s.grantee,
-					   CASE WHEN s.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+	FOR s IN SELECT x.privilege_type, x.is_grantable, NULL::name AS attname,
+					CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(g.rolname) END AS grantee
+			 FROM aclexplode(rel.relacl) x LEFT JOIN pg_roles g ON g.oid = x.grantee
+			 WHERE x.grantee <> rel.relowner
+			 UNION ALL
+			 SELECT x.privilege_type, x.is_grantable, a.attname,
+					CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(g.rolname) END
+			 FROM pg_attribute a CROSS JOIN LATERAL aclexplode(a.attacl) x
+			 LEFT JOIN pg_roles g ON g.oid = x.grantee
+			 WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
+			   AND x.grantee <> rel.relowner LOOP
+		later := later || format('GRANT %s%s ON %I.%I TO %s%s', s.privilege_type,
+								 CASE WHEN s.attname IS NULL THEN '' ELSE format(' (%I)', s.attname) END,
+								 nsp, rel.relname, s.grantee,
+								 CASE WHEN s.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
 	END LOOP;
 
-	-- The slots' tables on the shards, where their foreign tables point.
+	-- On every server that holds or may hold a slot of it (an old copy that
+	-- a failed move left, say), the table of its slots, which goes with all
+	-- its slot tables.
 	INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
-	SELECT srv.srvname, d.remote_schema, o.option_value
-	FROM pg_inherits i
-	JOIN pg_foreign_table ft ON ft.ftrelid = i.inhrelid
-	JOIN pg_foreign_server srv ON srv.oid = ft.ftserver
-	CROSS JOIN LATERAL pg_options_to_table(ft.ftoptions) o
-	WHERE i.inhparent = d.partitioned AND o.option_name = 'table_name'
+	SELECT DISTINCT x.server, d.remote_schema, ws._shard_table(d.remote_table)
+	FROM (SELECT srv.srvname AS server
+		  FROM pg_inherits i
+		  JOIN pg_foreign_table ft ON ft.ftrelid = i.inhrelid
+		  JOIN pg_foreign_server srv ON srv.oid = ft.ftserver
+		  WHERE i.inhparent = d.partitioned
+		  UNION SELECT y.placed_on FROM ws.shard_slots y WHERE y.map = d.map AND y.placed_on IS NOT NULL
+		  UNION SELECT y.owner FROM ws.shard_slots y WHERE y.map = d.map AND y.owner IS NOT NULL) x
 	ON CONFLICT DO NOTHING;
 
+	-- The table takes the view's place, under its name (and its
+	-- constraints' names), with the rows.
 	DELETE FROM ws.distributed_tables x WHERE x.table_name = p_table;
 	EXECUTE format('DROP VIEW %s', p_table);
+	EXECUTE format('CREATE TABLE %I.%I (%s)', nsp, rel.relname, d.remote_definition);
+	EXECUTE format('INSERT INTO %I.%I (%s) SELECT %s FROM %s',
+				   nsp, rel.relname, column_names, column_names, d.partitioned);
+	GET DIAGNOSTICS moved = ROW_COUNT;
 	EXECUTE format('DROP TABLE %s', d.partitioned);
-	EXECUTE format('ALTER TABLE %I.%I RENAME TO %I', nsp, local_name, rel.relname);
+	EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', nsp, rel.relname, owner_name);
+	-- Exactly the view's grants: none of the caller's default privileges.
+	FOR s IN SELECT DISTINCT CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(g.rolname) END AS grantee
+			 FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) x
+			 LEFT JOIN pg_roles g ON g.oid = x.grantee
+			 WHERE c.oid = format('%I.%I', nsp, rel.relname)::regclass AND x.grantee <> rel.relowner LOOP
+		EXECUTE format('REVOKE ALL ON %I.%I FROM %s', nsp, rel.relname, s.grantee);
+	END LOOP;
+	FOR i IN 1 .. coalesce(array_length(later, 1), 0) LOOP
+		EXECUTE later[i];
+	END LOOP;
 	PERFORM ws._shard_maps_changed();
 	RETURN moved;
 END

@@ -851,8 +851,13 @@ $coord->safe_psql('postgres', q{
 		note text CHECK (note <> ''));
 	SELECT ws.distribute_table('moods.kept', 'id', 'm2');
 	GRANT SELECT ON moods.kept TO kept_reader;
+	GRANT UPDATE (note) ON moods.kept TO kept_reader;
+	ALTER DEFAULT PRIVILEGES IN SCHEMA moods GRANT DELETE ON TABLES TO kept_reader;
 	INSERT INTO moods.kept (id, note) SELECT i, 'k' || i FROM generate_series(1, 500) i;
 });
+($ret, $out, $err) = $coord->psql('postgres', q{BEGIN; SELECT 1; CALL ws.undistribute_table('moods.kept');});
+like($err, qr/must be the first statement of its transaction/,
+	'ws.undistribute_table refuses to run after other statements of its transaction');
 is($coord->safe_psql('postgres', q{CALL ws.undistribute_table('moods.kept')}), '500',
 	'ws.undistribute_table brings back every row');
 is($coord->safe_psql('postgres', q{
@@ -865,8 +870,13 @@ is($coord->safe_psql('postgres', q{INSERT INTO moods.kept (id, note) VALUES (501
 like($err, qr/duplicate key value violates unique constraint/, 'and its primary key');
 ($ret, $out, $err) = $coord->psql('postgres', q{INSERT INTO moods.kept (id, note) VALUES (502, '')});
 like($err, qr/violates check constraint/, 'and its CHECK constraint');
-is($coord->safe_psql('postgres', q{SELECT has_table_privilege('kept_reader', 'moods.kept', 'SELECT')}), 't',
-	'and its grants');
+is($coord->safe_psql('postgres', q{
+	SELECT has_table_privilege('kept_reader', 'moods.kept', 'SELECT') || ' ' ||
+		   has_column_privilege('kept_reader', 'moods.kept', 'note', 'UPDATE') || ' ' ||
+		   has_table_privilege('kept_reader', 'moods.kept', 'DELETE')}),
+	'true true false', 'and its grants, those on columns too, and no default privileges of the caller');
+is($coord->safe_psql('postgres', q{SELECT conname FROM pg_constraint WHERE conrelid = 'moods.kept'::regclass AND contype = 'p'}),
+	'kept_pkey', 'its constraints are named after it');
 is($coord->safe_psql('postgres', q{
 	SELECT (to_regclass('ws_dist.kept') IS NULL)::text || ' ' ||
 		   (SELECT count(*) FROM ws.distributed_tables WHERE remote_table = 'kept') || ' ' ||
