@@ -371,8 +371,19 @@ layout_change(TupleDesc then, TupleDesc now)
 static bool
 same_layout(TupleDesc a, TupleDesc b)
 {
-	return a->natts == b->natts && layout_change(a, b) == LAYOUT_SAME &&
-		layout_change(b, a) == LAYOUT_SAME;
+	if (a->natts != b->natts)
+		return false;
+	for (int i = 0; i < a->natts; i++)
+	{
+		Form_pg_attribute x = TupleDescAttr(a, i);
+		Form_pg_attribute y = TupleDescAttr(b, i);
+
+		if (x->atttypid != y->atttypid || x->atttypmod != y->atttypmod ||
+			x->attisdropped != y->attisdropped || x->attlen != y->attlen ||
+			x->attalign != y->attalign || x->attbyval != y->attbyval)
+			return false;
+	}
+	return true;
 }
 
 /*
@@ -557,7 +568,6 @@ flush_buffer(TableBuffer *buf)
 		change = Max(change, row_change);
 	}
 	direct = change == LAYOUT_SAME && ws_bulk_direct_applies(rel);
-	initStringInfo(&data);
 
 	if (!ActiveSnapshotSet())
 	{
@@ -594,6 +604,7 @@ flush_buffer(TableBuffer *buf)
 			 * client encoding too.
 			 */
 			client_encoding = ws_enter_database_encoding();
+			initStringInfo(&data);
 			serialise_rows(rel, &rows, &data);
 			copy_data = &data;
 			pstate = make_parsestate(NULL);
