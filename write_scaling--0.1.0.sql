@@ -1556,6 +1556,30 @@ AS $$
 				 format('%I.%I', d.remote_schema, ws._slot_table(d.remote_table, slot)) AS slot_table) n
 $$;
 
+-- The GRANT statements that give target (a qualified name) the privileges
+-- that roles other than its owner hold on source, on the whole of it and
+-- on its columns.
+CREATE FUNCTION ws._grant_commands(source regclass, target text)
+RETURNS SETOF text
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format('GRANT %s%s ON %s TO %s%s', x.privilege_type,
+				  CASE WHEN x.attname IS NULL THEN '' ELSE format(' (%I)', x.attname) END, target,
+				  CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(g.rolname) END,
+				  CASE WHEN x.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+	FROM (SELECT NULL::name AS attname, e.*
+		  FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) e
+		  WHERE c.oid = source AND e.grantee <> c.relowner
+		  UNION ALL
+		  SELECT a.attname, e.*
+		  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+		  CROSS JOIN LATERAL aclexplode(a.attacl) e
+		  WHERE a.attrelid = source AND a.attnum > 0 AND NOT a.attisdropped
+			AND e.grantee <> c.relowner) x
+	LEFT JOIN pg_roles g ON g.oid = x.grantee
+$$;
+
 CREATE FUNCTION ws.distribute_table(table_name regclass, key_column name, map text)
 RETURNS void
 LANGUAGE plpgsql
@@ -1670,11 +1694,13 @@ BEGIN
 				  DETAIL = 'Distributed tables are named by their table name alone, whatever their schema.';
 	END IF;
 
-	SELECT string_agg(format('%I %s%s', a.attname, format_type(a.atttypid, a.atttypmod),
+	SELECT string_agg(format('%I %s%s%s', a.attname, format_type(a.atttypid, a.atttypmod),
+							 CASE WHEN a.attcollation <> t.typcollation
+								  THEN ' COLLATE ' || a.attcollation::regcollation::text ELSE '' END,
 							 CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END), ', ' ORDER BY a.attnum),
 		   string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum)
 	INTO columns, column_names
-	FROM pg_attribute a
+	FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 	WHERE a.attrelid = table_name AND a.attnum > 0 AND NOT a.attisdropped;
 	-- Unnamed: each slot table gets its own index names.
 	SELECT string_agg(pg_get_constraintdef(c.oid), ', ' ORDER BY c.conname)
@@ -1709,6 +1735,10 @@ BEGIN
 	EXECUTE format('CREATE VIEW %I.%I AS SELECT %s FROM %s', nsp, rel.relname, column_names, parent);
 	EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', nsp, rel.relname, owner_name);
 	EXECUTE format('ALTER TABLE %s OWNER TO %I', parent, owner_name);
+	-- Whoever could use the table can use the view.
+	FOR s IN SELECT ws._grant_commands(table_name, format('%I.%I', nsp, rel.relname)) AS command LOOP
+		EXECUTE s.command;
+	END LOOP;
 	FOR s IN SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) AS expr
 			 FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
 			 WHERE d.adrelid = table_name LOOP
@@ -2026,22 +2056,7 @@ BEGIN
 		later := later || format('ALTER TABLE %I.%I ALTER COLUMN %I SET DEFAULT %s',
 								 nsp, rel.relname, s.attname, s.expr);
 	END LOOP;
-	FOR s IN SELECT x.privilege_type, x.is_grantable, NULL::name AS attname,
-					CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(g.rolname) END AS grantee
-			 FROM aclexplode(rel.relacl) x LEFT JOIN pg_roles g ON g.oid = x.grantee
-			 WHERE x.grantee <> rel.relowner
-			 UNION ALL
-			 SELECT x.privilege_type, x.is_grantable, a.attname,
-					CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(g.rolname) END
-			 FROM pg_attribute a CROSS JOIN LATERAL aclexplode(a.attacl) x
-			 LEFT JOIN pg_roles g ON g.oid = x.grantee
-			 WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
-			   AND x.grantee <> rel.relowner LOOP
-		later := later || format('GRANT %s%s ON %I.%I TO %s%s', s.privilege_type,
-								 CASE WHEN s.attname IS NULL THEN '' ELSE format(' (%I)', s.attname) END,
-								 nsp, rel.relname, s.grantee,
-								 CASE WHEN s.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-	END LOOP;
+	later := later || ARRAY(SELECT ws._grant_commands(p_table, format('%I.%I', nsp, rel.relname)));
 
 	-- On every server that holds or may hold a slot of it (an old copy that
 	-- a failed move left, say), the table of its slots, which goes with all
@@ -2131,6 +2146,7 @@ GRANT SELECT ON ws.stat_rebalance TO PUBLIC;
 REVOKE ALL ON FUNCTION ws._shard_exec(name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._lock_slot(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws.distribute_table(regclass, name, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._grant_commands(regclass, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._move_slot(ws.distributed_tables, int, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._move_slots(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._shard_cleanup_one() FROM PUBLIC;

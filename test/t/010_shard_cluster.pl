@@ -842,19 +842,25 @@ is($coord->safe_psql('postgres', q{SELECT (SELECT count(*) FROM local_notes) || 
 
 # --- undistributing ----------------------------------------------------------
 
-# A distributed table taken back: every row comes home, into an ordinary
-# table of the same name with its key, constraints, defaults and grants;
-# its slots are gone, here and on every shard.
+# A table's grants and collations hold for the distributed table.  Taken
+# back, every row comes home, into an ordinary table of the same name with
+# its key, constraints, defaults, collations and grants; its slots are
+# gone, here and on every shard.
 $coord->safe_psql('postgres', q{
 	CREATE ROLE kept_reader;
 	CREATE TABLE moods.kept (id int PRIMARY KEY, noted date NOT NULL DEFAULT '2026-01-01',
-		note text CHECK (note <> ''));
-	SELECT ws.distribute_table('moods.kept', 'id', 'm2');
+		note text COLLATE "C" CHECK (note <> ''));
 	GRANT SELECT ON moods.kept TO kept_reader;
+	SELECT ws.distribute_table('moods.kept', 'id', 'm2');
 	GRANT UPDATE (note) ON moods.kept TO kept_reader;
 	ALTER DEFAULT PRIVILEGES IN SCHEMA moods GRANT DELETE ON TABLES TO kept_reader;
 	INSERT INTO moods.kept (id, note) SELECT i, 'k' || i FROM generate_series(1, 500) i;
 });
+is($coord->safe_psql('postgres', q{
+	SELECT has_table_privilege('kept_reader', 'moods.kept', 'SELECT') || ' ' ||
+		   (SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+			WHERE a.attrelid = 'moods.kept'::regclass AND a.attname = 'note')}),
+	'true C', 'a distributed table keeps the grants and collations of the table it was');
 ($ret, $out, $err) = $coord->psql('postgres', q{BEGIN; SELECT 1; CALL ws.undistribute_table('moods.kept');});
 like($err, qr/must be the first statement of its transaction/,
 	'ws.undistribute_table refuses to run after other statements of its transaction');
@@ -877,6 +883,10 @@ is($coord->safe_psql('postgres', q{
 	'true true false', 'and its grants, those on columns too, and no default privileges of the caller');
 is($coord->safe_psql('postgres', q{SELECT conname FROM pg_constraint WHERE conrelid = 'moods.kept'::regclass AND contype = 'p'}),
 	'kept_pkey', 'its constraints are named after it');
+is($coord->safe_psql('postgres', q{
+	SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+	WHERE a.attrelid = 'moods.kept'::regclass AND a.attname = 'note'}),
+	'C', 'and its columns keep their collations');
 is($coord->safe_psql('postgres', q{
 	SELECT (to_regclass('ws_dist.kept') IS NULL)::text || ' ' ||
 		   (SELECT count(*) FROM ws.distributed_tables WHERE remote_table = 'kept') || ' ' ||
