@@ -902,4 +902,29 @@ for my $server (qw(s1 s2 s3))
 ($ret, $out, $err) = $coord->psql('postgres', q{CALL ws.undistribute_table('moods.kept')});
 like($err, qr/"moods.kept" is not a distributed table/, 'an ordinary table cannot be undistributed');
 
+# A writer in the middle of its transaction holds ws.undistribute_table
+# back, and its rows come home too.
+$coord->safe_psql('postgres', q{
+	CREATE TABLE moods.busy (id int PRIMARY KEY);
+	SELECT ws.distribute_table('moods.busy', 'id', 'm2');
+	INSERT INTO moods.busy SELECT generate_series(1, 100);
+});
+my $busy_writer = $coord->background_psql('postgres');
+$busy_writer->query_safe(q{BEGIN; INSERT INTO moods.busy SELECT generate_series(101, 200);});
+my $undistributor = $coord->background_psql('postgres', on_error_stop => 0);
+$undistributor->query_until(qr/started/, q{\echo started
+CALL ws.undistribute_table('moods.busy');
+});
+ok($coord->poll_query_until('postgres', q{
+	SELECT count(*) > 0 FROM pg_stat_activity
+	WHERE wait_event_type = 'Lock' AND query LIKE 'CALL ws.undistribute_table%'}),
+	'ws.undistribute_table waits for a writer of the table');
+$busy_writer->query_safe('COMMIT');
+$busy_writer->quit;
+$undistributor->quit;
+is($coord->safe_psql('postgres', q{
+	SELECT (SELECT relkind::text FROM pg_class WHERE oid = 'moods.busy'::regclass) || ' ' || count(*)
+	FROM moods.busy}),
+	'r 200', 'then takes the table back with the writer\'s rows');
+
 done_testing();
