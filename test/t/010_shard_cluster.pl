@@ -864,6 +864,9 @@ is($coord->safe_psql('postgres', q{
 ($ret, $out, $err) = $coord->psql('postgres', q{BEGIN; SELECT 1; CALL ws.undistribute_table('moods.kept');});
 like($err, qr/must be the first statement of its transaction/,
 	'ws.undistribute_table refuses to run after other statements of its transaction');
+($ret, $out, $err) = $coord->psql('postgres',
+	q{SET default_transaction_isolation = 'repeatable read'; CALL ws.undistribute_table('moods.kept');});
+like($err, qr/needs a READ COMMITTED transaction/, 'and to run at REPEATABLE READ');
 is($coord->safe_psql('postgres', q{CALL ws.undistribute_table('moods.kept')}), '500',
 	'ws.undistribute_table brings back every row');
 is($coord->safe_psql('postgres', q{
