@@ -189,13 +189,10 @@ ws_bulk_insert_direct(Relation rel, HeapTuple *tuples, int ntuples)
 			ResetPerTupleExprContext(estate);
 		}
 
-		/* table_multi_insert may leak, as CopyFrom notes. */
+		/* table_multi_insert and the index entries may leak, as CopyFrom notes. */
 		progress.row = 0;
 		old = MemoryContextSwitchTo(GetPerTupleMemoryContext(estate));
 		table_multi_insert(rel, slots, n, cid, 0, bistate);
-		MemoryContextSwitchTo(old);
-
-		old = MemoryContextSwitchTo(GetPerTupleMemoryContext(estate));
 		for (int i = 0; i < n; i++)
 		{
 			progress.row = start + i + 1;
