@@ -1214,21 +1214,18 @@ set_transmission_modes(void)
 }
 
 /*
- * append_row appends a row to buf as a COPY line, with its slot last (in
+ * append_row appends a row (its values, deformed) to buf as a COPY line, with its slot last (in
  * COPY's binary format if the table's rows travel so); the first row of a
  * buffer is also kept as text, for an INSERT.  Called in a short-lived
  * memory context.
  */
 static void
-append_row(SlotBuffer *buf, TupleDesc desc, HeapTuple tuple)
+append_row(SlotBuffer *buf, TupleDesc desc, Datum *values, bool *nulls)
 {
 	DistEntry  *dist = buf->dist;
 	bool		as_text = buf->rows == 0 || !dist->binary;
 	int			guc_level = as_text ? set_transmission_modes() : -1;
-	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
-	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
 
-	heap_deform_tuple(tuple, desc, values, nulls);
 	if (dist->binary)
 		pq_sendint16(&buf->copy_data, dist->ncolumns + 1);
 	for (int i = 0, n = 0; i < desc->natts; i++)
@@ -1302,6 +1299,8 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	int			slot;
 	SlotInfo   *info;
 	SubTransactionId subid = GetCurrentSubTransactionId();
+	Datum	   *values;
+	bool	   *nulls;
 	int			client_encoding;
 	MemoryContext caller_context;
 
@@ -1323,11 +1322,15 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 											ALLOCSET_DEFAULT_SIZES);
 	MemoryContextReset(row_context);
 	caller_context = MemoryContextSwitchTo(row_context);
+	values = palloc(sizeof(Datum) * desc->natts);
+	nulls = palloc(sizeof(bool) * desc->natts);
+	heap_deform_tuple(tuple, desc, values, nulls);
 
 	for (;;)
 	{
 		dist = open_dist(view);
-		key = heap_getattr(tuple, dist->key_attnum, desc, &isnull);
+		key = values[dist->key_attnum - 1];
+		isnull = nulls[dist->key_attnum - 1];
 		if (isnull)
 			ereport(ERROR,
 					(errcode(ERRCODE_NOT_NULL_VIOLATION),
@@ -1392,12 +1395,12 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(row_context);
 	client_encoding = dist->binary ? ws_enter_database_encoding() : -1;
 	if (client_encoding < 0)
-		append_row(buf, desc, tuple);
+		append_row(buf, desc, values, nulls);
 	else
 	{
 		PG_TRY();
 		{
-			append_row(buf, desc, tuple);
+			append_row(buf, desc, values, nulls);
 		}
 		PG_FINALLY();
 		{
