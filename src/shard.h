@@ -17,6 +17,7 @@ extern uint64 ws_key_hash(const char *bytes, int len, uint64 seed);
 extern int	ws_key_slot(const char *bytes, int len, int nslots);
 
 /* shard_route.c */
+typedef struct RouteStream RouteStream;
 extern void ws_shard_register_callbacks(void);
 extern bool ws_shard_is_distributed(Relation view);
 extern void ws_shard_open_connections(Relation view);
@@ -26,6 +27,15 @@ extern void ws_shard_insert_row(Oid serverid, Oid userid, const char *sql,
 								const char *table, int slot, const char *remote_table);
 extern void ws_shard_rethrow_write_error(int nrows, const char *table, Oid serverid,
 										 int slot, const char *remote_table) pg_attribute_noreturn();
+extern bool ws_shard_routes_only(Relation view);
+extern RouteStream *ws_route_stream_begin(Relation view);
+extern void ws_route_stream_row(RouteStream *stream, Datum *values, bool *nulls);
+extern void ws_route_stream_send(RouteStream *stream);
+extern uint64 ws_route_stream_end(RouteStream *stream);
+extern void ws_route_stream_abort(RouteStream *stream);
+
+/* shard_copy.c */
+extern void ws_shard_copy_register(void);
 
 /* shard_conn.c */
 extern bool ws_shard_can_run_alone(Oid serverid, Oid userid);

@@ -39,6 +39,7 @@
 #include "catalog/namespace.h"
 #include "access/transam.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
@@ -80,6 +81,9 @@
 /* A slot's buffer is sent when it holds this many rows or bytes. */
 #define ROUTE_BATCH_ROWS	1000
 #define ROUTE_BATCH_BYTES	(256 * 1024)
+
+/* A stream hands a server its rows in pieces of this size. */
+#define ROUTE_STREAM_BYTES	(16 * 1024)
 
 /* postgres_fdw's connection functions (contrib/postgres_fdw/connection.c). */
 typedef PGconn *(*GetConnection_fn) (UserMapping *user, bool will_prep_stmt, void **state);
@@ -1214,49 +1218,34 @@ set_transmission_modes(void)
 }
 
 /*
- * append_row appends a row (its values, deformed) to buf as a COPY line, with its slot last (in
- * COPY's binary format if the table's rows travel so); the first row of a
- * buffer is also kept as text, for an INSERT.  Called in a short-lived
- * memory context.
+ * append_line appends a row (its values, deformed) to out as a COPY line for
+ * slot, the slot last, in COPY's binary format if the table's rows travel so.
  */
 static void
-append_row(SlotBuffer *buf, TupleDesc desc, Datum *values, bool *nulls)
+append_line(StringInfo out, DistEntry *dist, TupleDesc desc, Datum *values, bool *nulls,
+			int slot)
 {
-	DistEntry  *dist = buf->dist;
-	bool		as_text = buf->rows == 0 || !dist->binary;
-	int			guc_level = as_text ? set_transmission_modes() : -1;
+	int			guc_level = dist->binary ? -1 : set_transmission_modes();
 
 	if (dist->binary)
-		pq_sendint16(&buf->copy_data, dist->ncolumns + 1);
+		pq_sendint16(out, dist->ncolumns + 1);
 	for (int i = 0, n = 0; i < desc->natts; i++)
 	{
-		Datum		value = values[i];
-		bool		null = nulls[i];
-		char	   *text = NULL;
-
 		if (TupleDescAttr(desc, i)->attisdropped)
 			continue;
-		if (!null && as_text)
-			text = OutputFunctionCall(&dist->out_functions[i], value);
-		if (buf->rows == 0)
-		{
-			buf->first_offsets[n] = null ? -1 : buf->first_row.len;
-			if (!null)
-				appendBinaryStringInfo(&buf->first_row, text, strlen(text) + 1);
-		}
-		if (dist->binary && null)
-			pq_sendint32(&buf->copy_data, -1);
+		if (dist->binary && nulls[i])
+			pq_sendint32(out, -1);
 		else if (dist->binary)
-			ws_append_binary_value(&buf->copy_data, dist->binary_forms[i],
-								   &dist->send_functions[i], value);
+			ws_append_binary_value(out, dist->binary_forms[i], &dist->send_functions[i],
+								   values[i]);
 		else
 		{
 			if (n > 0)
-				appendStringInfoChar(&buf->copy_data, '\t');
-			if (null)
-				appendStringInfoString(&buf->copy_data, "\\N");
+				appendStringInfoChar(out, '\t');
+			if (nulls[i])
+				appendStringInfoString(out, "\\N");
 			else
-				append_copy_value(&buf->copy_data, text);
+				append_copy_value(out, OutputFunctionCall(&dist->out_functions[i], values[i]));
 		}
 		n++;
 	}
@@ -1264,74 +1253,72 @@ append_row(SlotBuffer *buf, TupleDesc desc, Datum *values, bool *nulls)
 		AtEOXact_GUC(true, guc_level);
 	if (dist->binary)
 	{
-		pq_sendint32(&buf->copy_data, sizeof(int16));
-		pq_sendint16(&buf->copy_data, buf->slot);
+		pq_sendint32(out, sizeof(int16));
+		pq_sendint16(out, slot);
 	}
 	else
 	{
 		char		slot_text[16];
 
 		slot_text[0] = '\t';
-		appendBinaryStringInfo(&buf->copy_data, slot_text, 1 + pg_ltoa(buf->slot, slot_text + 1));
-		appendStringInfoChar(&buf->copy_data, '\n');
+		appendBinaryStringInfo(out, slot_text, 1 + pg_ltoa(slot, slot_text + 1));
+		appendStringInfoChar(out, '\n');
 	}
 }
 
 /*
- * ws._route_insert() is the INSTEAD OF INSERT row trigger of a distributed
- * table: it buffers the row for its slot and returns it.
+ * append_row appends a row to buf; the first row of a buffer is also kept
+ * as text, for an INSERT.  Called in a short-lived memory context.
  */
-Datum
-write_scaling_route_insert(PG_FUNCTION_ARGS)
+static void
+append_row(SlotBuffer *buf, TupleDesc desc, Datum *values, bool *nulls)
 {
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	Relation	view;
-	TupleDesc	desc;
-	HeapTuple	tuple;
-	DistEntry  *dist;
-	SlotBuffer *buf;
-	MemoryContext old;
-	Datum		key;
-	bool		isnull;
-	char	   *key_text;
-	char		key_digits[MAXINT8LEN + 1];
-	int			key_len;
-	int			slot;
-	SlotInfo   *info;
+	if (buf->rows == 0)
+	{
+		int			guc_level = set_transmission_modes();
+
+		for (int i = 0, n = 0; i < desc->natts; i++)
+		{
+			char	   *text;
+
+			if (TupleDescAttr(desc, i)->attisdropped)
+				continue;
+			buf->first_offsets[n++] = nulls[i] ? -1 : buf->first_row.len;
+			if (nulls[i])
+				continue;
+			text = OutputFunctionCall(&buf->dist->out_functions[i], values[i]);
+			appendBinaryStringInfo(&buf->first_row, text, strlen(text) + 1);
+		}
+		if (guc_level >= 0)
+			AtEOXact_GUC(true, guc_level);
+	}
+	append_line(&buf->copy_data, buf->dist, desc, values, nulls, buf->slot);
+}
+
+/*
+ * route_slot returns the slot of a row (deformed) of a distributed table,
+ * having locked the slot's foreign table, and sets *dist to the table's
+ * entry as it stands once the lock is held.
+ */
+static int
+route_slot(Relation view, Datum *values, bool *nulls, DistEntry **dist_out)
+{
+	TupleDesc	desc = RelationGetDescr(view);
 	SubTransactionId subid = GetCurrentSubTransactionId();
-	Datum	   *values;
-	bool	   *nulls;
-	int			client_encoding;
-	MemoryContext caller_context;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_INSTEAD(trigdata->tg_event) ||
-		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("ws._route_insert() must be an INSTEAD OF INSERT row trigger")));
-	view = trigdata->tg_relation;
-	desc = RelationGetDescr(view);
-	tuple = trigdata->tg_trigtuple;
-
-	/*
-	 * Values are converted in a context reset for each row; only their
-	 * escaped text goes into the buffer (which grows in its own context).
-	 */
-	if (row_context == NULL)
-		row_context = AllocSetContextCreate(TopMemoryContext, "write_scaling routed row",
-											ALLOCSET_DEFAULT_SIZES);
-	MemoryContextReset(row_context);
-	caller_context = MemoryContextSwitchTo(row_context);
-	values = palloc(sizeof(Datum) * desc->natts);
-	nulls = palloc(sizeof(bool) * desc->natts);
-	heap_deform_tuple(tuple, desc, values, nulls);
+	DistEntry  *dist;
+	int			slot;
 
 	for (;;)
 	{
+		Datum		key;
+		char	   *key_text;
+		char		key_digits[MAXINT8LEN + 1];
+		int			key_len;
+		SlotInfo   *info;
+
 		dist = open_dist(view);
 		key = values[dist->key_attnum - 1];
-		isnull = nulls[dist->key_attnum - 1];
-		if (isnull)
+		if (nulls[dist->key_attnum - 1])
 			ereport(ERROR,
 					(errcode(ERRCODE_NOT_NULL_VIOLATION),
 					 errmsg("null value in column \"%s\" of distributed table \"%s\"",
@@ -1374,6 +1361,52 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 		}
 		UnlockRelationOid(info->partition, RowExclusiveLock);
 	}
+	*dist_out = dist;
+	return slot;
+}
+
+/*
+ * ws._route_insert() is the INSTEAD OF INSERT row trigger of a distributed
+ * table: it buffers the row for its slot and returns it.
+ */
+Datum
+write_scaling_route_insert(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	view;
+	TupleDesc	desc;
+	HeapTuple	tuple;
+	DistEntry  *dist;
+	SlotBuffer *buf;
+	MemoryContext old;
+	int			slot;
+	Datum	   *values;
+	bool	   *nulls;
+	int			client_encoding;
+	MemoryContext caller_context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_INSTEAD(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("ws._route_insert() must be an INSTEAD OF INSERT row trigger")));
+	view = trigdata->tg_relation;
+	desc = RelationGetDescr(view);
+	tuple = trigdata->tg_trigtuple;
+
+	/*
+	 * Values are converted in a context reset for each row; only their
+	 * escaped text goes into the buffer (which grows in its own context).
+	 */
+	if (row_context == NULL)
+		row_context = AllocSetContextCreate(TopMemoryContext, "write_scaling routed row",
+											ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(row_context);
+	caller_context = MemoryContextSwitchTo(row_context);
+	values = palloc(sizeof(Datum) * desc->natts);
+	nulls = palloc(sizeof(bool) * desc->natts);
+	heap_deform_tuple(tuple, desc, values, nulls);
+	slot = route_slot(view, values, nulls, &dist);
 
 	buf = buffer_for(dist, slot);
 	old = MemoryContextSwitchTo(buffer_context);
@@ -1431,6 +1464,373 @@ write_scaling_route_flush(PG_FUNCTION_ARGS)
 				 errmsg("ws._route_flush() must be a statement trigger")));
 	send_all();
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * ws_shard_routes_only tells whether a relation is a distributed table whose
+ * only triggers are its routing ones, both firing: rows inserted into it
+ * need nothing but routing.
+ */
+bool
+ws_shard_routes_only(Relation view)
+{
+	TriggerDesc *triggers = view->trigdesc;
+	bool		route = false;
+	bool		flush = false;
+
+	if (view->rd_rel->relkind != RELKIND_VIEW || triggers == NULL)
+		return false;
+	for (int i = 0; i < triggers->numtriggers; i++)
+	{
+		Trigger    *trigger = &triggers->triggers[i];
+		bool		fires;
+		FmgrInfo	function;
+
+		if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
+			fires = trigger->tgenabled == TRIGGER_FIRES_ALWAYS ||
+				trigger->tgenabled == TRIGGER_FIRES_ON_REPLICA;
+		else
+			fires = trigger->tgenabled == TRIGGER_FIRES_ALWAYS ||
+				trigger->tgenabled == TRIGGER_FIRES_ON_ORIGIN;
+		if (!fires)
+			continue;
+		fmgr_info(trigger->tgfoid, &function);
+		if (function.fn_addr == write_scaling_route_insert &&
+			trigger->tgtype == (TRIGGER_TYPE_ROW | TRIGGER_TYPE_INSTEAD | TRIGGER_TYPE_INSERT))
+			route = true;
+		else if (function.fn_addr == write_scaling_route_flush &&
+				 trigger->tgtype == (TRIGGER_TYPE_AFTER | TRIGGER_TYPE_INSERT))
+			flush = true;
+		else
+			return false;
+	}
+	return route && flush;
+}
+
+/* --- streams: a COPY's rows sent while it runs (shard_copy.c) ------------ */
+
+/* A server's share of a stream: one COPY into its table of slots. */
+typedef struct ServerStream
+{
+	Oid			serverid;
+	PGconn	   *conn;			/* once its COPY has begun */
+	StringInfoData data;		/* rows not yet handed to libpq */
+	int64		rows;
+	bool		done;			/* its COPY has ended */
+} ServerStream;
+
+struct RouteStream
+{
+	Relation	view;
+	MemoryContext context;
+	char	   *sql;			/* the COPY each server runs */
+	bool		binary;
+	List	   *servers;		/* ServerStreams */
+	ServerStream *full;			/* one whose rows are due to go */
+	uint64		rows;
+};
+
+static const char binary_header[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+static const char binary_trailer[2] = "\377\377";
+
+/*
+ * ws_route_stream_begin prepares to stream rows of a distributed table to
+ * its shards.  Connections open as each server's first rows are due.
+ */
+RouteStream *
+ws_route_stream_begin(Relation view)
+{
+	RouteStream *stream = palloc0(sizeof(RouteStream));
+	DistEntry  *dist = open_dist(view);
+	StringInfoData sql;
+
+	stream->view = view;
+	stream->context = AllocSetContextCreate(CurrentMemoryContext, "write_scaling COPY stream",
+											ALLOCSET_DEFAULT_SIZES);
+	initStringInfo(&sql);
+	copy_command(&sql, dist, dist->shard_table);
+	stream->sql = sql.data;
+	stream->binary = dist->binary;
+	return stream;
+}
+
+/*
+ * stream_error raises the error being handled again, naming the server.
+ */
+static void
+stream_error(RouteStream *stream, ServerStream *server)
+{
+	MemoryContext old = MemoryContextSwitchTo(stream->context);
+	ErrorData  *edata = CopyErrorData();
+
+	FlushErrorState();
+	MemoryContextSwitchTo(old);
+	ereport(ERROR,
+			(errcode(edata->sqlerrcode),
+			 errmsg("could not write rows of \"%s\" to shard server \"%s\": %s",
+					RelationGetRelationName(stream->view),
+					GetForeignServer(server->serverid)->servername, edata->message),
+			 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+			 edata->hint ? errhint("%s", edata->hint) : 0));
+}
+
+/*
+ * stream_failed raises the error that ended a server's COPY early: the
+ * shard's, which libpq keeps as a result, or the connection's.
+ */
+static void
+stream_failed(RouteStream *stream, ServerStream *server)
+{
+	PGresult   *res;
+
+	while ((res = PQgetResult(server->conn)) != NULL)
+	{
+		if (PQresultStatus(res) == PGRES_FATAL_ERROR)
+			fdw_report_error(ERROR, res, server->conn, true, stream->sql);
+		if (PQresultStatus(res) == PGRES_COPY_IN)
+		{
+			PQclear(res);
+			break;
+		}
+		PQclear(res);
+	}
+	fdw_report_error(ERROR, NULL, server->conn, false, stream->sql);
+}
+
+/*
+ * stream_send hands a server's rows to libpq, beginning its COPY first if
+ * need be.  A shard that fails in the middle of a COPY reads the rest and
+ * drops it; its error comes when the COPY ends (libpq reads no result
+ * before that).
+ */
+static void
+stream_send(RouteStream *stream, ServerStream *server)
+{
+	PG_TRY();
+	{
+		if (server->conn == NULL)
+		{
+			PGconn	   *conn = connection(server->serverid);
+			PGresult   *res;
+
+			if (!PQsendQuery(conn, stream->sql))
+				fdw_report_error(ERROR, NULL, conn, false, stream->sql);
+			res = copy_in_result(conn, stream->sql);
+			if (PQresultStatus(res) != PGRES_COPY_IN)
+				fdw_report_error(ERROR, res, conn, true, stream->sql);
+			PQclear(res);
+			server->conn = conn;
+			if (stream->binary &&
+				PQputCopyData(conn, binary_header, sizeof(binary_header)) != 1)
+				stream_failed(stream, server);
+		}
+		if (PQputCopyData(server->conn, server->data.data, server->data.len) != 1)
+			stream_failed(stream, server);
+		resetStringInfo(&server->data);
+	}
+	PG_CATCH();
+	{
+		stream_error(stream, server);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * ws_route_stream_row routes a row (deformed) of the stream's table: the
+ * row joins its server's share, which ws_route_stream_send sends once it is
+ * large enough.  Called in a short-lived memory context.
+ */
+void
+ws_route_stream_row(RouteStream *stream, Datum *values, bool *nulls)
+{
+	DistEntry  *dist;
+	int			slot = route_slot(stream->view, values, nulls, &dist);
+	Oid			serverid = dist->slots[slot].serverid;
+	ServerStream *server = NULL;
+	ListCell   *lc;
+	int			client_encoding;
+
+	foreach(lc, stream->servers)
+		if (((ServerStream *) lfirst(lc))->serverid == serverid)
+			server = lfirst(lc);
+	if (server == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(stream->context);
+
+		server = palloc0(sizeof(ServerStream));
+		server->serverid = serverid;
+		initStringInfo(&server->data);
+		stream->servers = lappend(stream->servers, server);
+		MemoryContextSwitchTo(old);
+	}
+
+	client_encoding = dist->binary ? ws_enter_database_encoding() : -1;
+	if (client_encoding < 0)
+		append_line(&server->data, dist, RelationGetDescr(stream->view), values, nulls, slot);
+	else
+	{
+		PG_TRY();
+		{
+			append_line(&server->data, dist, RelationGetDescr(stream->view), values, nulls, slot);
+		}
+		PG_FINALLY();
+		{
+			ws_leave_database_encoding(client_encoding);
+		}
+		PG_END_TRY();
+	}
+	server->rows++;
+	stream->rows++;
+	if (server->data.len >= ROUTE_STREAM_BYTES)
+		stream->full = server;
+}
+
+/*
+ * ws_route_stream_send sends the rows of a server whose share grew large
+ * enough, if any.
+ */
+void
+ws_route_stream_send(RouteStream *stream)
+{
+	if (stream->full == NULL)
+		return;
+	stream_send(stream, stream->full);
+	stream->full = NULL;
+}
+
+/*
+ * ws_route_stream_end sends what is left, ends every server's COPY and
+ * waits for them all; returns the rows routed.
+ */
+uint64
+ws_route_stream_end(RouteStream *stream)
+{
+	WaitEventSet *volatile set = NULL;
+	ServerStream *volatile current = NULL;
+	int			pending = 0;
+	ListCell   *lc;
+
+	foreach(lc, stream->servers)
+	{
+		ServerStream *server = lfirst(lc);
+
+		stream_send(stream, server);
+		current = server;
+		PG_TRY();
+		{
+			if ((stream->binary &&
+				 PQputCopyData(server->conn, binary_trailer, sizeof(binary_trailer)) != 1) ||
+				PQputCopyEnd(server->conn, NULL) != 1)
+				stream_failed(stream, server);
+		}
+		PG_CATCH();
+		{
+			stream_error(stream, server);
+		}
+		PG_END_TRY();
+		pending++;
+	}
+
+	PG_TRY();
+	{
+		set = CreateWaitEventSet(CurrentMemoryContext, list_length(stream->servers) + 1);
+		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		foreach(lc, stream->servers)
+		{
+			ServerStream *server = lfirst(lc);
+
+			AddWaitEventToSet(set, WL_SOCKET_READABLE, PQsocket(server->conn), NULL, server);
+		}
+		while (pending > 0)
+		{
+			WaitEvent	events[16];
+			int			n;
+
+			foreach(lc, stream->servers)
+			{
+				ServerStream *server = lfirst(lc);
+				PGresult   *res;
+
+				current = server;
+				while (!server->done && !PQisBusy(server->conn))
+				{
+					res = PQgetResult(server->conn);
+					if (res == NULL)
+					{
+						server->done = true;
+						pending--;
+						break;
+					}
+					if (PQresultStatus(res) != PGRES_COMMAND_OK)
+						fdw_report_error(ERROR, res, server->conn, true, stream->sql);
+					PQclear(res);
+				}
+			}
+			if (pending == 0)
+				break;
+			n = WaitEventSetWait(set, -1, events, lengthof(events), PG_WAIT_EXTENSION);
+			for (int i = 0; i < n; i++)
+			{
+				ServerStream *server = events[i].user_data;
+
+				if (events[i].events & WL_LATCH_SET)
+				{
+					ResetLatch(MyLatch);
+					CHECK_FOR_INTERRUPTS();
+				}
+				current = server;
+				if ((events[i].events & WL_SOCKET_READABLE) && !server->done &&
+					!PQconsumeInput(server->conn))
+					fdw_report_error(ERROR, NULL, server->conn, false, stream->sql);
+			}
+		}
+		FreeWaitEventSet(set);
+		set = NULL;
+	}
+	PG_CATCH();
+	{
+		if (set != NULL)
+			FreeWaitEventSet(set);	/* its epoll descriptor */
+		stream_error(stream, current);
+	}
+	PG_END_TRY();
+
+	foreach(lc, stream->servers)
+	{
+		ServerStream *server = lfirst(lc);
+
+		note_routed(server->serverid, server->rows);
+	}
+	return stream->rows;
+}
+
+/*
+ * ws_route_stream_abort ends every COPY still open with an error, so that
+ * postgres_fdw finds its connections idle when it rolls back the remote
+ * transactions.  Raises nothing: called while an error is handled.
+ */
+void
+ws_route_stream_abort(RouteStream *stream)
+{
+	ListCell   *lc;
+
+	foreach(lc, stream->servers)
+	{
+		ServerStream *server = lfirst(lc);
+		PGresult   *res;
+
+		if (server->conn == NULL || server->done || PQstatus(server->conn) == CONNECTION_BAD)
+			continue;
+		server->done = true;
+		if (PQputCopyEnd(server->conn, "write_scaling: the COPY failed") != 1)
+			continue;
+		while ((res = PQgetResult(server->conn)) != NULL)
+		{
+			PQclear(res);
+			if (PQstatus(server->conn) == CONNECTION_BAD)
+				break;
+		}
+	}
 }
 
 /* --- transaction callbacks ------------------------------------------------ */
@@ -1530,6 +1930,7 @@ void
 ws_shard_register_callbacks(void)
 {
 	/* Callbacks run newest first: the check of unsent rows before the wait. */
+	ws_shard_copy_register();	/* before shard_defer.c's hook, inside it */
 	ws_defer_register();
 	RegisterXactCallback(route_xact_callback, NULL);
 	RegisterSubXactCallback(route_subxact_callback, NULL);

@@ -129,16 +129,27 @@ $coord->safe_psql('postgres', q{
 	INSERT INTO orders (id, customer, amount) SELECT i, cust(i), i % 1000 FROM generate_series(605, 60000) i});
 $expected{$_} = 1 for 605 .. 60000;
 
-# COPY FROM STDIN into the view, through psql.
+# copy_lines($from, $to): COPY text lines for those ids, as cust() has them.
+sub copy_lines
 {
-	my $copy = "COPY orders (id, customer, amount) FROM STDIN;\n";
-	for my $i (60001 .. 100000)
+	my ($from, $to) = @_;
+	my $lines = '';
+	for my $i ($from .. $to)
 	{
 		my $c = 'c' . ($i % 97) . ($i % 10 == 0 ? "\\t\\\\ \\n" : '');
-		$copy .= "$i\t$c\t" . ($i % 1000) . "\n";
+		$lines .= "$i\t$c\t" . ($i % 1000) . "\n";
 	}
-	$copy .= "\\.\n";
-	$coord->safe_psql('postgres', $copy);
+	return $lines;
+}
+
+# COPY FROM STDIN into the view, through psql.  It streams to the shards
+# (shard_copy.c), as DEBUG1 says; more below.
+{
+	my ($ret, $out, $err) = $coord->psql('postgres',
+		"SET client_min_messages = debug1;\nCOPY orders (id, customer, amount) FROM STDIN;\n"
+		  . copy_lines(60001, 100000) . "\\.\n");
+	is($ret, 0, 'COPY of 40,000 rows into the distributed table') or diag($err);
+	like($err, qr/COPY into distributed table "orders" streams to its shards/, 'and it streams to the shards');
 	$expected{$_} = 1 for 60001 .. 100000;
 }
 
@@ -437,6 +448,117 @@ is($coord->safe_psql('postgres', q{
 	SELECT count(*) FROM ws_dist.typed
 	WHERE tableoid::regclass::text <> format('ws_dist.typed_s%s', lpad(ws.key_slot(id::text, 8)::text, 3, '0'))}),
 	'0', 'and each row is in its int2 key\'s slot');
+
+# --- COPY streamed to the shards ---------------------------------------------
+
+# A COPY streams each server its rows while it runs, 64kB at a time: 10,000
+# rows give each server over 100kB, so every shard has rows before the last
+# line is read.  Whatever fails, no row of the COPY stays on any shard.
+learn_slots(700001, 730000);
+my $streams = qr/COPY into distributed table "orders" streams to its shards/;
+
+# copy_into_orders($sql_before, $lines, %psql_options): runs a COPY of $lines
+# after $sql_before, with DEBUG1 and verbose errors; returns psql's ($ret, $err).
+sub copy_into_orders
+{
+	my ($before, $lines, %opt) = @_;
+	my ($ret, $out, $err) = $coord->psql('postgres',
+		"\\set VERBOSITY verbose\nSET client_min_messages = debug1;\n$before\n"
+		  . "COPY orders (id, customer, amount) FROM STDIN;\n$lines\\.\n" . ($opt{after} // ''),
+		on_error_stop => 0);
+	return ($ret, $err);
+}
+
+# on_shards($from, $to): how many rows with ids in that range all shards hold.
+sub on_shards
+{
+	my ($from, $to) = @_;
+	my $n = 0;
+	$n += $_->safe_psql('postgres', "SELECT count(*) FROM orders_shard WHERE id BETWEEN $from AND $to")
+	  for values %shard;
+	return $n;
+}
+
+my ($copy_ret, $copy_err) = copy_into_orders('', copy_lines(700001, 710000));
+is($copy_ret, 0, 'a streamed COPY of 10,000 rows succeeds') or diag($copy_err);
+like($copy_err, $streams, 'and streams');
+is(on_shards(700001, 710000), 10000, 'its rows are on the shards');
+$expected{$_} = 1 for 700001 .. 710000;
+
+($copy_ret, $copy_err) = copy_into_orders('', copy_lines(710001, 720000) . "720001\tx\tnot a number\n");
+like($copy_err, qr/22P02: invalid input syntax for type integer: "not a number"/,
+	'bad input on the last line of a streamed COPY fails with its SQLSTATE');
+like($copy_err, qr/COPY orders, line 10001, column amount/, 'naming the line and column');
+is(on_shards(710001, 720001), 0, 'and none of its rows stays on any shard, though all had some');
+
+($copy_ret, $copy_err) = copy_into_orders('', copy_lines(710001, 720000) . "1\tdup\t1\n");
+like($copy_err, qr/23505: could not write rows of "orders" to shard server "s\d": duplicate key value/,
+	'a key already on its shard fails the streamed COPY with 23505, naming the shard');
+is(on_shards(710001, 720000), 0, 'and none of its rows stays on any shard');
+
+($copy_ret, $copy_err) = copy_into_orders('', "710001\tc\t1\n\\N\tc\t2\n");
+like($copy_err, qr/23502: null value in column "id" of distributed table "orders"/, 'a NULL key fails with 23502');
+like($copy_err, qr/COPY orders, line 2/, 'naming its line');
+is(on_shards(710001, 710001), 0, 'and the row before it is not kept');
+
+# In a transaction: the rows are read back before the commit, and go with a
+# rollback; a COPY that failed in a savepoint leaves postgres_fdw's
+# connection ready for the next.
+($copy_ret, $copy_err) = copy_into_orders('BEGIN;', copy_lines(710001, 720000),
+	after => "SELECT 'read back ' || count(*) FROM orders WHERE id BETWEEN 710001 AND 720000;\nROLLBACK;\n");
+like($copy_err, $streams, 'a COPY in a transaction block streams too');
+is(on_shards(710001, 720000), 0, 'and its rows go with a rollback');
+{
+	my ($ret, $out, $err) = $coord->psql('postgres', "BEGIN;\nCOPY orders (id, customer, amount) FROM STDIN;\n"
+		  . copy_lines(710001, 710100) . "\\.\nSELECT count(*) FROM orders WHERE id BETWEEN 710001 AND 710100;\nROLLBACK;\n");
+	is($out, '100', 'the transaction reads its COPY back before the commit') or diag($err);
+}
+($copy_ret, $copy_err) = copy_into_orders("BEGIN;\nSAVEPOINT a;\nCOPY orders (id, customer, amount) FROM STDIN;\n"
+	  . copy_lines(710001, 715000) . "2\tdup\t2\n\\.\nROLLBACK TO a;", copy_lines(715001, 720000), after => "COMMIT;\n");
+like($copy_err, qr/duplicate key value/, 'a streamed COPY fails in a savepoint');
+is(on_shards(710001, 720000), 5000, 'the next COPY in the transaction succeeds, and only its rows are kept');
+$expected{$_} = 1 for 715001 .. 720000;
+
+# Input in the client's encoding arrives in the database's.
+($copy_ret, $copy_err) = copy_into_orders("SET client_encoding = 'LATIN1';", "720001\t\xe9t\xe9\t1\n");
+is($coord->safe_psql('postgres', 'SELECT customer FROM orders WHERE id = 720001'), "\xc3\xa9t\xc3\xa9",
+	'LATIN1 input arrives as UTF8') or diag($copy_err);
+$coord->safe_psql('postgres', 'UPDATE orders SET customer = cust(id) WHERE id = 720001');
+$expected{720001} = 1;
+
+# Other COPYs go through the view's trigger, and are written all the same:
+# one with a WHERE clause; one whose default calls a function of the user's
+# (which could use postgres_fdw's connection while the COPY holds it); one
+# into a view with a trigger of the user's, which fires.
+($copy_ret, $copy_err) = $coord->psql('postgres',
+	"SET client_min_messages = debug1;\nCOPY orders (id, customer, amount) FROM STDIN WHERE amount >= 0;\n"
+	  . copy_lines(720002, 720100) . "\\.\n");
+unlike($copy_err, $streams, 'a COPY with a WHERE clause goes through the trigger');
+$coord->safe_psql('postgres', q{
+	ALTER VIEW orders ALTER COLUMN customer SET DEFAULT cust(0);
+	CREATE TABLE copy_audit (n int);
+	CREATE FUNCTION copy_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN INSERT INTO copy_audit VALUES (1); RETURN NULL; END $$;
+});
+($copy_ret, $copy_err) = $coord->psql('postgres',
+	"SET client_min_messages = debug1;\nCOPY orders (id, amount) FROM STDIN;\n"
+	  . join('', map { "$_\t" . ($_ % 1000) . "\n" } 720101 .. 720200) . "\\.\n");
+unlike($copy_err, $streams, 'a COPY whose default calls a function of the user\'s goes through the trigger');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM orders WHERE id BETWEEN 720101 AND 720200 AND customer = cust(0)}),
+	'100', 'and fills in the default');
+$coord->safe_psql('postgres', q{
+	UPDATE orders SET customer = cust(id) WHERE id BETWEEN 720101 AND 720200;
+	ALTER VIEW orders ALTER COLUMN customer DROP DEFAULT;
+	CREATE TRIGGER copy_audit BEFORE INSERT ON orders FOR EACH STATEMENT EXECUTE FUNCTION copy_audit();
+});
+($copy_ret, $copy_err) = $coord->psql('postgres',
+	"SET client_min_messages = debug1;\nCOPY orders (id, customer, amount) FROM STDIN;\n"
+	  . copy_lines(720201, 720300) . "\\.\n");
+unlike($copy_err, $streams, 'a COPY into a view with a trigger of the user\'s goes through the trigger');
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM copy_audit'), '1', 'which fires');
+$coord->safe_psql('postgres', q{DROP TRIGGER copy_audit ON orders; DROP TABLE copy_audit; DROP FUNCTION copy_audit()});
+is(on_shards(720002, 720300), 299, 'the rows of all three are on the shards');
+$expected{$_} = 1 for 720002 .. 720300;
 
 # Terminated on the shard while idle, the connection is noticed as closed
 # and replaced.
@@ -775,6 +897,10 @@ isnt($ret, 0, "with s3 down, an INSERT of a key s3 holds ($on_s3) fails");
 like($err, qr/shard server "s3"/, 'and the error names the server');
 ($ret, $out, $err) = $coord->psql('postgres', "INSERT INTO orders (id, customer, amount) VALUES ($on_s1, cust($on_s1), $on_s1 % 1000), ($on_s3, 'x', 1)");
 isnt($ret, 0, 'a multi-row INSERT with a row for s3 fails');
+is($coord->safe_psql('postgres', "SELECT count(*) FROM orders WHERE id = $on_s1"), '0', 'and its row for s1 was not kept');
+($ret, $out, $err) = $coord->psql('postgres', "COPY orders (id, customer, amount) FROM STDIN;\n"
+	  . "$on_s1\t" . "x\t1\n$on_s3\tx\t1\n\\.\n");
+like($err, qr/shard server "s3"/, 'a streamed COPY with a row for s3 fails, naming the server');
 is($coord->safe_psql('postgres', "SELECT count(*) FROM orders WHERE id = $on_s1"), '0', 'and its row for s1 was not kept');
 ($ret, $out, $err) = $coord->psql('postgres', "INSERT INTO orders (id, customer, amount) VALUES ($on_s1, cust($on_s1), $on_s1 % 1000)");
 is($ret, 0, "an INSERT of a key s1 holds ($on_s1) succeeds") or diag($err);
