@@ -33,9 +33,10 @@ extern void ws_route_stream_row(RouteStream *stream, Datum *values, bool *nulls)
 extern void ws_route_stream_send(RouteStream *stream);
 extern uint64 ws_route_stream_end(RouteStream *stream);
 extern void ws_route_stream_abort(RouteStream *stream);
+extern void ws_route_stream_statement(Oid view);
 
-/* shard_copy.c */
-extern void ws_shard_copy_register(void);
+/* shard_stream.c */
+extern void ws_shard_stream_register(void);
 
 /* shard_conn.c */
 extern bool ws_shard_can_run_alone(Oid serverid, Oid userid);

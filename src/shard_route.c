@@ -182,6 +182,13 @@ static int	maxrouted = 0;
 static HTAB *dist_cache = NULL;
 static uint64 dist_invalidations = 0;	/* counts dist_cache_invalidate calls */
 static HTAB *buffers = NULL;	/* in TopTransactionContext */
+
+/* The INSERT that streams its rows (shard_stream.c), and its stream. */
+static Oid	streaming_view = InvalidOid;
+static struct RouteStream *statement_stream = NULL;	/* in TopTransactionContext */
+static bool stream_callbacks_ahead = false;
+
+static void stream_callbacks_ahead_of_fdw(void);
 static MemoryContext buffer_context = NULL;
 static MemoryContext row_context = NULL;
 
@@ -1406,8 +1413,22 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	values = palloc(sizeof(Datum) * desc->natts);
 	nulls = palloc(sizeof(bool) * desc->natts);
 	heap_deform_tuple(tuple, desc, values, nulls);
-	slot = route_slot(view, values, nulls, &dist);
 
+	if (RelationGetRelid(view) == streaming_view)
+	{
+		if (statement_stream == NULL)
+		{
+			MemoryContextSwitchTo(TopTransactionContext);
+			statement_stream = ws_route_stream_begin(view);
+			MemoryContextSwitchTo(row_context);
+		}
+		ws_route_stream_row(statement_stream, values, nulls);
+		ws_route_stream_send(statement_stream);
+		MemoryContextSwitchTo(caller_context);
+		return PointerGetDatum(tuple);
+	}
+
+	slot = route_slot(view, values, nulls, &dist);
 	buf = buffer_for(dist, slot);
 	old = MemoryContextSwitchTo(buffer_context);
 	{
@@ -1462,6 +1483,15 @@ write_scaling_route_flush(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("ws._route_flush() must be a statement trigger")));
+	if (RelationGetRelid(((TriggerData *) fcinfo->context)->tg_relation) == streaming_view)
+	{
+		streaming_view = InvalidOid;
+		if (statement_stream != NULL)
+		{
+			(void) ws_route_stream_end(statement_stream);
+			statement_stream = NULL;
+		}
+	}
 	send_all();
 	return PointerGetDatum(NULL);
 }
@@ -1613,6 +1643,7 @@ stream_send(RouteStream *stream, ServerStream *server)
 			PGconn	   *conn = connection(server->serverid);
 			PGresult   *res;
 
+			stream_callbacks_ahead_of_fdw();
 			if (!PQsendQuery(conn, stream->sql))
 				fdw_report_error(ERROR, NULL, conn, false, stream->sql);
 			res = copy_in_result(conn, stream->sql);
@@ -1833,6 +1864,80 @@ ws_route_stream_abort(RouteStream *stream)
 	}
 }
 
+/*
+ * ws_route_stream_statement makes the INSERT about to run into view stream
+ * its rows to the shards (shard_stream.c says when it may), or, with
+ * InvalidOid, forgets that once the INSERT is over.
+ */
+void
+ws_route_stream_statement(Oid view)
+{
+	streaming_view = view;
+	if (!OidIsValid(view) && statement_stream != NULL)
+	{
+		/* The statement ended without its AFTER trigger: an error. */
+		ws_route_stream_abort(statement_stream);
+		statement_stream = NULL;
+	}
+}
+
+/*
+ * An aborted (sub)transaction ends the statement's COPYs before
+ * postgres_fdw rolls back on their connections, which it cannot do in the
+ * middle of a COPY: these callbacks run ahead of postgres_fdw's.
+ */
+static void
+stream_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
+		if (statement_stream != NULL)
+			ws_route_stream_abort(statement_stream);
+		statement_stream = NULL;
+		streaming_view = InvalidOid;
+	}
+	else if ((event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE) &&
+			 statement_stream != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("rows streamed to shards were not finished before commit")));
+	else if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE)
+	{
+		statement_stream = NULL;
+		streaming_view = InvalidOid;
+	}
+}
+
+static void
+stream_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		if (statement_stream != NULL)
+			ws_route_stream_abort(statement_stream);
+		statement_stream = NULL;
+		streaming_view = InvalidOid;
+	}
+}
+
+/*
+ * stream_callbacks_ahead_of_fdw puts our abort callbacks in front of
+ * postgres_fdw's, registered by now (callbacks run newest first).  Once is
+ * enough: postgres_fdw registers its own once per backend.
+ */
+static void
+stream_callbacks_ahead_of_fdw(void)
+{
+	if (stream_callbacks_ahead)
+		return;
+	UnregisterXactCallback(stream_xact_callback, NULL);
+	RegisterXactCallback(stream_xact_callback, NULL);
+	UnregisterSubXactCallback(stream_subxact_callback, NULL);
+	RegisterSubXactCallback(stream_subxact_callback, NULL);
+	stream_callbacks_ahead = true;
+}
+
 /* --- transaction callbacks ------------------------------------------------ */
 
 static void
@@ -1930,7 +2035,7 @@ void
 ws_shard_register_callbacks(void)
 {
 	/* Callbacks run newest first: the check of unsent rows before the wait. */
-	ws_shard_copy_register();	/* before shard_defer.c's hook, inside it */
+	ws_shard_stream_register();	/* before shard_defer.c's hooks, inside them */
 	ws_defer_register();
 	RegisterXactCallback(route_xact_callback, NULL);
 	RegisterSubXactCallback(route_subxact_callback, NULL);

@@ -465,7 +465,7 @@ sub copy_into_orders
 	my ($ret, $out, $err) = $coord->psql('postgres',
 		"\\set VERBOSITY verbose\nSET client_min_messages = debug1;\n$before\n"
 		  . "COPY orders (id, customer, amount) FROM STDIN;\n$lines\\.\n" . ($opt{after} // ''),
-		on_error_stop => 0);
+		on_error_stop => 0, timeout => $PostgreSQL::Test::Utils::timeout_default);
 	return ($ret, $err);
 }
 
@@ -559,6 +559,84 @@ is($coord->safe_psql('postgres', 'SELECT count(*) FROM copy_audit'), '1', 'which
 $coord->safe_psql('postgres', q{DROP TRIGGER copy_audit ON orders; DROP TABLE copy_audit; DROP FUNCTION copy_audit()});
 is(on_shards(720002, 720300), 299, 'the rows of all three are on the shards');
 $expected{$_} = 1 for 720002 .. 720300;
+
+# An INSERT the planner expects 1,000 rows or more of streams too, through
+# the view's trigger, when its plan calls nothing of the user's and reads no
+# foreign table.  An error in the middle, with COPYs open on every shard,
+# ends them before postgres_fdw rolls back: the session goes on, and no row
+# stays, in a transaction or a subtransaction.
+learn_slots(730001, 760000);
+learn_slots(1700001, 1702000);
+my $streams_insert = qr/INSERT into distributed table "orders" streams to its shards/;
+my $cust_sql = q{'c' || (i % 97) || CASE WHEN i % 10 = 0 THEN E'\t\\\\ \n' ELSE '' END};
+
+# insert_orders($sql): runs $sql with DEBUG1 and verbose errors; returns
+# psql's ($ret, $out, $err).  A session that hangs (postgres_fdw rolling
+# back on a connection in the middle of a COPY spins) fails the test.
+sub insert_orders
+{
+	my ($sql) = @_;
+	return $coord->psql('postgres', "\\set VERBOSITY verbose\nSET client_min_messages = debug1;\n$sql",
+		on_error_stop => 0, timeout => $PostgreSQL::Test::Utils::timeout_default);
+}
+
+my ($ins_ret, $ins_out, $ins_err) = insert_orders(
+	"INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, i % 1000 FROM generate_series(730001, 740000) i;");
+is($ins_ret, 0, 'an INSERT ... SELECT of 10,000 rows succeeds') or diag($ins_err);
+like($ins_err, $streams_insert, 'and streams');
+is(on_shards(730001, 740000), 10000, 'its rows are on the shards');
+$expected{$_} = 1 for 730001 .. 740000;
+
+($ins_ret, $ins_out, $ins_err) = insert_orders(
+	"INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, i % 1000 FROM generate_series(740001, 750000) i"
+	  . " UNION ALL SELECT 1, 'dup', 1;");
+like($ins_err, qr/23505: could not write rows of "orders" to shard server "s\d": duplicate key value/,
+	'a key already on its shard fails the streamed INSERT with 23505, naming the shard');
+is(on_shards(740001, 750000), 0, 'and none of its rows stays on any shard');
+
+($ins_ret, $ins_out, $ins_err) = insert_orders(
+	"INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, 1000 / (i - 748000) FROM generate_series(740001, 750000) i;\n"
+	  . "SELECT 'still here';");
+like($ins_err, qr/22012: division by zero/, 'an error in the middle of a streamed INSERT, with COPYs open on every shard');
+like($ins_out, qr/still here/, 'leaves the session usable');
+is(on_shards(740001, 750000), 0, 'and none of its rows on any shard');
+
+($ins_ret, $ins_out, $ins_err) = insert_orders("BEGIN;\nSAVEPOINT a;\n"
+	  . "INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, 1000 / (i - 748000) FROM generate_series(740001, 750000) i;\n"
+	  . "ROLLBACK TO a;\n"
+	  . "INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, i % 1000 FROM generate_series(740001, 745000) i;\n"
+	  . "COMMIT;");
+is(on_shards(740001, 750000), 5000, 'in a transaction, the INSERT after a failed one in a savepoint streams its rows, and only they are kept')
+  or diag($ins_err);
+$expected{$_} = 1 for 740001 .. 745000;
+
+($ins_ret, $ins_out, $ins_err) = insert_orders(qq{DO \$\$ BEGIN
+	BEGIN
+		INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, 1000 / (i - 749000) FROM generate_series(745001, 750000) i;
+	EXCEPTION WHEN division_by_zero THEN RAISE NOTICE 'caught';
+	END;
+	INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, i % 1000 FROM generate_series(745001, 747000) i;
+END \$\$;});
+like($ins_err, qr/caught/, 'a PL/pgSQL exception block catches an error in the middle of a streamed INSERT') or diag($ins_err);
+is(on_shards(745001, 750000), 2000, 'and the function\'s next streamed INSERT is kept alone');
+$expected{$_} = 1 for 745001 .. 747000;
+
+# Inserts that do not stream: a few rows; rows from a function of the
+# user's; rows read from the distributed table itself (through
+# postgres_fdw's connections).
+($ins_ret, $ins_out, $ins_err) = insert_orders(
+	"INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, i % 1000 FROM generate_series(750001, 750100) i;");
+unlike($ins_err, $streams_insert, 'an INSERT of 100 rows keeps its buffers');
+($ins_ret, $ins_out, $ins_err) = insert_orders(
+	'INSERT INTO orders (id, customer, amount) SELECT i, cust(i), i % 1000 FROM generate_series(750101, 752000) i;');
+unlike($ins_err, $streams_insert, 'an INSERT calling a function of the user\'s does not stream');
+($ins_ret, $ins_out, $ins_err) = insert_orders(
+	'INSERT INTO orders (id, customer, amount) SELECT id + 1000000, customer, amount FROM orders WHERE id BETWEEN 700001 AND 702000;');
+is($ins_ret, 0, 'an INSERT reading the distributed table succeeds') or diag($ins_err);
+unlike($ins_err, $streams_insert, 'and does not stream');
+$coord->safe_psql('postgres', 'UPDATE orders SET customer = cust(id) WHERE id BETWEEN 1700001 AND 1702000');
+is(on_shards(750001, 752000) + on_shards(1700001, 1702000), 4000, 'the rows of all three are on the shards');
+$expected{$_} = 1 for 750001 .. 752000, 1700001 .. 1702000;
 
 # Terminated on the shard while idle, the connection is noticed as closed
 # and replaced.

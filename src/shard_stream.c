@@ -1,32 +1,40 @@
 /*-------------------------------------------------------------------------
  *
- * shard_copy.c
- *	  COPY FROM STDIN into a distributed table, streamed to the shards.
+ * shard_stream.c
+ *	  Large inserts into a distributed table, streamed to the shards.
  *
- * Through the view's INSTEAD OF trigger, COPY forms a tuple for each row
- * and calls the trigger with it, and the shards get their rows only when
- * the statement ends: the coordinator parses while the shards wait, then
- * the shards insert while the coordinator waits.  Here the rows COPY parses
- * go straight to the router, and each shard gets its share in pieces while
- * the COPY still runs, through one COPY of its own held open on
- * postgres_fdw's connection (shard_route.c): parsing and inserting overlap.
+ * A routed INSERT buffers its rows until the statement ends: the shards
+ * wait while the coordinator produces rows, then the coordinator waits
+ * while the shards insert.  A stream (shard_route.c) instead hands each
+ * server its share in pieces while the statement runs, through one COPY
+ * of its own held open on postgres_fdw's connection: producing and
+ * inserting overlap.  Two statements stream:
  *
- * A connection in the middle of a COPY can serve nothing else, so this path
- * is taken only when nothing but COPY's parsing runs until the end: the
- * copied columns' types and the other columns' defaults are built in, so no
- * user code can query a foreign table meanwhile; the view's only triggers
- * are its routing ones (which this path stands in for); and the data comes
- * from the client, with no WHERE clause.  Every other COPY into a
- * distributed table goes through the trigger.
+ * COPY ... FROM STDIN
+ *	  Here COPY's parser hands each row straight to the router, without the
+ *	  view's INSTEAD OF trigger (and its tuple per row).  COPY's own defaults
+ *	  and error context serve as ever.
  *
- * The rows are the same either way: COPY's own parser reads them, fills in
- * the defaults and reports bad input with its usual context, and the rows
- * go in the same remote transactions.
+ * INSERT ... SELECT, and any INSERT the planner expects 1,000 rows of
+ *	  The view's trigger routes each row as usual, into the stream.  (An
+ *	  INSERT of a few rows keeps its buffers, and the single row of an
+ *	  autocommit INSERT its one round trip: shard_defer.c.)
+ *
+ * A connection in the middle of a COPY can serve nothing else, so a
+ * statement streams only when nothing but built-in code runs until it
+ * ends: no function or domain of the user's (for COPY, in the copied
+ * columns' types and the other columns' defaults; for INSERT, in the plan,
+ * which records its user functions and domains in invalItems), no foreign
+ * or partitioned table read, the view's own triggers alone, and no WHERE
+ * clause (COPY) or ON CONFLICT (INSERT).  Every other insert goes through
+ * the trigger as before.  An error ends the open COPYs before postgres_fdw
+ * rolls back on their connections.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/relation.h"
 #include "access/table.h"
 #include "access/transam.h"
 #include "access/xact.h"
@@ -35,6 +43,7 @@
 #include "miscadmin.h"
 #include "nodes/nodeFuncs.h"
 #include "parser/parse_relation.h"
+#include "parser/parsetree.h"
 #include "rewrite/rewriteHandler.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
@@ -44,7 +53,15 @@
 
 #include "shard.h"
 
+/* Fewer rows expected: the INSERT keeps its buffers (and one round trip for one row). */
+#define WS_STREAM_MIN_ROWS	1000
+
 static ProcessUtility_hook_type prev_process_utility = NULL;
+static ExecutorStart_hook_type prev_executor_start = NULL;
+static ExecutorEnd_hook_type prev_executor_end = NULL;
+
+/* The INSERT whose rows stream, while it runs. */
+static QueryDesc *streaming_query = NULL;
 
 static bool
 is_user_defined(Oid func_id, void *context)
@@ -224,13 +241,107 @@ copy_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 }
 
 /*
- * ws_shard_copy_register installs the hook; called before shard_defer.c
- * installs its own, which then sees a streamed COPY as a statement like any
+ * insert_may_stream returns the distributed table an INSERT's plan may
+ * stream its rows to (see the file header), or InvalidOid.
+ */
+static Oid
+insert_may_stream(PlannedStmt *plan)
+{
+	ModifyTable *modify = (ModifyTable *) plan->planTree;
+	RangeTblEntry *target;
+	ListCell   *lc;
+	Relation	view;
+	bool		routes_only;
+
+	if (plan->commandType != CMD_INSERT || plan->hasModifyingCTE || plan->invalItems != NIL ||
+		list_length(plan->resultRelations) != 1 || !IsA(modify, ModifyTable) ||
+		modify->onConflictAction != ONCONFLICT_NONE || outerPlan(modify) == NULL ||
+		outerPlan(modify)->plan_rows < WS_STREAM_MIN_ROWS)
+		return InvalidOid;
+	foreach(lc, plan->rtable)
+	{
+		RangeTblEntry *rte = lfirst(lc);
+
+		if (rte->rtekind == RTE_RELATION &&
+			(rte->relkind == RELKIND_FOREIGN_TABLE || rte->relkind == RELKIND_PARTITIONED_TABLE))
+			return InvalidOid;
+	}
+	target = rt_fetch(linitial_int(plan->resultRelations), plan->rtable);
+	if (target->relkind != RELKIND_VIEW)
+		return InvalidOid;
+	/* Locked by now, as the plan's relations are. */
+	view = relation_open(target->relid, NoLock);
+	routes_only = ws_shard_routes_only(view);
+	relation_close(view, NoLock);
+	return routes_only ? target->relid : InvalidOid;
+}
+
+static void
+stream_executor_start(QueryDesc *queryDesc, int eflags)
+{
+	if (prev_executor_start != NULL)
+		prev_executor_start(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+	if (streaming_query == NULL && (eflags & EXEC_FLAG_EXPLAIN_ONLY) == 0)
+	{
+		Oid			view = insert_may_stream(queryDesc->plannedstmt);
+
+		if (OidIsValid(view))
+		{
+			ereport(DEBUG1,
+					(errmsg_internal("INSERT into distributed table \"%s\" streams to its shards",
+									 get_rel_name(view))));
+			streaming_query = queryDesc;
+			ws_route_stream_statement(view);
+		}
+	}
+}
+
+static void
+stream_executor_end(QueryDesc *queryDesc)
+{
+	if (queryDesc == streaming_query)
+	{
+		streaming_query = NULL;
+		ws_route_stream_statement(InvalidOid);
+	}
+	if (prev_executor_end != NULL)
+		prev_executor_end(queryDesc);
+	else
+		standard_ExecutorEnd(queryDesc);
+}
+
+static void
+stream_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
+		event == XACT_EVENT_PREPARE || event == XACT_EVENT_PARALLEL_ABORT)
+		streaming_query = NULL;
+}
+
+static void
+stream_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		streaming_query = NULL;
+}
+
+/*
+ * ws_shard_stream_register installs the hooks; called before shard_defer.c
+ * installs its own, which then see a streamed COPY as a statement like any
  * other.
  */
 void
-ws_shard_copy_register(void)
+ws_shard_stream_register(void)
 {
 	prev_process_utility = ProcessUtility_hook;
 	ProcessUtility_hook = copy_process_utility;
+	prev_executor_start = ExecutorStart_hook;
+	ExecutorStart_hook = stream_executor_start;
+	prev_executor_end = ExecutorEnd_hook;
+	ExecutorEnd_hook = stream_executor_end;
+	RegisterXactCallback(stream_xact_callback, NULL);
+	RegisterSubXactCallback(stream_subxact_callback, NULL);
 }
