@@ -1,10 +1,12 @@
 -- Sharding: the rows of a table live on plain PostgreSQL servers reached
 -- through postgres_fdw; this server keeps the map from keys to shards and
--- routes.  Adding a server moves only the slots it takes over.
+-- routes.  Adding a server moves only the slots it takes over.  A
+-- statement that writes to several shards commits on them at once
+-- (parallel_commit).
 CREATE EXTENSION postgres_fdw;
-CREATE SERVER shard_a FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', port :'shard_a_port', dbname 'postgres');
-CREATE SERVER shard_b FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', port :'shard_b_port', dbname 'postgres');
-CREATE SERVER shard_c FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', port :'shard_c_port', dbname 'postgres');
+CREATE SERVER shard_a FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', port :'shard_a_port', dbname 'postgres', parallel_commit 'true');
+CREATE SERVER shard_b FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', port :'shard_b_port', dbname 'postgres', parallel_commit 'true');
+CREATE SERVER shard_c FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', port :'shard_c_port', dbname 'postgres', parallel_commit 'true');
 CREATE USER MAPPING FOR CURRENT_USER SERVER shard_a OPTIONS (user 'postgres');
 CREATE USER MAPPING FOR CURRENT_USER SERVER shard_b OPTIONS (user 'postgres');
 CREATE USER MAPPING FOR CURRENT_USER SERVER shard_c OPTIONS (user 'postgres');
@@ -22,6 +24,8 @@ SELECT ws.distribute_table('accounts', 'id', 'accounts');
 -- Plain SQL keeps working: inserts are routed, reads gather all shards...
 INSERT INTO accounts (id, owner, balance) VALUES (1001, 'late owner', 10);
 INSERT INTO accounts (id, owner) SELECT i, 'batch ' || i FROM generate_series(1002, 2000) i;
+-- A large insert streams its rows to the shards while it runs.
+INSERT INTO accounts (id, owner) SELECT i, 'bulk ' || i FROM generate_series(2001, 12000) i;
 SELECT count(*), sum(balance) FROM accounts;
 -- ...or only the owning shard when the key is fixed.
 EXPLAIN (COSTS OFF) SELECT * FROM accounts WHERE id = 42;
