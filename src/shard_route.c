@@ -14,7 +14,8 @@
  * INSERT statement trigger (ws._route_flush) sends each shard its rows in
  * one COPY into its table of slots (<table>_shard, partitioned by LIST
  * (ws_slot) over the slot tables), all shards at once; a single row goes as
- * an INSERT.
+ * an INSERT.  That COPY is a stream: a large statement (shard_stream.c)
+ * hands each shard its rows while it runs rather than at its end.
  *
  * Rows travel on postgres_fdw's own connection (GetConnection, looked up in
  * postgres_fdw.so), so they belong to the same remote transaction as the
@@ -81,6 +82,10 @@
 /* A slot's buffer is sent when it holds this many rows or bytes. */
 #define ROUTE_BATCH_ROWS	1000
 #define ROUTE_BATCH_BYTES	(256 * 1024)
+
+/* COPY's binary format: the header (no flags, no extension) and trailer. */
+static const char binary_header[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+static const char binary_trailer[2] = "\377\377";
 
 /* A stream hands a server its rows in pieces of this size. */
 #define ROUTE_STREAM_BYTES	(16 * 1024)
@@ -189,6 +194,10 @@ static struct RouteStream *statement_stream = NULL;	/* in TopTransactionContext 
 static bool stream_callbacks_ahead = false;
 
 static void stream_callbacks_ahead_of_fdw(void);
+static void forget_rows(SlotBuffer *buf, SavepointMark *from, int from_index);
+static RouteStream *stream_begin(DistEntry *dist, const char *table);
+static void stream_add(RouteStream *stream, Oid serverid, const char *lines, int len,
+					   int64 rows);
 static MemoryContext buffer_context = NULL;
 static MemoryContext row_context = NULL;
 
@@ -790,30 +799,21 @@ copy_command(StringInfo sql, DistEntry *dist, const char *table)
 }
 
 /*
- * put_rows sends the rows of the current subtransaction that buffers hold,
- * as the data of the COPY that sql started on conn, and ends it.
+ * put_rows sends the rows of the current subtransaction that buf holds, as
+ * the data of the COPY that sql started on conn, and ends it.
  */
 static void
-put_rows(PGconn *conn, List *buffers, const char *sql)
+put_rows(PGconn *conn, SlotBuffer *buf, const char *sql)
 {
-	DistEntry  *dist = ((SlotBuffer *) linitial(buffers))->dist;
-	ListCell   *lc;
-	static const char header[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
-	static const char trailer[2] = "\377\377";
+	int			index;
+	SavepointMark *from = current_rows(buf, &index);
 
-	if (dist->binary && PQputCopyData(conn, header, sizeof(header)) != 1)
-		fdw_report_error(ERROR, NULL, conn, false, sql);
-	foreach(lc, buffers)
-	{
-		SlotBuffer *buf = lfirst(lc);
-		int			index;
-		SavepointMark *from = current_rows(buf, &index);
-
-		if (PQputCopyData(conn, buf->copy_data.data + from->offset,
-						  buf->copy_data.len - from->offset) != 1)
-			fdw_report_error(ERROR, NULL, conn, false, sql);
-	}
-	if ((dist->binary && PQputCopyData(conn, trailer, sizeof(trailer)) != 1) ||
+	if ((buf->dist->binary &&
+		 PQputCopyData(conn, binary_header, sizeof(binary_header)) != 1) ||
+		PQputCopyData(conn, buf->copy_data.data + from->offset,
+					  buf->copy_data.len - from->offset) != 1 ||
+		(buf->dist->binary &&
+		 PQputCopyData(conn, binary_trailer, sizeof(binary_trailer)) != 1) ||
 		PQputCopyEnd(conn, NULL) != 1)
 		fdw_report_error(ERROR, NULL, conn, false, sql);
 }
@@ -859,12 +859,22 @@ ws_shard_rethrow_write_error(int nrows, const char *table, Oid serverid, int slo
 }
 
 /*
- * rows_sent forgets the rows from mark on, now on their shard.
+ * rows_sent notes the rows from mark on as routed, now on their shard, and
+ * forgets them.
  */
 static void
 rows_sent(SlotBuffer *buf, SavepointMark *from, int from_index)
 {
 	note_routed(buf->dist->slots[buf->slot].serverid, buf->rows - from->rows);
+	forget_rows(buf, from, from_index);
+}
+
+/*
+ * forget_rows drops the rows from mark on from buf.
+ */
+static void
+forget_rows(SlotBuffer *buf, SavepointMark *from, int from_index)
+{
 	buf->copy_data.len = from->offset;
 	buf->copy_data.data[from->offset] = '\0';
 	buf->rows = from->rows;
@@ -917,7 +927,7 @@ send_buffer(SlotBuffer *buf)
 			if (PQresultStatus(res) != PGRES_COPY_IN)
 				fdw_report_error(ERROR, res, conn, true, sql.data);
 			PQclear(res);
-			put_rows(conn, list_make1(buf), sql.data);
+			put_rows(conn, buf, sql.data);
 			res = fdw_get_result(conn, sql.data);
 			if (PQresultStatus(res) != PGRES_COMMAND_OK)
 				fdw_report_error(ERROR, res, conn, true, sql.data);
@@ -984,189 +994,69 @@ ws_shard_insert_row(Oid serverid, Oid userid, const char *sql, const char *table
 	PG_END_TRY();
 }
 
-/* One server's share of a statement's rows, sent by send_all. */
-typedef struct ServerSend
-{
-	Oid			serverid;
-	PGconn	   *conn;
-	List	   *buffers;		/* SlotBuffers with rows to send */
-	bool		done;
-	StringInfoData sql;
-} ServerSend;
-
 /*
  * send_table sends the rows of the current subtransaction that the buffers
- * of one distributed table hold.  Each server gets one COPY into its table
- * of slots, which routes each line by its ws_slot to the slot's table, and
- * the servers work at the same time.
+ * of one distributed table hold: a stream (below) that each buffer's rows
+ * join, ended at once.  Each server gets its share in one COPY into its
+ * table of slots, which routes each line by its ws_slot to the slot's
+ * table, and the servers work at the same time.
  */
 static void
 send_table(DistEntry *dist)
 {
 	HASH_SEQ_STATUS status;
 	SlotBuffer *buf;
-	List	   *sends = NIL;
-	int			nbuffers = 0;
-	SlotBuffer *only = NULL;
-	ServerSend *volatile current = NULL;
-	WaitEventSet *volatile set = NULL;
+	List	   *sending = NIL;
+	RouteStream *volatile stream;
 	ListCell   *lc;
 
 	hash_seq_init(&status, buffers);
 	while ((buf = hash_seq_search(&status)) != NULL)
 	{
 		int			index;
-		ServerSend *send = NULL;
 
-		if (buf->dist != dist || current_rows(buf, &index) == NULL)
-			continue;
-		foreach(lc, sends)
-			if (((ServerSend *) lfirst(lc))->serverid == buf->dist->slots[buf->slot].serverid)
-				send = lfirst(lc);
-		if (send == NULL)
-		{
-			send = palloc0(sizeof(ServerSend));
-			send->serverid = buf->dist->slots[buf->slot].serverid;
-			initStringInfo(&send->sql);
-			sends = lappend(sends, send);
-		}
-		send->buffers = lappend(send->buffers, buf);
-		only = buf;
-		nbuffers++;
+		if (buf->dist == dist && current_rows(buf, &index) != NULL)
+			sending = lappend(sending, buf);
 	}
 	/* One slot: its single row goes as an INSERT. */
-	if (nbuffers <= 1)
+	if (list_length(sending) <= 1)
 	{
-		if (only != NULL && !defer_row(only))
-			send_buffer(only);
+		if (sending != NIL && !defer_row(linitial(sending)))
+			send_buffer(linitial(sending));
 		return;
 	}
 
+	stream = stream_begin(dist, dist->name);
 	PG_TRY();
 	{
-		int			pending = list_length(sends);
-
-		set = CreateWaitEventSet(CurrentMemoryContext, list_length(sends) + 1);
-		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-		/* Every connection first: a server that is down stops us before any COPY starts. */
-		foreach(lc, sends)
+		foreach(lc, sending)
 		{
-			current = lfirst(lc);
-			current->conn = connection(current->serverid);
+			int			index;
+			SavepointMark *from;
+
+			buf = lfirst(lc);
+			from = current_rows(buf, &index);
+			stream_add(stream, dist->slots[buf->slot].serverid,
+					   buf->copy_data.data + from->offset, buf->copy_data.len - from->offset,
+					   buf->rows - from->rows);
 		}
-		foreach(lc, sends)
-		{
-			ServerSend *send = lfirst(lc);
-
-			current = send;
-			copy_command(&send->sql, dist, dist->shard_table);
-			if (!PQsendQuery(send->conn, send->sql.data))
-				fdw_report_error(ERROR, NULL, send->conn, false, send->sql.data);
-			AddWaitEventToSet(set, WL_SOCKET_READABLE, PQsocket(send->conn), NULL, send);
-		}
-
-		while (pending > 0)
-		{
-			WaitEvent	events[16];
-			int			n;
-
-			foreach(lc, sends)
-			{
-				ServerSend *send = lfirst(lc);
-				PGresult   *res;
-
-				current = send;
-				while (!send->done && !PQisBusy(send->conn))
-				{
-					res = PQgetResult(send->conn);
-					if (res == NULL)
-					{
-						send->done = true;
-						pending--;
-						break;
-					}
-					if (PQresultStatus(res) == PGRES_COPY_IN)
-					{
-						PQclear(res);
-						put_rows(send->conn, send->buffers, send->sql.data);
-					}
-					else if (PQresultStatus(res) == PGRES_COMMAND_OK)
-						PQclear(res);
-					else
-						fdw_report_error(ERROR, res, send->conn, true, send->sql.data);
-				}
-			}
-			if (pending == 0)
-				break;
-			n = WaitEventSetWait(set, -1, events, lengthof(events), PG_WAIT_EXTENSION);
-			for (int i = 0; i < n; i++)
-			{
-				ServerSend *send = events[i].user_data;
-
-				if (events[i].events & WL_LATCH_SET)
-				{
-					ResetLatch(MyLatch);
-					CHECK_FOR_INTERRUPTS();
-				}
-				if ((events[i].events & WL_SOCKET_READABLE) && !PQconsumeInput(send->conn))
-				{
-					current = send;
-					fdw_report_error(ERROR, NULL, send->conn, false, send->sql.data);
-				}
-			}
-		}
-		FreeWaitEventSet(set);
-		set = NULL;
+		(void) ws_route_stream_end(stream);
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata = capture_error();
-
-		if (set != NULL)
-			FreeWaitEventSet(set);	/* its epoll descriptor */
-
-		/*
-		 * A server still waiting for rows gets an aborted COPY, which ends
-		 * its query: postgres_fdw's cleanup then finds it idle.
-		 */
-		foreach(lc, sends)
-		{
-			ServerSend *send = lfirst(lc);
-			PGresult   *res;
-
-			if (send->conn == NULL || send->done || PQstatus(send->conn) == CONNECTION_BAD)
-				continue;
-			while ((res = PQgetResult(send->conn)) != NULL)
-			{
-				if (PQresultStatus(res) == PGRES_COPY_IN)
-					(void) PQputCopyEnd(send->conn, "write_scaling: routing failed elsewhere");
-				PQclear(res);
-				if (PQstatus(send->conn) == CONNECTION_BAD)
-					break;
-			}
-		}
-		ereport(ERROR,
-				(errcode(edata->sqlerrcode),
-				 errmsg("could not write rows to shard server \"%s\": %s",
-						current ? GetForeignServer(current->serverid)->servername : "?",
-						edata->message),
-				 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
+		ws_route_stream_abort(stream);
+		PG_RE_THROW();
 	}
 	PG_END_TRY();
 
-	foreach(lc, sends)
+	foreach(lc, sending)
 	{
-		ServerSend *send = lfirst(lc);
-		ListCell   *lb;
+		int			index;
+		SavepointMark *from;
 
-		foreach(lb, send->buffers)
-		{
-			SlotBuffer *b = lfirst(lb);
-			int			index;
-			SavepointMark *from = current_rows(b, &index);
-
-			rows_sent(b, from, index);
-		}
+		buf = lfirst(lc);
+		from = current_rows(buf, &index);
+		forget_rows(buf, from, index);
 	}
 }
 
@@ -1551,7 +1441,8 @@ typedef struct ServerStream
 
 struct RouteStream
 {
-	Relation	view;
+	Relation	view;			/* rows to route, for ws_route_stream_row */
+	char	   *table;			/* for messages */
 	MemoryContext context;
 	char	   *sql;			/* the COPY each server runs */
 	bool		binary;
@@ -1560,8 +1451,6 @@ struct RouteStream
 	uint64		rows;
 };
 
-static const char binary_header[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
-static const char binary_trailer[2] = "\377\377";
 
 /*
  * ws_route_stream_begin prepares to stream rows of a distributed table to
@@ -1570,19 +1459,54 @@ static const char binary_trailer[2] = "\377\377";
 RouteStream *
 ws_route_stream_begin(Relation view)
 {
-	RouteStream *stream = palloc0(sizeof(RouteStream));
-	DistEntry  *dist = open_dist(view);
-	StringInfoData sql;
+	RouteStream *stream = stream_begin(open_dist(view), RelationGetRelationName(view));
 
 	stream->view = view;
-	stream->context = AllocSetContextCreate(CurrentMemoryContext, "write_scaling COPY stream",
-											ALLOCSET_DEFAULT_SIZES);
+	return stream;
+}
+
+static RouteStream *
+stream_begin(DistEntry *dist, const char *table)
+{
+	MemoryContext context = AllocSetContextCreate(CurrentMemoryContext,
+												  "write_scaling COPY stream",
+												  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(context);
+	RouteStream *stream = palloc0(sizeof(RouteStream));
+	StringInfoData sql;
+
+	stream->context = context;
+	stream->table = pstrdup(table);
 	initStringInfo(&sql);
 	copy_command(&sql, dist, dist->shard_table);
 	stream->sql = sql.data;
 	stream->binary = dist->binary;
+	MemoryContextSwitchTo(old);
 	return stream;
 }
+
+/*
+ * stream_server returns the stream's share for serverid, new if need be.
+ */
+static ServerStream *
+stream_server(RouteStream *stream, Oid serverid)
+{
+	ServerStream *server;
+	ListCell   *lc;
+	MemoryContext old;
+
+	foreach(lc, stream->servers)
+		if (((ServerStream *) lfirst(lc))->serverid == serverid)
+			return lfirst(lc);
+	old = MemoryContextSwitchTo(stream->context);
+	server = palloc0(sizeof(ServerStream));
+	server->serverid = serverid;
+	initStringInfo(&server->data);
+	stream->servers = lappend(stream->servers, server);
+	MemoryContextSwitchTo(old);
+	return server;
+}
+
 
 /*
  * stream_error raises the error being handled again, naming the server.
@@ -1598,7 +1522,7 @@ stream_error(RouteStream *stream, ServerStream *server)
 	ereport(ERROR,
 			(errcode(edata->sqlerrcode),
 			 errmsg("could not write rows of \"%s\" to shard server \"%s\": %s",
-					RelationGetRelationName(stream->view),
+					stream->table,
 					GetForeignServer(server->serverid)->servername, edata->message),
 			 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
 			 edata->hint ? errhint("%s", edata->hint) : 0));
@@ -1667,6 +1591,22 @@ stream_send(RouteStream *stream, ServerStream *server)
 }
 
 /*
+ * stream_add adds rows, COPY lines already, to a server's share, and sends
+ * the share once it is large enough.
+ */
+static void
+stream_add(RouteStream *stream, Oid serverid, const char *lines, int len, int64 rows)
+{
+	ServerStream *server = stream_server(stream, serverid);
+
+	appendBinaryStringInfo(&server->data, lines, len);
+	server->rows += rows;
+	stream->rows += rows;
+	if (server->data.len >= ROUTE_STREAM_BYTES)
+		stream_send(stream, server);
+}
+
+/*
  * ws_route_stream_row routes a row (deformed) of the stream's table: the
  * row joins its server's share, which ws_route_stream_send sends once it is
  * large enough.  Called in a short-lived memory context.
@@ -1676,24 +1616,8 @@ ws_route_stream_row(RouteStream *stream, Datum *values, bool *nulls)
 {
 	DistEntry  *dist;
 	int			slot = route_slot(stream->view, values, nulls, &dist);
-	Oid			serverid = dist->slots[slot].serverid;
-	ServerStream *server = NULL;
-	ListCell   *lc;
+	ServerStream *server = stream_server(stream, dist->slots[slot].serverid);
 	int			client_encoding;
-
-	foreach(lc, stream->servers)
-		if (((ServerStream *) lfirst(lc))->serverid == serverid)
-			server = lfirst(lc);
-	if (server == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(stream->context);
-
-		server = palloc0(sizeof(ServerStream));
-		server->serverid = serverid;
-		initStringInfo(&server->data);
-		stream->servers = lappend(stream->servers, server);
-		MemoryContextSwitchTo(old);
-	}
 
 	client_encoding = dist->binary ? ws_enter_database_encoding() : -1;
 	if (client_encoding < 0)
@@ -1731,11 +1655,12 @@ ws_route_stream_send(RouteStream *stream)
 
 /*
  * ws_route_stream_end sends what is left, ends every server's COPY and
- * waits for them all; returns the rows routed.
+ * waits for them all; returns the rows routed.  The stream is gone then.
  */
 uint64
 ws_route_stream_end(RouteStream *stream)
 {
+	uint64		rows;
 	WaitEventSet *volatile set = NULL;
 	ServerStream *volatile current = NULL;
 	int			pending = 0;
@@ -1832,13 +1757,16 @@ ws_route_stream_end(RouteStream *stream)
 
 		note_routed(server->serverid, server->rows);
 	}
-	return stream->rows;
+	rows = stream->rows;
+	MemoryContextDelete(stream->context);	/* the stream with it */
+	return rows;
 }
 
 /*
  * ws_route_stream_abort ends every COPY still open with an error, so that
  * postgres_fdw finds its connections idle when it rolls back the remote
- * transactions.  Raises nothing: called while an error is handled.
+ * transactions, and frees the stream.  Raises nothing: called while an
+ * error is handled.
  */
 void
 ws_route_stream_abort(RouteStream *stream)
@@ -1862,6 +1790,7 @@ ws_route_stream_abort(RouteStream *stream)
 				break;
 		}
 	}
+	MemoryContextDelete(stream->context);
 }
 
 /*
