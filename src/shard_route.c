@@ -1414,6 +1414,8 @@ ws_shard_routes_only(Relation view)
 				trigger->tgenabled == TRIGGER_FIRES_ON_ORIGIN;
 		if (!fires)
 			continue;
+		if (trigger->tgqual != NULL)
+			return false;		/* a WHEN clause: not ours */
 		fmgr_info(trigger->tgfoid, &function);
 		if (function.fn_addr == write_scaling_route_insert &&
 			trigger->tgtype == (TRIGGER_TYPE_ROW | TRIGGER_TYPE_INSTEAD | TRIGGER_TYPE_INSERT))
@@ -1427,22 +1429,25 @@ ws_shard_routes_only(Relation view)
 	return route && flush;
 }
 
-/* --- streams: a COPY's rows sent while it runs (shard_copy.c) ------------ */
+/* --- streams: rows sent while a statement runs (shard_stream.c) ---------- */
 
 /* A server's share of a stream: one COPY into its table of slots. */
 typedef struct ServerStream
 {
 	Oid			serverid;
-	PGconn	   *conn;			/* once its COPY has begun */
+	PGconn	   *conn;			/* once its COPY was sent */
+	bool		copying;		/* the server takes the COPY's data */
+	bool		ended;			/* the COPY's end was sent */
+	bool		done;			/* its result was read, or abandoned */
 	StringInfoData data;		/* rows not yet handed to libpq */
 	int64		rows;
-	bool		done;			/* its COPY has ended */
 } ServerStream;
 
 struct RouteStream
 {
 	Relation	view;			/* rows to route, for ws_route_stream_row */
 	char	   *table;			/* for messages */
+	SubTransactionId subid;		/* where it began */
 	MemoryContext context;
 	char	   *sql;			/* the COPY each server runs */
 	bool		binary;
@@ -1477,6 +1482,7 @@ stream_begin(DistEntry *dist, const char *table)
 
 	stream->context = context;
 	stream->table = pstrdup(table);
+	stream->subid = GetCurrentSubTransactionId();
 	initStringInfo(&sql);
 	copy_command(&sql, dist, dist->shard_table);
 	stream->sql = sql.data;
@@ -1509,14 +1515,19 @@ stream_server(RouteStream *stream, Oid serverid)
 
 
 /*
- * stream_error raises the error being handled again, naming the server.
+ * stream_error raises the error being handled again, naming the server
+ * (as it is, if none).
  */
 static void
 stream_error(RouteStream *stream, ServerStream *server)
 {
-	MemoryContext old = MemoryContextSwitchTo(stream->context);
-	ErrorData  *edata = CopyErrorData();
+	MemoryContext old;
+	ErrorData  *edata;
 
+	if (server == NULL)
+		PG_RE_THROW();
+	old = MemoryContextSwitchTo(stream->context);
+	edata = CopyErrorData();
 	FlushErrorState();
 	MemoryContextSwitchTo(old);
 	ereport(ERROR,
@@ -1570,11 +1581,12 @@ stream_send(RouteStream *stream, ServerStream *server)
 			stream_callbacks_ahead_of_fdw();
 			if (!PQsendQuery(conn, stream->sql))
 				fdw_report_error(ERROR, NULL, conn, false, stream->sql);
+			server->conn = conn;	/* an abort must end the COPY from now on */
 			res = copy_in_result(conn, stream->sql);
 			if (PQresultStatus(res) != PGRES_COPY_IN)
 				fdw_report_error(ERROR, res, conn, true, stream->sql);
 			PQclear(res);
-			server->conn = conn;
+			server->copying = true;
 			if (stream->binary &&
 				PQputCopyData(conn, binary_header, sizeof(binary_header)) != 1)
 				stream_failed(stream, server);
@@ -1678,6 +1690,7 @@ ws_route_stream_end(RouteStream *stream)
 				 PQputCopyData(server->conn, binary_trailer, sizeof(binary_trailer)) != 1) ||
 				PQputCopyEnd(server->conn, NULL) != 1)
 				stream_failed(stream, server);
+			server->ended = true;
 		}
 		PG_CATCH();
 		{
@@ -1731,6 +1744,7 @@ ws_route_stream_end(RouteStream *stream)
 
 				if (events[i].events & WL_LATCH_SET)
 				{
+					current = NULL;
 					ResetLatch(MyLatch);
 					CHECK_FOR_INTERRUPTS();
 				}
@@ -1763,10 +1777,57 @@ ws_route_stream_end(RouteStream *stream)
 }
 
 /*
+ * copy_started cancels the COPY sent to a server that has not accepted it
+ * yet (waiting for a lock there, say), then waits, for a while, for the
+ * outcome; tells whether the server took the COPY after all.  Raises
+ * nothing, takes no interrupt.
+ */
+static bool
+copy_started(PGconn *conn)
+{
+	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 30000);
+	PGcancel   *cancel = PQgetCancel(conn);
+	char		message[256];
+
+	if (cancel != NULL)
+	{
+		(void) PQcancel(cancel, message, sizeof(message));
+		PQfreeCancel(cancel);
+	}
+	for (;;)
+	{
+		long		wait;
+
+		if (!PQisBusy(conn))
+		{
+			PGresult   *res = PQgetResult(conn);
+			bool		copy_in;
+
+			if (res == NULL)
+				return false;	/* the COPY failed, and is over */
+			copy_in = PQresultStatus(res) == PGRES_COPY_IN;
+			PQclear(res);
+			if (copy_in)
+				return true;
+			continue;
+		}
+		wait = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
+		if (wait <= 0)
+			return false;
+		(void) WaitLatchOrSocket(NULL, WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 PQsocket(conn), wait, PG_WAIT_EXTENSION);
+		if (!PQconsumeInput(conn))
+			return false;
+	}
+}
+
+/*
  * ws_route_stream_abort ends every COPY still open with an error, so that
- * postgres_fdw finds its connections idle when it rolls back the remote
- * transactions, and frees the stream.  Raises nothing: called while an
- * error is handled.
+ * postgres_fdw, rolling back, finds its connections busy or idle but not in
+ * the middle of a COPY (it would wait forever there), and frees the stream.
+ * A COPY sent but not yet begun is waited for, then ended.  Results are
+ * left to postgres_fdw, which cancels and drains a busy connection.
+ * Raises nothing: called while an error is handled.
  */
 void
 ws_route_stream_abort(RouteStream *stream)
@@ -1776,19 +1837,13 @@ ws_route_stream_abort(RouteStream *stream)
 	foreach(lc, stream->servers)
 	{
 		ServerStream *server = lfirst(lc);
-		PGresult   *res;
 
-		if (server->conn == NULL || server->done || PQstatus(server->conn) == CONNECTION_BAD)
+		if (server->conn == NULL || server->done || server->ended ||
+			PQstatus(server->conn) == CONNECTION_BAD)
 			continue;
 		server->done = true;
-		if (PQputCopyEnd(server->conn, "write_scaling: the COPY failed") != 1)
-			continue;
-		while ((res = PQgetResult(server->conn)) != NULL)
-		{
-			PQclear(res);
-			if (PQstatus(server->conn) == CONNECTION_BAD)
-				break;
-		}
+		if (server->copying || copy_started(server->conn))
+			(void) PQputCopyEnd(server->conn, "write_scaling: the statement failed");
 	}
 	MemoryContextDelete(stream->context);
 }
@@ -1804,9 +1859,20 @@ ws_route_stream_statement(Oid view)
 	streaming_view = view;
 	if (!OidIsValid(view) && statement_stream != NULL)
 	{
-		/* The statement ended without its AFTER trigger: an error. */
-		ws_route_stream_abort(statement_stream);
+		RouteStream *stream = statement_stream;
+
+		/* Its AFTER trigger did not run (skipped, say): the rows go now. */
 		statement_stream = NULL;
+		PG_TRY();
+		{
+			(void) ws_route_stream_end(stream);
+		}
+		PG_CATCH();
+		{
+			ws_route_stream_abort(stream);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
 	}
 }
 
@@ -1827,9 +1893,7 @@ stream_xact_callback(XactEvent event, void *arg)
 	}
 	else if ((event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE) &&
 			 statement_stream != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("rows streamed to shards were not finished before commit")));
+		elog(ERROR, "rows streamed to shards were not finished before commit");
 	else if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE)
 	{
 		statement_stream = NULL;
@@ -1841,19 +1905,23 @@ static void
 stream_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						SubTransactionId parentSubid, void *arg)
 {
+	if (statement_stream == NULL || statement_stream->subid != mySubid)
+		return;
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
-		if (statement_stream != NULL)
-			ws_route_stream_abort(statement_stream);
+		ws_route_stream_abort(statement_stream);
 		statement_stream = NULL;
 		streaming_view = InvalidOid;
 	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		statement_stream->subid = parentSubid;
 }
 
 /*
- * stream_callbacks_ahead_of_fdw puts our abort callbacks in front of
- * postgres_fdw's, registered by now (callbacks run newest first).  Once is
- * enough: postgres_fdw registers its own once per backend.
+ * stream_callbacks_ahead_of_fdw puts our abort callbacks (registered since
+ * the library loaded) in front of postgres_fdw's, registered by now:
+ * callbacks run newest first.  Once is enough: postgres_fdw registers its
+ * own once per backend.
  */
 static void
 stream_callbacks_ahead_of_fdw(void)
@@ -1968,4 +2036,6 @@ ws_shard_register_callbacks(void)
 	ws_defer_register();
 	RegisterXactCallback(route_xact_callback, NULL);
 	RegisterSubXactCallback(route_subxact_callback, NULL);
+	RegisterXactCallback(stream_xact_callback, NULL);
+	RegisterSubXactCallback(stream_subxact_callback, NULL);
 }

@@ -21,14 +21,19 @@
  *	  autocommit INSERT its one round trip: shard_defer.c.)
  *
  * A connection in the middle of a COPY can serve nothing else, so a
- * statement streams only when nothing but built-in code runs until it
- * ends: no function or domain of the user's (for COPY, in the copied
- * columns' types and the other columns' defaults; for INSERT, in the plan,
- * which records its user functions and domains in invalItems), no foreign
- * or partitioned table read, the view's own triggers alone, and no WHERE
- * clause (COPY) or ON CONFLICT (INSERT).  Every other insert goes through
- * the trigger as before.  An error ends the open COPYs before postgres_fdw
- * rolls back on their connections.
+ * statement streams only when nothing of the user's runs until it ends:
+ * for COPY, the copied columns' types and the other columns' defaults are
+ * built in; for INSERT, the table's column types are built in and the plan
+ * calls no function of the user's (the planner lists those in invalItems)
+ * and reads no foreign or partitioned table.  The view's own triggers must
+ * be its only ones, and there is no WHERE clause (COPY) or ON CONFLICT
+ * (INSERT).  Every other insert goes through the trigger as before.
+ *
+ * What that leaves: a built-in function that runs SQL of its own
+ * (query_to_xml, say) reading a foreign table of a shard server, or a sort
+ * with an operator class of the user's.  Such a use of the connection fails
+ * cleanly ("another command is already in progress"): an error ends the
+ * open COPYs before postgres_fdw rolls back on their connections.
  *
  *-------------------------------------------------------------------------
  */
@@ -39,8 +44,10 @@
 #include "access/transam.h"
 #include "access/xact.h"
 #include "commands/copy.h"
+#include "commands/progress.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "nodes/nodeFuncs.h"
 #include "parser/parse_relation.h"
 #include "parser/parsetree.h"
@@ -69,6 +76,7 @@ is_user_defined(Oid func_id, void *context)
 	return func_id >= FirstNormalObjectId;
 }
 
+/* Also a cast to a domain of the user's, whose checks may call anything. */
 static bool
 calls_user_function(Node *node, void *context)
 {
@@ -76,7 +84,26 @@ calls_user_function(Node *node, void *context)
 		return false;
 	if (check_functions_in_node(node, is_user_defined, context))
 		return true;
+	if (IsA(node, CoerceToDomain) &&
+		((CoerceToDomain *) node)->resulttype >= FirstNormalObjectId)
+		return true;
 	return expression_tree_walker(node, calls_user_function, context);
+}
+
+/*
+ * has_user_types tells whether a column of a relation has a type of the
+ * user's: its input function, or a domain's checks, may call anything.
+ */
+static bool
+has_user_types(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	for (int i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped &&
+			TupleDescAttr(desc, i)->atttypid >= FirstNormalObjectId)
+			return true;
+	return false;
 }
 
 /*
@@ -130,6 +157,7 @@ copy_streamed(ParseState *pstate, CopyStmt *stmt, uint64 *processed)
 	bool	   *nulls;
 	RouteStream *stream;
 	ErrorContextCallback errcallback;
+	int64		rows = 0;
 
 	if (!stmt->is_from || stmt->is_program || stmt->filename != NULL ||
 		stmt->whereClause != NULL || stmt->relation == NULL)
@@ -189,7 +217,10 @@ copy_streamed(ParseState *pstate, CopyStmt *stmt, uint64 *processed)
 			error_context_stack = &errcallback;
 			more = NextCopyFrom(cstate, econtext, values, nulls);
 			if (more)
+			{
 				ws_route_stream_row(stream, values, nulls);
+				pgstat_progress_update_param(PROGRESS_COPY_TUPLES_PROCESSED, ++rows);
+			}
 			error_context_stack = errcallback.previous;
 			MemoryContextSwitchTo(old);
 			if (!more)
@@ -245,7 +276,7 @@ copy_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
  * stream its rows to (see the file header), or InvalidOid.
  */
 static Oid
-insert_may_stream(PlannedStmt *plan)
+insert_may_stream(PlannedStmt *plan, int eflags)
 {
 	ModifyTable *modify = (ModifyTable *) plan->planTree;
 	RangeTblEntry *target;
@@ -254,6 +285,7 @@ insert_may_stream(PlannedStmt *plan)
 	bool		routes_only;
 
 	if (plan->commandType != CMD_INSERT || plan->hasModifyingCTE || plan->invalItems != NIL ||
+		(eflags & (EXEC_FLAG_EXPLAIN_ONLY | EXEC_FLAG_SKIP_TRIGGERS)) != 0 ||
 		list_length(plan->resultRelations) != 1 || !IsA(modify, ModifyTable) ||
 		modify->onConflictAction != ONCONFLICT_NONE || outerPlan(modify) == NULL ||
 		outerPlan(modify)->plan_rows < WS_STREAM_MIN_ROWS)
@@ -271,7 +303,7 @@ insert_may_stream(PlannedStmt *plan)
 		return InvalidOid;
 	/* Locked by now, as the plan's relations are. */
 	view = relation_open(target->relid, NoLock);
-	routes_only = ws_shard_routes_only(view);
+	routes_only = ws_shard_routes_only(view) && !has_user_types(view);
 	relation_close(view, NoLock);
 	return routes_only ? target->relid : InvalidOid;
 }
@@ -283,9 +315,9 @@ stream_executor_start(QueryDesc *queryDesc, int eflags)
 		prev_executor_start(queryDesc, eflags);
 	else
 		standard_ExecutorStart(queryDesc, eflags);
-	if (streaming_query == NULL && (eflags & EXEC_FLAG_EXPLAIN_ONLY) == 0)
+	if (streaming_query == NULL)
 	{
-		Oid			view = insert_may_stream(queryDesc->plannedstmt);
+		Oid			view = insert_may_stream(queryDesc->plannedstmt, eflags);
 
 		if (OidIsValid(view))
 		{
@@ -312,8 +344,9 @@ stream_executor_end(QueryDesc *queryDesc)
 		standard_ExecutorEnd(queryDesc);
 }
 
+/* An error ends the INSERT without ExecutorEnd. */
 static void
-stream_xact_callback(XactEvent event, void *arg)
+forget_query_at_abort(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
 		event == XACT_EVENT_PREPARE || event == XACT_EVENT_PARALLEL_ABORT)
@@ -321,8 +354,8 @@ stream_xact_callback(XactEvent event, void *arg)
 }
 
 static void
-stream_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-						SubTransactionId parentSubid, void *arg)
+forget_query_at_subabort(SubXactEvent event, SubTransactionId mySubid,
+						 SubTransactionId parentSubid, void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 		streaming_query = NULL;
@@ -342,6 +375,6 @@ ws_shard_stream_register(void)
 	ExecutorStart_hook = stream_executor_start;
 	prev_executor_end = ExecutorEnd_hook;
 	ExecutorEnd_hook = stream_executor_end;
-	RegisterXactCallback(stream_xact_callback, NULL);
-	RegisterSubXactCallback(stream_subxact_callback, NULL);
+	RegisterXactCallback(forget_query_at_abort, NULL);
+	RegisterSubXactCallback(forget_query_at_subabort, NULL);
 }

@@ -621,6 +621,38 @@ like($ins_err, qr/caught/, 'a PL/pgSQL exception block catches an error in the m
 is(on_shards(745001, 750000), 2000, 'and the function\'s next streamed INSERT is kept alone');
 $expected{$_} = 1 for 745001 .. 747000;
 
+# A statement that fails before any shard got its rows leaves nothing
+# behind for the next, in a fresh session.
+($ins_ret, $ins_out, $ins_err) = insert_orders(
+	"INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, 1000 / (i - 747010) FROM generate_series(747001, 750000) i;\n"
+	  . "INSERT INTO orders (id, customer, amount) VALUES (747001, " . q{'c' || (747001 % 97)} . ", 1);\n"
+	  . "SELECT count(*) FROM orders WHERE id BETWEEN 747001 AND 750000;");
+like($ins_err, qr/22012: division by zero/, 'a streamed INSERT fails before any shard got rows');
+is($ins_out, '1', 'and the next INSERT in the session writes its one row, alone') or diag($ins_err);
+$coord->safe_psql('postgres', 'UPDATE orders SET amount = 1 % 1000 WHERE id = 747001');
+$coord->safe_psql('postgres', 'UPDATE orders SET amount = 747001 % 1000 WHERE id = 747001');
+$expected{747001} = 1;
+
+# A COPY whose start waits on a shard (a lock held there) and is cancelled
+# by statement_timeout: the COPY sent but not begun is cancelled and ended,
+# and the session goes on.
+{
+	my $locker = $shard{s1}->background_psql('postgres', on_error_stop => 0);
+	$locker->query_safe('BEGIN; LOCK TABLE orders_shard IN ACCESS EXCLUSIVE MODE;');
+	my $started = time;
+	my ($ret, $out, $err) = $coord->psql('postgres',
+		"\\set VERBOSITY verbose\nSET statement_timeout = '1s';\nCOPY orders (id, customer, amount) FROM STDIN;\n"
+		  . copy_lines(750201, 760000) . "\\.\nRESET statement_timeout;\nSELECT 'after the timeout';\n",
+		on_error_stop => 0, timeout => $PostgreSQL::Test::Utils::timeout_default);
+	like($err, qr/57014: .*canceling statement due to statement timeout/,
+		'a streamed COPY waiting on a lock held on a shard is cancelled by statement_timeout');
+	is($out, 'after the timeout', 'and the session goes on');
+	cmp_ok(time - $started, '<', 25, 'without waiting for the lock');
+	$locker->query_safe('ROLLBACK;');
+	$locker->quit;
+	is(on_shards(750201, 760000), 0, 'and none of its rows is kept');
+}
+
 # Inserts that do not stream: a few rows; rows from a function of the
 # user's; rows read from the distributed table itself (through
 # postgres_fdw's connections).
