@@ -33,10 +33,11 @@ extern void ws_route_stream_row(RouteStream *stream, Datum *values, bool *nulls)
 extern void ws_route_stream_send(RouteStream *stream);
 extern uint64 ws_route_stream_end(RouteStream *stream);
 extern void ws_route_stream_abort(RouteStream *stream);
-extern void ws_route_stream_statement(Oid view);
+extern void ws_route_stream_statement_end(void);
 
 /* shard_stream.c */
 extern void ws_shard_stream_register(void);
+extern bool ws_shard_streaming_now(Oid view);
 
 /* shard_conn.c */
 extern bool ws_shard_can_run_alone(Oid serverid, Oid userid);

@@ -34,6 +34,8 @@
  */
 #include "postgres.h"
 
+#include <sys/socket.h>
+
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/xact.h"
@@ -47,6 +49,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "foreign/foreign.h"
+#include "lib/ilist.h"
 #include "libpq-fe.h"
 #include "libpq/pqformat.h"
 #include "miscadmin.h"
@@ -188,9 +191,8 @@ static HTAB *dist_cache = NULL;
 static uint64 dist_invalidations = 0;	/* counts dist_cache_invalidate calls */
 static HTAB *buffers = NULL;	/* in TopTransactionContext */
 
-/* The INSERT that streams its rows (shard_stream.c), and its stream. */
-static Oid	streaming_view = InvalidOid;
-static struct RouteStream *statement_stream = NULL;	/* in TopTransactionContext */
+/* The stream of the INSERT that streams its rows (shard_stream.c). */
+static struct RouteStream *statement_stream = NULL;
 static bool stream_callbacks_ahead = false;
 
 static void stream_callbacks_ahead_of_fdw(void);
@@ -1304,14 +1306,10 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	nulls = palloc(sizeof(bool) * desc->natts);
 	heap_deform_tuple(tuple, desc, values, nulls);
 
-	if (RelationGetRelid(view) == streaming_view)
+	if (ws_shard_streaming_now(RelationGetRelid(view)))
 	{
 		if (statement_stream == NULL)
-		{
-			MemoryContextSwitchTo(TopTransactionContext);
 			statement_stream = ws_route_stream_begin(view);
-			MemoryContextSwitchTo(row_context);
-		}
 		ws_route_stream_row(statement_stream, values, nulls);
 		ws_route_stream_send(statement_stream);
 		MemoryContextSwitchTo(caller_context);
@@ -1373,14 +1371,11 @@ write_scaling_route_flush(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("ws._route_flush() must be a statement trigger")));
-	if (RelationGetRelid(((TriggerData *) fcinfo->context)->tg_relation) == streaming_view)
+	if (statement_stream != NULL &&
+		ws_shard_streaming_now(RelationGetRelid(((TriggerData *) fcinfo->context)->tg_relation)))
 	{
-		streaming_view = InvalidOid;
-		if (statement_stream != NULL)
-		{
-			(void) ws_route_stream_end(statement_stream);
-			statement_stream = NULL;
-		}
+		(void) ws_route_stream_end(statement_stream);
+		statement_stream = NULL;
 	}
 	send_all();
 	return PointerGetDatum(NULL);
@@ -1431,13 +1426,25 @@ ws_shard_routes_only(Relation view)
 
 /* --- streams: rows sent while a statement runs (shard_stream.c) ---------- */
 
+/*
+ * A stream holds one COPY open on each server's postgres_fdw connection.
+ * Such a connection can serve nothing else until its COPY ends, and
+ * postgres_fdw, rolling back, waits forever on one left in the middle of a
+ * COPY.  So every stream is listed in live_streams from its beginning to
+ * its end, and our abort callbacks, which run ahead of postgres_fdw's, end
+ * the COPYs of the streams an abort takes (FATAL errors included, which no
+ * PG_CATCH sees).  Writes to a shard that stopped reading (waiting for a
+ * lock there, say) must not block the backend where no interrupt can reach
+ * it: the connection is in nonblocking mode while its COPY runs.
+ */
+
 /* A server's share of a stream: one COPY into its table of slots. */
 typedef struct ServerStream
 {
 	Oid			serverid;
 	PGconn	   *conn;			/* once its COPY was sent */
 	bool		copying;		/* the server takes the COPY's data */
-	bool		ended;			/* the COPY's end was sent */
+	bool		ended;			/* the COPY's end was queued */
 	bool		done;			/* its result was read, or abandoned */
 	StringInfoData data;		/* rows not yet handed to libpq */
 	int64		rows;
@@ -1445,10 +1452,11 @@ typedef struct ServerStream
 
 struct RouteStream
 {
+	dlist_node	live;			/* in live_streams until it ends */
 	Relation	view;			/* rows to route, for ws_route_stream_row */
 	char	   *table;			/* for messages */
-	SubTransactionId subid;		/* where it began */
-	MemoryContext context;
+	SubTransactionId subid;		/* where it began: where it is sent */
+	MemoryContext context;		/* under TopTransactionContext */
 	char	   *sql;			/* the COPY each server runs */
 	bool		binary;
 	List	   *servers;		/* ServerStreams */
@@ -1456,6 +1464,7 @@ struct RouteStream
 	uint64		rows;
 };
 
+static dlist_head live_streams = DLIST_STATIC_INIT(live_streams);
 
 /*
  * ws_route_stream_begin prepares to stream rows of a distributed table to
@@ -1473,7 +1482,8 @@ ws_route_stream_begin(Relation view)
 static RouteStream *
 stream_begin(DistEntry *dist, const char *table)
 {
-	MemoryContext context = AllocSetContextCreate(CurrentMemoryContext,
+	/* Abort callbacks may need it after the statement's memory is gone. */
+	MemoryContext context = AllocSetContextCreate(TopTransactionContext,
 												  "write_scaling COPY stream",
 												  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(context);
@@ -1488,7 +1498,16 @@ stream_begin(DistEntry *dist, const char *table)
 	stream->sql = sql.data;
 	stream->binary = dist->binary;
 	MemoryContextSwitchTo(old);
+	dlist_push_tail(&live_streams, &stream->live);
 	return stream;
+}
+
+/* stream_free forgets a stream that ended or was aborted. */
+static void
+stream_free(RouteStream *stream)
+{
+	dlist_delete(&stream->live);
+	MemoryContextDelete(stream->context);
 }
 
 /*
@@ -1512,7 +1531,6 @@ stream_server(RouteStream *stream, Oid serverid)
 	MemoryContextSwitchTo(old);
 	return server;
 }
-
 
 /*
  * stream_error raises the error being handled again, naming the server
@@ -1563,6 +1581,49 @@ stream_failed(RouteStream *stream, ServerStream *server)
 }
 
 /*
+ * wait_writable waits, interruptibly, until conn's socket takes more data.
+ */
+static void
+wait_writable(PGconn *conn)
+{
+	(void) WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_SOCKET_WRITEABLE | WL_EXIT_ON_PM_DEATH,
+							 PQsocket(conn), -1L, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+/*
+ * put_copy_data hands data (or, with data NULL, the COPY's end) to a
+ * server in nonblocking mode, and sends it all, waiting interruptibly
+ * while the server does not read; returns false if the connection failed.
+ */
+static bool
+put_copy_data(PGconn *conn, const char *data, int len)
+{
+	int			rc;
+
+	while ((rc = data ? PQputCopyData(conn, data, len) : PQputCopyEnd(conn, NULL)) == 0)
+		wait_writable(conn);
+	if (rc < 0)
+		return false;
+	while ((rc = PQflush(conn)) == 1)
+		wait_writable(conn);
+	return rc == 0;
+}
+
+/*
+ * check_subtransaction refuses to send a stream's rows in another
+ * subtransaction than the one it began in: they would go into another
+ * remote savepoint, which could roll them back alone.
+ */
+static void
+check_subtransaction(RouteStream *stream)
+{
+	if (GetCurrentSubTransactionId() != stream->subid)
+		elog(ERROR, "rows streamed to shards cannot be sent from another subtransaction");
+}
+
+/*
  * stream_send hands a server's rows to libpq, beginning its COPY first if
  * need be.  A shard that fails in the middle of a COPY reads the rest and
  * drops it; its error comes when the COPY ends (libpq reads no result
@@ -1571,6 +1632,7 @@ stream_failed(RouteStream *stream, ServerStream *server)
 static void
 stream_send(RouteStream *stream, ServerStream *server)
 {
+	check_subtransaction(stream);
 	PG_TRY();
 	{
 		if (server->conn == NULL)
@@ -1587,11 +1649,11 @@ stream_send(RouteStream *stream, ServerStream *server)
 				fdw_report_error(ERROR, res, conn, true, stream->sql);
 			PQclear(res);
 			server->copying = true;
-			if (stream->binary &&
-				PQputCopyData(conn, binary_header, sizeof(binary_header)) != 1)
+			if (PQsetnonblocking(conn, 1) != 0 ||
+				(stream->binary && !put_copy_data(conn, binary_header, sizeof(binary_header))))
 				stream_failed(stream, server);
 		}
-		if (PQputCopyData(server->conn, server->data.data, server->data.len) != 1)
+		if (!put_copy_data(server->conn, server->data.data, server->data.len))
 			stream_failed(stream, server);
 		resetStringInfo(&server->data);
 	}
@@ -1687,10 +1749,12 @@ ws_route_stream_end(RouteStream *stream)
 		PG_TRY();
 		{
 			if ((stream->binary &&
-				 PQputCopyData(server->conn, binary_trailer, sizeof(binary_trailer)) != 1) ||
-				PQputCopyEnd(server->conn, NULL) != 1)
+				 !put_copy_data(server->conn, binary_trailer, sizeof(binary_trailer))) ||
+				!put_copy_data(server->conn, NULL, 0))
 				stream_failed(stream, server);
 			server->ended = true;
+			if (PQsetnonblocking(server->conn, 0) != 0)
+				stream_failed(stream, server);
 		}
 		PG_CATCH();
 		{
@@ -1772,32 +1836,44 @@ ws_route_stream_end(RouteStream *stream)
 		note_routed(server->serverid, server->rows);
 	}
 	rows = stream->rows;
-	MemoryContextDelete(stream->context);	/* the stream with it */
+	stream_free(stream);
 	return rows;
 }
 
 /*
- * copy_started cancels the COPY sent to a server that has not accepted it
- * yet (waiting for a lock there, say), then waits, for a while, for the
- * outcome; tells whether the server took the COPY after all.  Raises
- * nothing, takes no interrupt.
+ * cancel_remote asks a server to cancel what its connection runs.
+ */
+static void
+cancel_remote(PGconn *conn)
+{
+	PGcancel   *cancel = PQgetCancel(conn);
+	char		message[256];
+
+	if (cancel == NULL)
+		return;
+	(void) PQcancel(cancel, message, sizeof(message));
+	PQfreeCancel(cancel);
+}
+
+/*
+ * copy_started tells whether a server took the COPY sent to it.  One that
+ * has not answered yet (waiting for a lock there, say) is asked to cancel
+ * it, then waited for a while; one that still does not answer is cut off,
+ * so that postgres_fdw finds the connection broken rather than in the
+ * middle of a COPY.  Raises nothing, takes no interrupt.
  */
 static bool
 copy_started(PGconn *conn)
 {
 	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 30000);
-	PGcancel   *cancel = PQgetCancel(conn);
-	char		message[256];
+	bool		cancelled = false;
 
-	if (cancel != NULL)
-	{
-		(void) PQcancel(cancel, message, sizeof(message));
-		PQfreeCancel(cancel);
-	}
 	for (;;)
 	{
 		long		wait;
 
+		if (!PQconsumeInput(conn))
+			return false;
 		if (!PQisBusy(conn))
 		{
 			PGresult   *res = PQgetResult(conn);
@@ -1811,23 +1887,79 @@ copy_started(PGconn *conn)
 				return true;
 			continue;
 		}
+		if (!cancelled)
+		{
+			cancel_remote(conn);
+			cancelled = true;
+		}
 		wait = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
 		if (wait <= 0)
+		{
+			shutdown(PQsocket(conn), SHUT_RDWR);
 			return false;
+		}
 		(void) WaitLatchOrSocket(NULL, WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 								 PQsocket(conn), wait, PG_WAIT_EXTENSION);
-		if (!PQconsumeInput(conn))
-			return false;
 	}
 }
 
 /*
- * ws_route_stream_abort ends every COPY still open with an error, so that
+ * end_copy ends a server's COPY with an error.  A server that does not read
+ * what is queued for it (waiting for a lock there, say) is asked to cancel:
+ * it then reads and drops the rest.  One that still does not read within a
+ * while is cut off, so that postgres_fdw finds the connection broken
+ * rather than in the middle of a COPY.  Raises nothing, takes no interrupt.
+ */
+static void
+end_copy(PGconn *conn)
+{
+	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 30000);
+	bool		queued = false;
+	bool		cancelled = false;
+
+	for (;;)
+	{
+		long		wait;
+		int			rc;
+
+		if (!queued)
+		{
+			rc = PQputCopyEnd(conn, "write_scaling: the statement failed");
+			if (rc < 0)
+				break;
+			queued = rc == 1;
+		}
+		if (queued)
+		{
+			rc = PQflush(conn);
+			if (rc < 0)
+				break;
+			if (rc == 0)
+			{
+				(void) PQsetnonblocking(conn, 0);
+				return;
+			}
+		}
+		if (!cancelled)
+		{
+			cancel_remote(conn);
+			cancelled = true;
+		}
+		wait = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
+		if (wait <= 0)
+			break;
+		(void) WaitLatchOrSocket(NULL, WL_SOCKET_WRITEABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 PQsocket(conn), wait, PG_WAIT_EXTENSION);
+	}
+	shutdown(PQsocket(conn), SHUT_RDWR);
+}
+
+/*
+ * ws_route_stream_abort ends every COPY of a stream still open, so that
  * postgres_fdw, rolling back, finds its connections busy or idle but not in
- * the middle of a COPY (it would wait forever there), and frees the stream.
- * A COPY sent but not yet begun is waited for, then ended.  Results are
- * left to postgres_fdw, which cancels and drains a busy connection.
- * Raises nothing: called while an error is handled.
+ * the middle of a COPY, and frees the stream.  Results are left to
+ * postgres_fdw, which cancels and drains a busy connection.  Raises
+ * nothing: called while an error is handled.
  */
 void
 ws_route_stream_abort(RouteStream *stream)
@@ -1838,66 +1970,65 @@ ws_route_stream_abort(RouteStream *stream)
 	{
 		ServerStream *server = lfirst(lc);
 
-		if (server->conn == NULL || server->done || server->ended ||
-			PQstatus(server->conn) == CONNECTION_BAD)
+		if (server->conn == NULL || server->done || PQstatus(server->conn) == CONNECTION_BAD)
 			continue;
 		server->done = true;
-		if (server->copying || copy_started(server->conn))
-			(void) PQputCopyEnd(server->conn, "write_scaling: the statement failed");
+		if (server->ended)
+			(void) PQsetnonblocking(server->conn, 0);	/* already blocking */
+		else if (server->copying || copy_started(server->conn))
+			end_copy(server->conn);
 	}
-	MemoryContextDelete(stream->context);
+	stream_free(stream);
 }
 
 /*
- * ws_route_stream_statement makes the INSERT about to run into view stream
- * its rows to the shards (shard_stream.c says when it may), or, with
- * InvalidOid, forgets that once the INSERT is over.
+ * ws_route_stream_statement_end sends the rows the INSERT that streamed
+ * (shard_stream.c) left in its stream, if its AFTER trigger did not.
  */
 void
-ws_route_stream_statement(Oid view)
+ws_route_stream_statement_end(void)
 {
-	streaming_view = view;
-	if (!OidIsValid(view) && statement_stream != NULL)
-	{
-		RouteStream *stream = statement_stream;
+	RouteStream *stream = statement_stream;
 
-		/* Its AFTER trigger did not run (skipped, say): the rows go now. */
-		statement_stream = NULL;
-		PG_TRY();
-		{
-			(void) ws_route_stream_end(stream);
-		}
-		PG_CATCH();
-		{
-			ws_route_stream_abort(stream);
-			PG_RE_THROW();
-		}
-		PG_END_TRY();
+	if (stream == NULL)
+		return;
+	statement_stream = NULL;
+	PG_TRY();
+	{
+		(void) ws_route_stream_end(stream);
 	}
+	PG_CATCH();
+	{
+		ws_route_stream_abort(stream);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 }
 
 /*
- * An aborted (sub)transaction ends the statement's COPYs before
- * postgres_fdw rolls back on their connections, which it cannot do in the
- * middle of a COPY: these callbacks run ahead of postgres_fdw's.
+ * An aborted (sub)transaction ends the COPYs of the streams it takes
+ * before postgres_fdw rolls back on their connections: these callbacks run
+ * ahead of postgres_fdw's.
  */
 static void
 stream_xact_callback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	switch (event)
 	{
-		if (statement_stream != NULL)
-			ws_route_stream_abort(statement_stream);
-		statement_stream = NULL;
-		streaming_view = InvalidOid;
-	}
-	else if ((event == XACT_EVENT_PRE_COMMIT || event == XACT_EVENT_PRE_PREPARE) &&
-			 statement_stream != NULL)
-		elog(ERROR, "rows streamed to shards were not finished before commit");
-	else if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE)
-	{
-		statement_stream = NULL;
-		streaming_view = InvalidOid;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			while (!dlist_is_empty(&live_streams))
+				ws_route_stream_abort(dlist_container(RouteStream, live,
+													  dlist_head_node(&live_streams)));
+			statement_stream = NULL;
+			break;
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			if (!dlist_is_empty(&live_streams))
+				elog(ERROR, "rows streamed to shards were not finished before commit");
+			break;
+		default:
+			break;
 	}
 }
 
@@ -1905,16 +2036,23 @@ static void
 stream_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						SubTransactionId parentSubid, void *arg)
 {
-	if (statement_stream == NULL || statement_stream->subid != mySubid)
-		return;
-	if (event == SUBXACT_EVENT_ABORT_SUB)
+	dlist_mutable_iter iter;
+
+	dlist_foreach_modify(iter, &live_streams)
 	{
-		ws_route_stream_abort(statement_stream);
-		statement_stream = NULL;
-		streaming_view = InvalidOid;
+		RouteStream *stream = dlist_container(RouteStream, live, iter.cur);
+
+		if (stream->subid != mySubid)
+			continue;
+		if (event == SUBXACT_EVENT_COMMIT_SUB)
+			stream->subid = parentSubid;
+		else if (event == SUBXACT_EVENT_ABORT_SUB)
+		{
+			if (stream == statement_stream)
+				statement_stream = NULL;
+			ws_route_stream_abort(stream);
+		}
 	}
-	else if (event == SUBXACT_EVENT_COMMIT_SUB)
-		statement_stream->subid = parentSubid;
 }
 
 /*

@@ -65,10 +65,16 @@
 
 static ProcessUtility_hook_type prev_process_utility = NULL;
 static ExecutorStart_hook_type prev_executor_start = NULL;
+static ExecutorRun_hook_type prev_executor_run = NULL;
+static ExecutorFinish_hook_type prev_executor_finish = NULL;
 static ExecutorEnd_hook_type prev_executor_end = NULL;
 
-/* The INSERT whose rows stream, while it runs. */
+/* The INSERT whose rows stream, while it runs: into what, from where. */
 static QueryDesc *streaming_query = NULL;
+static Oid	streaming_view = InvalidOid;
+static SubTransactionId streaming_subid = InvalidSubTransactionId;
+
+static QueryDesc *running_query = NULL;
 
 static bool
 is_user_defined(Oid func_id, void *context)
@@ -325,23 +331,82 @@ stream_executor_start(QueryDesc *queryDesc, int eflags)
 					(errmsg_internal("INSERT into distributed table \"%s\" streams to its shards",
 									 get_rel_name(view))));
 			streaming_query = queryDesc;
-			ws_route_stream_statement(view);
+			streaming_view = view;
+			streaming_subid = GetCurrentSubTransactionId();
 		}
 	}
+}
+
+/*
+ * The query running now: the routing triggers that fire under a query of
+ * their own (a nested INSERT) are not the streaming INSERT's.
+ */
+static void
+stream_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
+					bool execute_once)
+{
+	QueryDesc  *outer = running_query;
+
+	running_query = queryDesc;
+	PG_TRY();
+	{
+		if (prev_executor_run != NULL)
+			prev_executor_run(queryDesc, direction, count, execute_once);
+		else
+			standard_ExecutorRun(queryDesc, direction, count, execute_once);
+	}
+	PG_FINALLY();
+	{
+		running_query = outer;
+	}
+	PG_END_TRY();
+}
+
+/* AFTER statement triggers fire here. */
+static void
+stream_executor_finish(QueryDesc *queryDesc)
+{
+	QueryDesc  *outer = running_query;
+
+	running_query = queryDesc;
+	PG_TRY();
+	{
+		if (prev_executor_finish != NULL)
+			prev_executor_finish(queryDesc);
+		else
+			standard_ExecutorFinish(queryDesc);
+	}
+	PG_FINALLY();
+	{
+		running_query = outer;
+	}
+	PG_END_TRY();
 }
 
 static void
 stream_executor_end(QueryDesc *queryDesc)
 {
-	if (queryDesc == streaming_query)
-	{
-		streaming_query = NULL;
-		ws_route_stream_statement(InvalidOid);
-	}
 	if (prev_executor_end != NULL)
 		prev_executor_end(queryDesc);
 	else
 		standard_ExecutorEnd(queryDesc);
+	if (queryDesc == streaming_query)
+	{
+		streaming_query = NULL;
+		ws_route_stream_statement_end();
+	}
+}
+
+/*
+ * ws_shard_streaming_now tells whether rows inserted into view now belong
+ * to the INSERT that streams: it is the query running, in the
+ * subtransaction it began in.
+ */
+bool
+ws_shard_streaming_now(Oid view)
+{
+	return streaming_query != NULL && running_query == streaming_query &&
+		view == streaming_view && GetCurrentSubTransactionId() == streaming_subid;
 }
 
 /* An error ends the INSERT without ExecutorEnd. */
@@ -357,7 +422,7 @@ static void
 forget_query_at_subabort(SubXactEvent event, SubTransactionId mySubid,
 						 SubTransactionId parentSubid, void *arg)
 {
-	if (event == SUBXACT_EVENT_ABORT_SUB)
+	if (event == SUBXACT_EVENT_ABORT_SUB && mySubid == streaming_subid)
 		streaming_query = NULL;
 }
 
@@ -373,6 +438,10 @@ ws_shard_stream_register(void)
 	ProcessUtility_hook = copy_process_utility;
 	prev_executor_start = ExecutorStart_hook;
 	ExecutorStart_hook = stream_executor_start;
+	prev_executor_run = ExecutorRun_hook;
+	ExecutorRun_hook = stream_executor_run;
+	prev_executor_finish = ExecutorFinish_hook;
+	ExecutorFinish_hook = stream_executor_finish;
 	prev_executor_end = ExecutorEnd_hook;
 	ExecutorEnd_hook = stream_executor_end;
 	RegisterXactCallback(forget_query_at_abort, NULL);

@@ -653,6 +653,46 @@ $expected{747001} = 1;
 	is(on_shards(750201, 760000), 0, 'and none of its rows is kept');
 }
 
+# An INSERT that fails in a savepoint before its first row reached the
+# trigger leaves nothing behind: the next INSERT in the transaction, which
+# reads the distributed table and so may not stream, does not.
+($ins_ret, $ins_out, $ins_err) = insert_orders("BEGIN;\nSAVEPOINT a;\n"
+	  . "INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, 1000 / (i - 760001) FROM generate_series(760001, 770000) i;\n"
+	  . "ROLLBACK TO a;\n"
+	  . "INSERT INTO orders (id, customer, amount) SELECT id + 1000000, customer, amount FROM orders WHERE id BETWEEN 702001 AND 703000;\n"
+	  . "COMMIT;\nSELECT count(*) FROM orders WHERE id BETWEEN 1702001 AND 1703000;");
+is($ins_out, '1000', 'after an INSERT that failed on its first row in a savepoint, the next INSERT goes through the buffers')
+  or diag($ins_err);
+learn_slots(1702001, 1703000);
+$coord->safe_psql('postgres', 'UPDATE orders SET customer = cust(id) WHERE id BETWEEN 1702001 AND 1703000');
+$expected{$_} = 1 for 1702001 .. 1703000;
+
+# A session terminated in the middle of a streamed COPY, with COPYs open on
+# every shard, exits (postgres_fdw, rolling back, would wait forever on a
+# connection in the middle of a COPY), and none of its rows stays.
+{
+	my ($in, $out, $err) = ("COPY orders (id, customer, amount) FROM STDIN;\n" . copy_lines(770001, 790000), '', '');
+	my $h = IPC::Run::start([ 'psql', '-XAtq', '-d', $coord->connstr('postgres'), '-f', '-' ],
+		'<', \$in, '>', \$out, '2>', \$err);
+	$h->pump while length $in;
+	my $copying = q{SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY public.orders_shard%' AND state = 'active'};
+	my $all_copying = 1;
+	for my $name (qw(s1 s2 s3))
+	{
+		$all_copying &&= $shard{$name}->poll_query_until('postgres', "$copying", '1');
+	}
+	ok($all_copying, 'a COPY whose client stops sending holds a COPY open on every shard');
+	my $pid = $coord->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY orders%' AND state = 'active'});
+	$coord->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+	ok($coord->poll_query_until('postgres', "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $pid"),
+		'terminated, its backend exits');
+	my $ended = 1;
+	$ended &&= $shard{$_}->poll_query_until('postgres', $copying, '0') for qw(s1 s2 s3);
+	ok($ended, 'and the shards\' COPYs end');
+	$h->kill_kill;
+	is(on_shards(770001, 790000), 0, 'none of its rows stays on any shard');
+}
+
 # Inserts that do not stream: a few rows; rows from a function of the
 # user's; rows read from the distributed table itself (through
 # postgres_fdw's connections).
