@@ -34,6 +34,7 @@
  */
 #include "postgres.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 
 #include "access/htup_details.h"
@@ -1453,6 +1454,7 @@ typedef struct ServerStream
 struct RouteStream
 {
 	dlist_node	live;			/* in live_streams until it ends */
+	bool		listed;
 	Relation	view;			/* rows to route, for ws_route_stream_row */
 	char	   *table;			/* for messages */
 	SubTransactionId subid;		/* where it began: where it is sent */
@@ -1499,14 +1501,24 @@ stream_begin(DistEntry *dist, const char *table)
 	stream->binary = dist->binary;
 	MemoryContextSwitchTo(old);
 	dlist_push_tail(&live_streams, &stream->live);
+	stream->listed = true;
 	return stream;
+}
+
+/* stream_delist takes a stream off live_streams, once. */
+static void
+stream_delist(RouteStream *stream)
+{
+	if (stream->listed)
+		dlist_delete(&stream->live);
+	stream->listed = false;
 }
 
 /* stream_free forgets a stream that ended or was aborted. */
 static void
 stream_free(RouteStream *stream)
 {
-	dlist_delete(&stream->live);
+	stream_delist(stream);
 	MemoryContextDelete(stream->context);
 }
 
@@ -1581,33 +1593,40 @@ stream_failed(RouteStream *stream, ServerStream *server)
 }
 
 /*
- * wait_writable waits, interruptibly, until conn's socket takes more data.
+ * wait_io waits, interruptibly, until conn's socket takes more data or has
+ * some to read, and reads it (a shard that sends while we send must not
+ * block on us); returns false if the connection failed.
  */
-static void
-wait_writable(PGconn *conn)
+static bool
+wait_io(PGconn *conn)
 {
-	(void) WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_SOCKET_WRITEABLE | WL_EXIT_ON_PM_DEATH,
-							 PQsocket(conn), -1L, PG_WAIT_EXTENSION);
+	int			rc = WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_SOCKET_WRITEABLE |
+									   WL_SOCKET_READABLE | WL_EXIT_ON_PM_DEATH,
+									   PQsocket(conn), -1L, PG_WAIT_EXTENSION);
+
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
+	return (rc & WL_SOCKET_READABLE) == 0 || PQconsumeInput(conn);
 }
 
 /*
- * put_copy_data hands data (or, with data NULL, the COPY's end) to a
- * server in nonblocking mode, and sends it all, waiting interruptibly
- * while the server does not read; returns false if the connection failed.
+ * put_copy_data hands data to a server, in nonblocking mode, and sends it
+ * all, waiting interruptibly while the server does not read; returns false
+ * if the connection failed.
  */
 static bool
 put_copy_data(PGconn *conn, const char *data, int len)
 {
 	int			rc;
 
-	while ((rc = data ? PQputCopyData(conn, data, len) : PQputCopyEnd(conn, NULL)) == 0)
-		wait_writable(conn);
+	while ((rc = PQputCopyData(conn, data, len)) == 0)
+		if (!wait_io(conn))
+			return false;
 	if (rc < 0)
 		return false;
 	while ((rc = PQflush(conn)) == 1)
-		wait_writable(conn);
+		if (!wait_io(conn))
+			return false;
 	return rc == 0;
 }
 
@@ -1748,12 +1767,17 @@ ws_route_stream_end(RouteStream *stream)
 		current = server;
 		PG_TRY();
 		{
+			int			rc;
+
 			if ((stream->binary &&
 				 !put_copy_data(server->conn, binary_trailer, sizeof(binary_trailer))) ||
-				!put_copy_data(server->conn, NULL, 0))
+				PQputCopyEnd(server->conn, NULL) != 1)
 				stream_failed(stream, server);
-			server->ended = true;
-			if (PQsetnonblocking(server->conn, 0) != 0)
+			server->ended = true;	/* queued: an abort must see it out */
+			while ((rc = PQflush(server->conn)) == 1)
+				if (!wait_io(server->conn))
+					break;
+			if (rc != 0 || PQsetnonblocking(server->conn, 0) != 0)
 				stream_failed(stream, server);
 		}
 		PG_CATCH();
@@ -1841,8 +1865,25 @@ ws_route_stream_end(RouteStream *stream)
 }
 
 /*
- * cancel_remote asks a server to cancel what its connection runs.
+ * The abort of a stream raises nothing and takes no interrupt: it runs in
+ * PG_CATCH blocks and abort callbacks.  It waits with poll() and one
+ * deadline for the whole stream.
  */
+
+/* wait_socket waits until conn's socket is readable or writable, or until. */
+static void
+wait_socket(PGconn *conn, bool write, TimestampTz until)
+{
+	struct pollfd fd;
+	long		wait = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
+
+	fd.fd = PQsocket(conn);
+	fd.events = POLLIN | (write ? POLLOUT : 0);
+	fd.revents = 0;
+	(void) poll(&fd, 1, (int) Min(wait, INT_MAX));
+}
+
+/* cancel_remote asks a server to cancel what its connection runs. */
 static void
 cancel_remote(PGconn *conn)
 {
@@ -1856,22 +1897,30 @@ cancel_remote(PGconn *conn)
 }
 
 /*
+ * cut_off shuts a connection down under postgres_fdw, which then finds it
+ * broken (libpq marks it so once a read fails) rather than in the middle
+ * of a COPY.
+ */
+static void
+cut_off(PGconn *conn)
+{
+	shutdown(PQsocket(conn), SHUT_RDWR);
+	for (int i = 0; i < 1000 && PQconsumeInput(conn); i++)
+		;
+}
+
+/*
  * copy_started tells whether a server took the COPY sent to it.  One that
  * has not answered yet (waiting for a lock there, say) is asked to cancel
- * it, then waited for a while; one that still does not answer is cut off,
- * so that postgres_fdw finds the connection broken rather than in the
- * middle of a COPY.  Raises nothing, takes no interrupt.
+ * it, then waited for; one that does not answer by until is cut off.
  */
 static bool
-copy_started(PGconn *conn)
+copy_started(PGconn *conn, TimestampTz until)
 {
-	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 30000);
 	bool		cancelled = false;
 
 	for (;;)
 	{
-		long		wait;
-
 		if (!PQconsumeInput(conn))
 			return false;
 		if (!PQisBusy(conn))
@@ -1892,91 +1941,80 @@ copy_started(PGconn *conn)
 			cancel_remote(conn);
 			cancelled = true;
 		}
-		wait = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
-		if (wait <= 0)
+		if (GetCurrentTimestamp() >= until)
 		{
-			shutdown(PQsocket(conn), SHUT_RDWR);
+			cut_off(conn);
 			return false;
 		}
-		(void) WaitLatchOrSocket(NULL, WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								 PQsocket(conn), wait, PG_WAIT_EXTENSION);
+		wait_socket(conn, false, until);
 	}
 }
 
 /*
- * end_copy ends a server's COPY with an error.  A server that does not read
- * what is queued for it (waiting for a lock there, say) is asked to cancel:
- * it then reads and drops the rest.  One that still does not read within a
- * while is cut off, so that postgres_fdw finds the connection broken
- * rather than in the middle of a COPY.  Raises nothing, takes no interrupt.
+ * finish_output sends what libpq holds for a server.  One that does not
+ * read it (waiting for a lock there, say) is asked to cancel, and then
+ * reads and drops the rest; one that does not by until is cut off.
+ * Leaves the connection blocking, as postgres_fdw has it.
  */
 static void
-end_copy(PGconn *conn)
+finish_output(PGconn *conn, TimestampTz until)
 {
-	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 30000);
-	bool		queued = false;
 	bool		cancelled = false;
 
 	for (;;)
 	{
-		long		wait;
-		int			rc;
+		int			rc = PQflush(conn);
 
-		if (!queued)
+		if (rc == 0)
 		{
-			rc = PQputCopyEnd(conn, "write_scaling: the statement failed");
-			if (rc < 0)
-				break;
-			queued = rc == 1;
+			(void) PQsetnonblocking(conn, 0);
+			return;
 		}
-		if (queued)
-		{
-			rc = PQflush(conn);
-			if (rc < 0)
-				break;
-			if (rc == 0)
-			{
-				(void) PQsetnonblocking(conn, 0);
-				return;
-			}
-		}
+		if (rc < 0)
+			break;
 		if (!cancelled)
 		{
 			cancel_remote(conn);
 			cancelled = true;
 		}
-		wait = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
-		if (wait <= 0)
+		if (GetCurrentTimestamp() >= until)
 			break;
-		(void) WaitLatchOrSocket(NULL, WL_SOCKET_WRITEABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								 PQsocket(conn), wait, PG_WAIT_EXTENSION);
+		wait_socket(conn, true, until);
+		(void) PQconsumeInput(conn);
 	}
-	shutdown(PQsocket(conn), SHUT_RDWR);
+	cut_off(conn);
 }
 
 /*
  * ws_route_stream_abort ends every COPY of a stream still open, so that
- * postgres_fdw, rolling back, finds its connections busy or idle but not in
- * the middle of a COPY, and frees the stream.  Results are left to
- * postgres_fdw, which cancels and drains a busy connection.  Raises
- * nothing: called while an error is handled.
+ * postgres_fdw, rolling back, finds its connections busy, idle or broken
+ * but not in the middle of a COPY, and frees the stream.  Results are left
+ * to postgres_fdw, which cancels and drains a busy connection.
  */
 void
 ws_route_stream_abort(RouteStream *stream)
 {
+	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 30000);
 	ListCell   *lc;
 
+	stream_delist(stream);
 	foreach(lc, stream->servers)
 	{
 		ServerStream *server = lfirst(lc);
+		PGconn	   *conn = server->conn;
 
-		if (server->conn == NULL || server->done || PQstatus(server->conn) == CONNECTION_BAD)
+		if (conn == NULL || server->done || PQstatus(conn) == CONNECTION_BAD)
 			continue;
 		server->done = true;
-		if (server->ended)
-			(void) PQsetnonblocking(server->conn, 0);	/* already blocking */
-		else if (server->copying || copy_started(server->conn))
-			end_copy(server->conn);
+		if (!server->copying && !copy_started(conn, until))
+			continue;
+		if (!server->ended &&
+			PQputCopyEnd(conn, "write_scaling: the statement failed") != 1)
+		{
+			cut_off(conn);
+			continue;
+		}
+		finish_output(conn, until);
 	}
 	stream_free(stream);
 }
@@ -2020,6 +2058,7 @@ stream_xact_callback(XactEvent event, void *arg)
 			while (!dlist_is_empty(&live_streams))
 				ws_route_stream_abort(dlist_container(RouteStream, live,
 													  dlist_head_node(&live_streams)));
+			dlist_init(&live_streams);
 			statement_stream = NULL;
 			break;
 		case XACT_EVENT_PRE_COMMIT:

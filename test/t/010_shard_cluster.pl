@@ -566,6 +566,7 @@ $expected{$_} = 1 for 720002 .. 720300;
 # ends them before postgres_fdw rolls back: the session goes on, and no row
 # stays, in a transaction or a subtransaction.
 learn_slots(730001, 760000);
+learn_slots(790001, 850000);
 learn_slots(1700001, 1702000);
 my $streams_insert = qr/INSERT into distributed table "orders" streams to its shards/;
 my $cust_sql = q{'c' || (i % 97) || CASE WHEN i % 10 = 0 THEN E'\t\\\\ \n' ELSE '' END};
@@ -692,6 +693,20 @@ $expected{$_} = 1 for 1702001 .. 1703000;
 	$h->kill_kill;
 	is(on_shards(770001, 790000), 0, 'none of its rows stays on any shard');
 }
+
+# A shard that talks while it takes rows (a trigger of the user's there
+# raising a NOTICE per row, megabytes of them) is read while the COPY is
+# sent: neither side waits for the other forever.
+$shard{s1}->safe_psql('postgres', q{
+	CREATE FUNCTION chatty() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN RAISE NOTICE '%', repeat('x', 200); RETURN NEW; END $$;
+	CREATE TRIGGER chatty BEFORE INSERT ON orders_shard FOR EACH ROW EXECUTE FUNCTION chatty();
+});
+($copy_ret, $copy_err) = copy_into_orders('', copy_lines(790001, 850000));
+is($copy_ret, 0, 'a streamed COPY to a shard that sends a NOTICE per row succeeds') or diag(substr($copy_err, 0, 2000));
+$shard{s1}->safe_psql('postgres', 'DROP TRIGGER chatty ON orders_shard; DROP FUNCTION chatty()');
+is(on_shards(790001, 850000), 60000, 'and all its rows are on the shards');
+$expected{$_} = 1 for 790001 .. 850000;
 
 # Inserts that do not stream: a few rows; rows from a function of the
 # user's; rows read from the distributed table itself (through
