@@ -52,5 +52,6 @@ extern void ws_defer_single_row(Oid serverid, const char *sql, const char *liter
 extern void ws_defer_flush(void);
 extern void ws_defer_note_fdw_use(void);
 extern void ws_defer_register(void);
+extern struct QueryDesc *ws_running_query(void);
 
 #endif							/* WS_SHARD_H */

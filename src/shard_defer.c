@@ -71,6 +71,7 @@ static SubTransactionId sent_in = InvalidSubTransactionId;
 static bool preloaded = false;
 static bool committing = false; /* the commit's callbacks have begun */
 static int	nesting = 0;		/* planning or statements inside statements */
+static QueryDesc *running_query = NULL;
 static int	statements = 0;		/* top-level statements this transaction */
 static bool fdw_used = false;
 
@@ -263,11 +264,25 @@ defer_planner(Query *parse, const char *query_string, int cursorOptions,
 	return result;
 }
 
+/*
+ * ws_running_query returns the query whose ExecutorRun or ExecutorFinish
+ * (where AFTER statement triggers fire) runs now, if any: shard_stream.c
+ * tells the streaming INSERT's triggers from those of a nested one.
+ */
+QueryDesc *
+ws_running_query(void)
+{
+	return running_query;
+}
+
 static void
 defer_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
 				   bool execute_once)
 {
+	QueryDesc  *outer = running_query;
+
 	nesting++;
+	running_query = queryDesc;
 	PG_TRY();
 	{
 		if (prev_executor_run != NULL)
@@ -278,6 +293,7 @@ defer_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
 	PG_FINALLY();
 	{
 		nesting--;
+		running_query = outer;
 	}
 	PG_END_TRY();
 }
@@ -285,7 +301,10 @@ defer_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
 static void
 defer_executor_finish(QueryDesc *queryDesc)
 {
+	QueryDesc  *outer = running_query;
+
 	nesting++;
+	running_query = queryDesc;
 	PG_TRY();
 	{
 		if (prev_executor_finish != NULL)
@@ -296,6 +315,7 @@ defer_executor_finish(QueryDesc *queryDesc)
 	PG_FINALLY();
 	{
 		nesting--;
+		running_query = outer;
 	}
 	PG_END_TRY();
 	if (nesting == 0)

@@ -65,16 +65,12 @@
 
 static ProcessUtility_hook_type prev_process_utility = NULL;
 static ExecutorStart_hook_type prev_executor_start = NULL;
-static ExecutorRun_hook_type prev_executor_run = NULL;
-static ExecutorFinish_hook_type prev_executor_finish = NULL;
 static ExecutorEnd_hook_type prev_executor_end = NULL;
 
 /* The INSERT whose rows stream, while it runs: into what, from where. */
 static QueryDesc *streaming_query = NULL;
 static Oid	streaming_view = InvalidOid;
 static SubTransactionId streaming_subid = InvalidSubTransactionId;
-
-static QueryDesc *running_query = NULL;
 
 static bool
 is_user_defined(Oid func_id, void *context)
@@ -337,52 +333,6 @@ stream_executor_start(QueryDesc *queryDesc, int eflags)
 	}
 }
 
-/*
- * The query running now: the routing triggers that fire under a query of
- * their own (a nested INSERT) are not the streaming INSERT's.
- */
-static void
-stream_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
-					bool execute_once)
-{
-	QueryDesc  *outer = running_query;
-
-	running_query = queryDesc;
-	PG_TRY();
-	{
-		if (prev_executor_run != NULL)
-			prev_executor_run(queryDesc, direction, count, execute_once);
-		else
-			standard_ExecutorRun(queryDesc, direction, count, execute_once);
-	}
-	PG_FINALLY();
-	{
-		running_query = outer;
-	}
-	PG_END_TRY();
-}
-
-/* AFTER statement triggers fire here. */
-static void
-stream_executor_finish(QueryDesc *queryDesc)
-{
-	QueryDesc  *outer = running_query;
-
-	running_query = queryDesc;
-	PG_TRY();
-	{
-		if (prev_executor_finish != NULL)
-			prev_executor_finish(queryDesc);
-		else
-			standard_ExecutorFinish(queryDesc);
-	}
-	PG_FINALLY();
-	{
-		running_query = outer;
-	}
-	PG_END_TRY();
-}
-
 static void
 stream_executor_end(QueryDesc *queryDesc)
 {
@@ -405,7 +355,7 @@ stream_executor_end(QueryDesc *queryDesc)
 bool
 ws_shard_streaming_now(Oid view)
 {
-	return streaming_query != NULL && running_query == streaming_query &&
+	return streaming_query != NULL && ws_running_query() == streaming_query &&
 		view == streaming_view && GetCurrentSubTransactionId() == streaming_subid;
 }
 
@@ -438,10 +388,6 @@ ws_shard_stream_register(void)
 	ProcessUtility_hook = copy_process_utility;
 	prev_executor_start = ExecutorStart_hook;
 	ExecutorStart_hook = stream_executor_start;
-	prev_executor_run = ExecutorRun_hook;
-	ExecutorRun_hook = stream_executor_run;
-	prev_executor_finish = ExecutorFinish_hook;
-	ExecutorFinish_hook = stream_executor_finish;
 	prev_executor_end = ExecutorEnd_hook;
 	ExecutorEnd_hook = stream_executor_end;
 	RegisterXactCallback(forget_query_at_abort, NULL);
