@@ -1790,14 +1790,6 @@ ws_route_stream_end(RouteStream *stream)
 
 	PG_TRY();
 	{
-		set = CreateWaitEventSet(CurrentMemoryContext, list_length(stream->servers) + 1);
-		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-		foreach(lc, stream->servers)
-		{
-			ServerStream *server = lfirst(lc);
-
-			AddWaitEventToSet(set, WL_SOCKET_READABLE, PQsocket(server->conn), NULL, server);
-		}
 		while (pending > 0)
 		{
 			WaitEvent	events[16];
@@ -1825,7 +1817,21 @@ ws_route_stream_end(RouteStream *stream)
 			}
 			if (pending == 0)
 				break;
+
+			/* The servers still working: a finished one's socket may stay readable. */
+			set = CreateWaitEventSet(CurrentMemoryContext, pending + 1);
+			AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+			foreach(lc, stream->servers)
+			{
+				ServerStream *server = lfirst(lc);
+
+				if (!server->done)
+					AddWaitEventToSet(set, WL_SOCKET_READABLE, PQsocket(server->conn), NULL,
+									  server);
+			}
 			n = WaitEventSetWait(set, -1, events, lengthof(events), PG_WAIT_EXTENSION);
+			FreeWaitEventSet(set);
+			set = NULL;
 			for (int i = 0; i < n; i++)
 			{
 				ServerStream *server = events[i].user_data;
@@ -1837,13 +1843,10 @@ ws_route_stream_end(RouteStream *stream)
 					CHECK_FOR_INTERRUPTS();
 				}
 				current = server;
-				if ((events[i].events & WL_SOCKET_READABLE) && !server->done &&
-					!PQconsumeInput(server->conn))
+				if ((events[i].events & WL_SOCKET_READABLE) && !PQconsumeInput(server->conn))
 					fdw_report_error(ERROR, NULL, server->conn, false, stream->sql);
 			}
 		}
-		FreeWaitEventSet(set);
-		set = NULL;
 	}
 	PG_CATCH();
 	{
@@ -1883,7 +1886,12 @@ wait_socket(PGconn *conn, bool write, TimestampTz until)
 	(void) poll(&fd, 1, (int) Min(wait, INT_MAX));
 }
 
-/* cancel_remote asks a server to cancel what its connection runs. */
+/*
+ * cancel_remote asks a server to cancel what its connection runs.  libpq's
+ * PQcancel connects with no timeout of its own (postgres_fdw's cancels
+ * share that limit): a shard host that drops packets holds it for the
+ * kernel's connect timeout.
+ */
 static void
 cancel_remote(PGconn *conn)
 {
