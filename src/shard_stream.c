@@ -27,7 +27,7 @@
  * calls no function of the user's (the planner lists those in invalItems)
  * and reads no foreign or partitioned table.  The view's own triggers must
  * be its only ones, and there is no WHERE clause (COPY) or ON CONFLICT
- * (INSERT).  Every other insert goes through the trigger as before.
+ * (INSERT).  Every other insert keeps its buffers, as before.
  *
  * What that leaves: a built-in function that runs SQL of its own
  * (query_to_xml, say) reading a foreign table of a shard server, or a sort
@@ -47,10 +47,10 @@
 #include "commands/progress.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
-#include "pgstat.h"
 #include "nodes/nodeFuncs.h"
 #include "parser/parse_relation.h"
 #include "parser/parsetree.h"
+#include "pgstat.h"
 #include "rewrite/rewriteHandler.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
