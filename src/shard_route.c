@@ -802,26 +802,6 @@ copy_command(StringInfo sql, DistEntry *dist, const char *table)
 }
 
 /*
- * put_rows sends the rows of the current subtransaction that buf holds, as
- * the data of the COPY that sql started on conn, and ends it.
- */
-static void
-put_rows(PGconn *conn, SlotBuffer *buf, const char *sql)
-{
-	int			index;
-	SavepointMark *from = current_rows(buf, &index);
-
-	if ((buf->dist->binary &&
-		 PQputCopyData(conn, binary_header, sizeof(binary_header)) != 1) ||
-		PQputCopyData(conn, buf->copy_data.data + from->offset,
-					  buf->copy_data.len - from->offset) != 1 ||
-		(buf->dist->binary &&
-		 PQputCopyData(conn, binary_trailer, sizeof(binary_trailer)) != 1) ||
-		PQputCopyEnd(conn, NULL) != 1)
-		fdw_report_error(ERROR, NULL, conn, false, sql);
-}
-
-/*
  * first_row_literals returns the first row of buf as an SQL VALUES list.
  */
 static char *
@@ -888,10 +868,10 @@ forget_rows(SlotBuffer *buf, SavepointMark *from, int from_index)
 
 /*
  * send_buffer writes to its shard the rows a slot's buffer holds for the
- * current subtransaction, one INSERT for a single row and COPY for more.
- * Rows buffered by an enclosing subtransaction stay: the statement that
- * buffered them sends them (a nested statement that a savepoint rolls back
- * must not take them along).
+ * current subtransaction: one INSERT for a single row, a stream ended at
+ * once (as send_table's) for more.  Rows buffered by an enclosing
+ * subtransaction stay: the statement that buffered them sends them (a
+ * nested statement that a savepoint rolls back must not take them along).
  */
 static void
 send_buffer(SlotBuffer *buf)
@@ -899,51 +879,47 @@ send_buffer(SlotBuffer *buf)
 	SlotInfo   *slot = &buf->dist->slots[buf->slot];
 	int			from_index = 0;
 	SavepointMark *from = current_rows(buf, &from_index);
-	int			nrows;
-	StringInfoData sql;
+	RouteStream *volatile stream;
 
 	if (from == NULL)
 		return;
-	nrows = buf->rows - from->rows;
 	/* A row waiting for the commit goes first, with its own error. */
 	ws_defer_flush();
 
-	/* A failure below says where the rows were going. */
-	initStringInfo(&sql);
+	if (buf->rows - from->rows == 1 && from->rows == 0)
+	{
+		char	   *sql = psprintf("INSERT INTO %s (%s) VALUES %s", slot->remote_table,
+								   buf->dist->column_list, first_row_literals(buf));
+
+		PG_TRY();
+		{
+			remote_command(connection(slot->serverid), sql);
+		}
+		PG_CATCH();
+		{
+			ws_shard_rethrow_write_error(1, buf->dist->name, slot->serverid, buf->slot,
+										 slot->remote_table);
+		}
+		PG_END_TRY();
+		pfree(sql);
+		rows_sent(buf, from, from_index);
+		return;
+	}
+
+	stream = stream_begin(buf->dist, buf->dist->name);
 	PG_TRY();
 	{
-		PGconn	   *conn = connection(slot->serverid);
-		PGresult   *res;
-
-		if (nrows == 1 && from->rows == 0)
-		{
-			appendStringInfo(&sql, "INSERT INTO %s (%s) VALUES %s",
-							 slot->remote_table, buf->dist->column_list, first_row_literals(buf));
-			remote_command(conn, sql.data);
-		}
-		else
-		{
-			copy_command(&sql, buf->dist, slot->remote_table);
-			if (!PQsendQuery(conn, sql.data))
-				fdw_report_error(ERROR, NULL, conn, false, sql.data);
-			res = copy_in_result(conn, sql.data);
-			if (PQresultStatus(res) != PGRES_COPY_IN)
-				fdw_report_error(ERROR, res, conn, true, sql.data);
-			PQclear(res);
-			put_rows(conn, buf, sql.data);
-			res = fdw_get_result(conn, sql.data);
-			if (PQresultStatus(res) != PGRES_COMMAND_OK)
-				fdw_report_error(ERROR, res, conn, true, sql.data);
-			PQclear(res);
-		}
+		stream_add(stream, slot->serverid, buf->copy_data.data + from->offset,
+				   buf->copy_data.len - from->offset, buf->rows - from->rows);
+		(void) ws_route_stream_end(stream);
 	}
 	PG_CATCH();
 	{
-		ws_shard_rethrow_write_error(nrows, buf->dist->name, slot->serverid, buf->slot, slot->remote_table);
+		ws_route_stream_abort(stream);
+		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	pfree(sql.data);
-	rows_sent(buf, from, from_index);
+	forget_rows(buf, from, from_index);
 }
 
 /*
