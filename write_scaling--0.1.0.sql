@@ -1528,10 +1528,12 @@ AS $$ SELECT (base || '_shard')::name $$;
 -- created, and attached to the shard's table of slots (created first if
 -- missing).  The slot table is created alone and then attached, with a
 -- CHECK that spares ATTACH a scan: that locks the parent only in SHARE
--- UPDATE EXCLUSIVE mode, so the shard's writers go on.  With reuse, an old
--- copy of the slot still there (attached to our table of slots: ours; its
--- drop put off, or left by a move whose local commit failed) is emptied
--- and used again instead, waiting at most 200 ms for its lock.
+-- UPDATE EXCLUSIVE mode, so the shard's writers go on.  Once attached, the
+-- CHECK goes: the partition constraint says the same, and every row written
+-- would pay for it.  With reuse, an old copy of the slot still there
+-- (attached to our table of slots: ours; its drop put off, or left by a move
+-- whose local commit failed) is emptied and used again instead, waiting at
+-- most 200 ms for its lock.
 CREATE FUNCTION ws._create_slot_table_command(d ws.distributed_tables, slot int, reuse boolean)
 RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
@@ -1546,12 +1548,14 @@ AS $$
 			   ' ELSE'
 			   ' IF to_regclass(%L) IS NULL THEN'
 			   ' CREATE TABLE %s (%s, ws_slot smallint NOT NULL) PARTITION BY LIST (ws_slot); END IF;'
-			   ' CREATE TABLE %s (%s, ws_slot smallint NOT NULL DEFAULT %s CHECK (ws_slot = %s));'
+			   ' CREATE TABLE %s (%s, ws_slot smallint NOT NULL DEFAULT %s'
+			   ' CONSTRAINT ws_slot_attach CHECK (ws_slot = %s));'
 			   ' ALTER TABLE %s ATTACH PARTITION %s FOR VALUES IN (%s);'
+			   ' ALTER TABLE %s DROP CONSTRAINT ws_slot_attach;'
 			   ' END IF; END',
 			   reuse, slot_table, parent, slot_table,
 			   parent, parent, d.remote_columns,
-			   slot_table, d.remote_definition, slot, slot, parent, slot_table, slot))
+			   slot_table, d.remote_definition, slot, slot, parent, slot_table, slot, slot_table))
 	FROM (SELECT format('%I.%I', d.remote_schema, ws._shard_table(d.remote_table)) AS parent,
 				 format('%I.%I', d.remote_schema, ws._slot_table(d.remote_table, slot)) AS slot_table) n
 $$;

@@ -228,6 +228,11 @@ sub verify
 		is(join(',', @have), join(',', @want),
 			"$label: $server holds exactly the slot tables placed on it"
 			  . (@{ $cleanup{$server} // [] } ? ' and those queued for cleanup' : ''));
+		# The CHECK that let ATTACH skip its scan is gone: each row would pay for it.
+		is($node->safe_psql('postgres', q{
+			SELECT count(*) FROM pg_constraint
+			WHERE contype = 'c' AND pg_get_constraintdef(oid) LIKE '%ws_slot%'}),
+			0, "$label: ${server}'s slot tables check their slot only by their partition constraint");
 
 		my @tables = @{ $placed{$server} // [] };
 		my @rows = @tables
