@@ -35,3 +35,23 @@ bench_fmt() {
 		print s r
 	}'
 }
+
+# bench_cpu DATADIR...: prints the CPU seconds that the server processes of
+# these clusters have used so far, all together: each postmaster, the
+# children it has reaped (backends that exited) and those still running.
+# Read it when the clusters are quiet: a backend that exits while it is
+# read may be missed.
+bench_cpu() {
+	local data pm child files=()
+	for data in "$@"; do
+		pm=$(head -n 1 "$data/postmaster.pid")
+		files+=("/proc/$pm/stat")
+		for child in $(pgrep -P "$pm"); do
+			files+=("/proc/$child/stat")
+		done
+	done
+	# After the command name, fields 12-15 of /proc/PID/stat: utime, stime,
+	# and cutime, cstime for the reaped children.
+	{ cat "${files[@]}" 2>/dev/null || true; } |
+		awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); t += $12 + $13 + $14 + $15 } END { printf "%.2f", t / hz }'
+}
