@@ -1079,6 +1079,19 @@ COMMENT ON TABLE ws.distributed_tables IS
 SELECT pg_catalog.pg_extension_config_dump('ws.distributed_tables', '');
 GRANT SELECT ON ws.distributed_tables TO PUBLIC;
 
+-- The sequences that columns of distributed tables owned (a serial's): a
+-- view's column cannot own one, so ws.undistribute_table gives each back
+-- to its column.
+CREATE TABLE ws.distributed_sequences (
+	sequence regclass PRIMARY KEY,
+	table_name regclass NOT NULL,
+	column_name name NOT NULL
+);
+COMMENT ON TABLE ws.distributed_sequences IS
+	'Sequences that columns of distributed tables owned before they were distributed, to own again once taken back';
+SELECT pg_catalog.pg_extension_config_dump('ws.distributed_sequences', '');
+GRANT SELECT ON ws.distributed_sequences TO PUBLIC;
+
 CREATE FUNCTION ws.key_hash(key text)
 RETURNS bigint
 LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
@@ -1748,11 +1761,16 @@ BEGIN
 			 WHERE d.adrelid = table_name LOOP
 		EXECUTE format('ALTER VIEW %I.%I ALTER COLUMN %I SET DEFAULT %s', nsp, rel.relname, s.attname, s.expr);
 	END LOOP;
-	-- A serial's sequence must outlive the old table.
-	FOR s IN SELECT d.objid::regclass AS seq FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+	-- A serial's sequence must outlive the old table; its column gets it
+	-- back when the table is taken back.
+	FOR s IN SELECT d.objid::regclass AS seq, a.attname
+			 FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+			 JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
 			 WHERE d.refobjid = table_name AND d.classid = 'pg_class'::regclass
 			   AND d.deptype = 'a' AND c.relkind = 'S' LOOP
 		EXECUTE format('ALTER SEQUENCE %s OWNED BY NONE', s.seq);
+		INSERT INTO ws.distributed_sequences (sequence, table_name, column_name)
+		VALUES (s.seq, format('%I.%I', nsp, rel.relname)::regclass, s.attname);
 	END LOOP;
 	EXECUTE format('CREATE TRIGGER ws_route INSTEAD OF INSERT ON %I.%I'
 				   ' FOR EACH ROW EXECUTE FUNCTION ws._route_insert()', nsp, rel.relname);
@@ -2061,6 +2079,12 @@ BEGIN
 								 nsp, rel.relname, s.attname, s.expr);
 	END LOOP;
 	later := later || ARRAY(SELECT ws._grant_commands(p_table, format('%I.%I', nsp, rel.relname)));
+	-- The serials' sequences, where ALTER SEQUENCE allows it still.
+	later := later || ARRAY(
+		SELECT format('ALTER SEQUENCE %s OWNED BY %I.%I.%I', q.sequence, nsp, rel.relname, q.column_name)
+		FROM ws.distributed_sequences q JOIN pg_class c ON c.oid = q.sequence
+		WHERE q.table_name = p_table AND c.relnamespace = rel.relnamespace AND c.relowner = rel.relowner);
+	DELETE FROM ws.distributed_sequences q WHERE q.table_name = p_table;
 
 	-- On every server that holds or may hold a slot of it (an old copy that
 	-- a failed move left, say), the table of its slots, which goes with all

@@ -1140,12 +1140,12 @@ is($coord->safe_psql('postgres', q{SELECT (SELECT count(*) FROM local_notes) || 
 
 # A table's grants and collations hold for the distributed table.  Taken
 # back, every row comes home, into an ordinary table of the same name with
-# its key, constraints, defaults, collations and grants; its slots are
-# gone, here and on every shard.
+# its key, constraints, defaults, collations, grants and serial; its
+# slots are gone, here and on every shard.
 $coord->safe_psql('postgres', q{
 	CREATE ROLE kept_reader;
 	CREATE TABLE moods.kept (id int PRIMARY KEY, noted date NOT NULL DEFAULT '2026-01-01',
-		note text COLLATE "C" CHECK (note <> ''));
+		note text COLLATE "C" CHECK (note <> ''), line serial);
 	GRANT SELECT ON moods.kept TO kept_reader;
 	SELECT ws.distribute_table('moods.kept', 'id', 'm2');
 	GRANT UPDATE (note) ON moods.kept TO kept_reader;
@@ -1157,6 +1157,25 @@ is($coord->safe_psql('postgres', q{
 		   (SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
 			WHERE a.attrelid = 'moods.kept'::regclass AND a.attname = 'note')}),
 	'true C', 'a distributed table keeps the grants and collations of the table it was');
+is($coord->safe_psql('postgres', q{
+	SELECT (SELECT sequence || ' ' || column_name FROM ws.distributed_sequences
+			WHERE table_name = 'moods.kept'::regclass) || ' ' ||
+		   (SELECT max(line) FROM moods.kept) || ' ' ||
+		   (SELECT count(*) FROM pg_depend WHERE objid = 'moods.kept_line_seq'::regclass AND deptype = 'a')}),
+	'moods.kept_line_seq line 500 0', 'its serial numbers the rows, from a sequence that no column owns meanwhile');
+# Only its owner takes a table back, even with the right to call the procedure.
+$coord->safe_psql('postgres', q{
+	GRANT USAGE ON SCHEMA moods TO kept_reader;
+	GRANT EXECUTE ON PROCEDURE ws.undistribute_table(regclass, bigint) TO kept_reader;
+	GRANT EXECUTE ON FUNCTION ws._undistribute(regclass) TO kept_reader;
+});
+($ret, $out, $err) = $coord->psql('postgres', q{SET ROLE kept_reader; CALL ws.undistribute_table('moods.kept');});
+like($err, qr/ERROR:  must be owner of table moods\.kept/, 'only the owner of a distributed table takes it back');
+$coord->safe_psql('postgres', q{
+	REVOKE USAGE ON SCHEMA moods FROM kept_reader;
+	REVOKE EXECUTE ON PROCEDURE ws.undistribute_table(regclass, bigint) FROM kept_reader;
+	REVOKE EXECUTE ON FUNCTION ws._undistribute(regclass) FROM kept_reader;
+});
 ($ret, $out, $err) = $coord->psql('postgres', q{BEGIN; SELECT 1; CALL ws.undistribute_table('moods.kept');});
 like($err, qr/must be the first statement of its transaction/,
 	'ws.undistribute_table refuses to run after other statements of its transaction');
@@ -1169,8 +1188,12 @@ is($coord->safe_psql('postgres', q{
 	SELECT (SELECT relkind::text FROM pg_class WHERE oid = 'moods.kept'::regclass) || ' ' ||
 		   (SELECT count(*) FROM moods.kept WHERE note = 'k' || id AND noted = '2026-01-01')}),
 	'r 500', 'into an ordinary table of the same name, each row as it was');
-is($coord->safe_psql('postgres', q{INSERT INTO moods.kept (id, note) VALUES (501, 'new') RETURNING noted}),
-	'2026-01-01', 'the table keeps its column defaults');
+is($coord->safe_psql('postgres', q{INSERT INTO moods.kept (id, note) VALUES (501, 'new') RETURNING noted || ' ' || line}),
+	'2026-01-01 501', 'the table keeps its column defaults');
+is($coord->safe_psql('postgres', q{
+	SELECT pg_get_serial_sequence('moods.kept', 'line') || ' ' ||
+		   (SELECT count(*) FROM ws.distributed_sequences WHERE sequence = 'moods.kept_line_seq'::regclass)}),
+	'moods.kept_line_seq 0', 'and its serial column owns its sequence again');
 ($ret, $out, $err) = $coord->psql('postgres', q{INSERT INTO moods.kept (id, note) VALUES (1, 'again')});
 like($err, qr/duplicate key value violates unique constraint/, 'and its primary key');
 ($ret, $out, $err) = $coord->psql('postgres', q{INSERT INTO moods.kept (id, note) VALUES (502, '')});
