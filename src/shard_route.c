@@ -366,12 +366,12 @@ connection(Oid serverid)
 }
 
 /*
- * copy_in_result waits, interruptibly, for the server to accept the COPY
- * just sent.  (pgfdw_get_result waits for the end of the command, which
- * for COPY FROM STDIN never comes before the data.)
+ * wait_result waits, interruptibly, for conn's next result: that a COPY
+ * just sent was accepted, say.  (pgfdw_get_result waits for the end of the
+ * command, which for COPY FROM STDIN never comes before the data.)
  */
 static PGresult *
-copy_in_result(PGconn *conn, const char *sql)
+wait_result(PGconn *conn, const char *sql)
 {
 	while (PQisBusy(conn))
 	{
@@ -1423,6 +1423,7 @@ typedef struct ServerStream
 	bool		copying;		/* the server takes the COPY's data */
 	bool		ended;			/* the COPY's end was queued */
 	bool		done;			/* its result was read, or abandoned */
+	bool		spoke;			/* it sent something during the COPY */
 	StringInfoData data;		/* rows not yet handed to libpq */
 	int64		rows;
 } ServerStream;
@@ -1569,20 +1570,23 @@ stream_failed(RouteStream *stream, ServerStream *server)
 }
 
 /*
- * wait_io waits, interruptibly, until conn's socket takes more data or has
- * some to read, and reads it (a shard that sends while we send must not
- * block on us); returns false if the connection failed.
+ * wait_io waits, interruptibly, until a server's socket takes more data or
+ * has some to read, and reads it (a shard that sends while we send must
+ * not block on us); returns false if the connection failed.
  */
 static bool
-wait_io(PGconn *conn)
+wait_io(ServerStream *server)
 {
 	int			rc = WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_SOCKET_WRITEABLE |
 									   WL_SOCKET_READABLE | WL_EXIT_ON_PM_DEATH,
-									   PQsocket(conn), -1L, PG_WAIT_EXTENSION);
+									   PQsocket(server->conn), -1L, PG_WAIT_EXTENSION);
 
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
-	return (rc & WL_SOCKET_READABLE) == 0 || PQconsumeInput(conn);
+	if ((rc & WL_SOCKET_READABLE) == 0)
+		return true;
+	server->spoke = true;
+	return PQconsumeInput(server->conn);
 }
 
 /*
@@ -1591,19 +1595,31 @@ wait_io(PGconn *conn)
  * if the connection failed.
  */
 static bool
-put_copy_data(PGconn *conn, const char *data, int len)
+put_copy_data(ServerStream *server, const char *data, int len)
 {
 	int			rc;
 
-	while ((rc = PQputCopyData(conn, data, len)) == 0)
-		if (!wait_io(conn))
+	while ((rc = PQputCopyData(server->conn, data, len)) == 0)
+		if (!wait_io(server))
 			return false;
 	if (rc < 0)
 		return false;
-	while ((rc = PQflush(conn)) == 1)
-		if (!wait_io(conn))
+	while ((rc = PQflush(server->conn)) == 1)
+		if (!wait_io(server))
 			return false;
 	return rc == 0;
+}
+
+/* socket_readable tells, without waiting, whether conn has data to read. */
+static bool
+socket_readable(PGconn *conn)
+{
+	struct pollfd fd;
+
+	fd.fd = PQsocket(conn);
+	fd.events = POLLIN;
+	fd.revents = 0;
+	return poll(&fd, 1, 0) > 0;
 }
 
 /*
@@ -1619,10 +1635,59 @@ check_subtransaction(RouteStream *stream)
 }
 
 /*
+ * copy_begin sends a server the stream's COPY, on conn, and waits until it
+ * takes the data.
+ */
+static void
+copy_begin(RouteStream *stream, ServerStream *server, PGconn *conn)
+{
+	PGresult   *res;
+
+	server->copying = server->ended = server->spoke = false;
+	if (!PQsendQuery(conn, stream->sql))
+		fdw_report_error(ERROR, NULL, conn, false, stream->sql);
+	server->conn = conn;		/* an abort must end the COPY from now on */
+	res = wait_result(conn, stream->sql);
+	if (PQresultStatus(res) != PGRES_COPY_IN)
+		fdw_report_error(ERROR, res, conn, true, stream->sql);
+	PQclear(res);
+	server->copying = true;
+	if (PQsetnonblocking(conn, 1) != 0 ||
+		(stream->binary && !put_copy_data(server, binary_header, sizeof(binary_header))))
+		stream_failed(stream, server);
+}
+
+/*
+ * copy_end queues the end of a server's COPY and sends it, leaving the
+ * connection blocking, as postgres_fdw has it; the result is the caller's
+ * to read.
+ */
+static void
+copy_end(RouteStream *stream, ServerStream *server)
+{
+	int			rc;
+
+	if ((stream->binary && !put_copy_data(server, binary_trailer, sizeof(binary_trailer))) ||
+		PQputCopyEnd(server->conn, NULL) != 1)
+		stream_failed(stream, server);
+	server->ended = true;		/* queued: an abort must see it out */
+	while ((rc = PQflush(server->conn)) == 1)
+		if (!wait_io(server))
+			break;
+	if (rc != 0 || PQsetnonblocking(server->conn, 0) != 0)
+		stream_failed(stream, server);
+}
+
+/*
  * stream_send hands a server's rows to libpq, beginning its COPY first if
- * need be.  A shard that fails in the middle of a COPY reads the rest and
- * drops it; its error comes when the COPY ends (libpq reads no result
- * before that).
+ * need be.
+ *
+ * A shard that fails in the middle of a COPY reads the rest and drops it,
+ * and libpq reads its error only once the COPY ends.  So a server that
+ * has said something since its COPY began (an error, most likely: a
+ * notice is all else a shard says then) has its COPY ended, which raises
+ * the error at once rather than after the last row, and then begun again.
+ * A notice costs a round trip.
  */
 static void
 stream_send(RouteStream *stream, ServerStream *server)
@@ -1633,24 +1698,27 @@ stream_send(RouteStream *stream, ServerStream *server)
 		if (server->conn == NULL)
 		{
 			PGconn	   *conn = connection(server->serverid);
-			PGresult   *res;
 
+			/* postgres_fdw registers its callbacks with its first connection. */
 			stream_callbacks_ahead_of_fdw();
-			if (!PQsendQuery(conn, stream->sql))
-				fdw_report_error(ERROR, NULL, conn, false, stream->sql);
-			server->conn = conn;	/* an abort must end the COPY from now on */
-			res = copy_in_result(conn, stream->sql);
-			if (PQresultStatus(res) != PGRES_COPY_IN)
-				fdw_report_error(ERROR, res, conn, true, stream->sql);
-			PQclear(res);
-			server->copying = true;
-			if (PQsetnonblocking(conn, 1) != 0 ||
-				(stream->binary && !put_copy_data(conn, binary_header, sizeof(binary_header))))
-				stream_failed(stream, server);
+			copy_begin(stream, server, conn);
 		}
-		if (!put_copy_data(server->conn, server->data.data, server->data.len))
+		if (!put_copy_data(server, server->data.data, server->data.len))
 			stream_failed(stream, server);
 		resetStringInfo(&server->data);
+		if (server->spoke || socket_readable(server->conn))
+		{
+			PGresult   *res;
+
+			copy_end(stream, server);
+			while ((res = wait_result(server->conn, stream->sql)) != NULL)
+			{
+				if (PQresultStatus(res) != PGRES_COMMAND_OK)
+					fdw_report_error(ERROR, res, server->conn, true, stream->sql);
+				PQclear(res);
+			}
+			copy_begin(stream, server, server->conn);
+		}
 	}
 	PG_CATCH();
 	{
@@ -1743,18 +1811,7 @@ ws_route_stream_end(RouteStream *stream)
 		current = server;
 		PG_TRY();
 		{
-			int			rc;
-
-			if ((stream->binary &&
-				 !put_copy_data(server->conn, binary_trailer, sizeof(binary_trailer))) ||
-				PQputCopyEnd(server->conn, NULL) != 1)
-				stream_failed(stream, server);
-			server->ended = true;	/* queued: an abort must see it out */
-			while ((rc = PQflush(server->conn)) == 1)
-				if (!wait_io(server->conn))
-					break;
-			if (rc != 0 || PQsetnonblocking(server->conn, 0) != 0)
-				stream_failed(stream, server);
+			copy_end(stream, server);
 		}
 		PG_CATCH();
 		{

@@ -501,6 +501,15 @@ like($copy_err, qr/23505: could not write rows of "orders" to shard server "s\d"
 	'a key already on its shard fails the streamed COPY with 23505, naming the shard');
 is(on_shards(710001, 720000), 0, 'and none of its rows stays on any shard');
 
+# A duplicate key on the first line of a long COPY stops it soon after,
+# not at its end: the shard's error is read as soon as it arrives.  Were it
+# read at the end, the bad last line would fail the COPY first.
+($copy_ret, $copy_err) = copy_into_orders('',
+	"1\tdup\t1\n" . copy_lines(720001, 1020000) . "1020001\tx\tnot a number\n");
+like($copy_err, qr/23505: could not write rows of "orders" to shard server "s\d": duplicate key value/,
+	'a key already on its shard, on the first line of a long streamed COPY, fails it before its last line');
+is(on_shards(720001, 1020000), 0, 'and none of its rows stays on any shard');
+
 ($copy_ret, $copy_err) = copy_into_orders('', "710001\tc\t1\n\\N\tc\t2\n");
 like($copy_err, qr/23502: null value in column "id" of distributed table "orders"/, 'a NULL key fails with 23502');
 like($copy_err, qr/COPY orders, line 2/, 'naming its line');
@@ -601,14 +610,14 @@ like($ins_err, qr/23505: could not write rows of "orders" to shard server "s\d":
 is(on_shards(740001, 750000), 0, 'and none of its rows stays on any shard');
 
 ($ins_ret, $ins_out, $ins_err) = insert_orders(
-	"INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, 1000 / (i - 748000) FROM generate_series(740001, 750000) i;\n"
+	"INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, abs(1000 / (i - 748000)) FROM generate_series(740001, 750000) i;\n"
 	  . "SELECT 'still here';");
 like($ins_err, qr/22012: division by zero/, 'an error in the middle of a streamed INSERT, with COPYs open on every shard');
 like($ins_out, qr/still here/, 'leaves the session usable');
 is(on_shards(740001, 750000), 0, 'and none of its rows on any shard');
 
 ($ins_ret, $ins_out, $ins_err) = insert_orders("BEGIN;\nSAVEPOINT a;\n"
-	  . "INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, 1000 / (i - 748000) FROM generate_series(740001, 750000) i;\n"
+	  . "INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, abs(1000 / (i - 748000)) FROM generate_series(740001, 750000) i;\n"
 	  . "ROLLBACK TO a;\n"
 	  . "INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, i % 1000 FROM generate_series(740001, 745000) i;\n"
 	  . "COMMIT;");
@@ -618,7 +627,7 @@ $expected{$_} = 1 for 740001 .. 745000;
 
 ($ins_ret, $ins_out, $ins_err) = insert_orders(qq{DO \$\$ BEGIN
 	BEGIN
-		INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, 1000 / (i - 749000) FROM generate_series(745001, 750000) i;
+		INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, abs(1000 / (i - 749000)) FROM generate_series(745001, 750000) i;
 	EXCEPTION WHEN division_by_zero THEN RAISE NOTICE 'caught';
 	END;
 	INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, i % 1000 FROM generate_series(745001, 747000) i;
@@ -630,7 +639,7 @@ $expected{$_} = 1 for 745001 .. 747000;
 # A statement that fails before any shard got its rows leaves nothing
 # behind for the next, in a fresh session.
 ($ins_ret, $ins_out, $ins_err) = insert_orders(
-	"INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, 1000 / (i - 747010) FROM generate_series(747001, 750000) i;\n"
+	"INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, abs(1000 / (i - 747010)) FROM generate_series(747001, 750000) i;\n"
 	  . "INSERT INTO orders (id, customer, amount) VALUES (747001, " . q{'c' || (747001 % 97)} . ", 1);\n"
 	  . "SELECT count(*) FROM orders WHERE id BETWEEN 747001 AND 750000;");
 like($ins_err, qr/22012: division by zero/, 'a streamed INSERT fails before any shard got rows');
@@ -663,7 +672,7 @@ $expected{747001} = 1;
 # trigger leaves nothing behind: the next INSERT in the transaction, which
 # reads the distributed table and so may not stream, does not.
 ($ins_ret, $ins_out, $ins_err) = insert_orders("BEGIN;\nSAVEPOINT a;\n"
-	  . "INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, 1000 / (i - 760001) FROM generate_series(760001, 770000) i;\n"
+	  . "INSERT INTO orders (id, customer, amount) SELECT i, $cust_sql, abs(1000 / (i - 760001)) FROM generate_series(760001, 770000) i;\n"
 	  . "ROLLBACK TO a;\n"
 	  . "INSERT INTO orders (id, customer, amount) SELECT id + 1000000, customer, amount FROM orders WHERE id BETWEEN 702001 AND 703000;\n"
 	  . "COMMIT;\nSELECT count(*) FROM orders WHERE id BETWEEN 1702001 AND 1703000;");
