@@ -41,6 +41,7 @@ extern bool ws_shard_streaming_now(Oid view);
 
 /* shard_conn.c */
 extern bool ws_shard_can_run_alone(Oid serverid, Oid userid);
+extern bool ws_socket_readable(pgsocket sock);
 extern void ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 							   const char *const *values);
 

@@ -259,8 +259,9 @@ open_connection(OwnConnection *entry, UserMapping *user)
 	PG_END_TRY();
 }
 
-static bool
-socket_readable(pgsocket sock)
+/* ws_socket_readable tells, without waiting, whether sock has data to read. */
+bool
+ws_socket_readable(pgsocket sock)
 {
 	struct pollfd fd = {.fd = sock,.events = POLLIN};
 
@@ -321,7 +322,7 @@ own_connection(Oid serverid, Oid userid, bool about_to_use)
 	if (entry->conn != NULL &&
 		(PQtransactionStatus(entry->conn) != PQTRANS_IDLE ||
 		 PQstatus(entry->conn) != CONNECTION_OK ||
-		 (about_to_use && socket_readable(PQsocket(entry->conn)))))
+		 (about_to_use && ws_socket_readable(PQsocket(entry->conn)))))
 		close_entry(entry);
 	if (entry->conn == NULL)
 		open_connection(entry, user);

@@ -1423,7 +1423,8 @@ typedef struct ServerStream
 	bool		copying;		/* the server takes the COPY's data */
 	bool		ended;			/* the COPY's end was queued */
 	bool		done;			/* its result was read, or abandoned */
-	bool		spoke;			/* it sent something during the COPY */
+	bool		spoke;			/* it sent something during its COPY, as seen */
+	bool		chatty;			/* it spoke without failing: no more restarts */
 	StringInfoData data;		/* rows not yet handed to libpq */
 	int64		rows;
 } ServerStream;
@@ -1572,7 +1573,8 @@ stream_failed(RouteStream *stream, ServerStream *server)
 /*
  * wait_io waits, interruptibly, until a server's socket takes more data or
  * has some to read, and reads it (a shard that sends while we send must
- * not block on us); returns false if the connection failed.
+ * not block on us), noting that the server spoke; returns false if the
+ * connection failed.
  */
 static bool
 wait_io(ServerStream *server)
@@ -1590,6 +1592,18 @@ wait_io(ServerStream *server)
 }
 
 /*
+ * note_input notes that a server spoke if its socket has data to read:
+ * libpq, sending, reads whatever has come when the socket is full, and
+ * keeps it out of sight until the COPY ends.
+ */
+static void
+note_input(ServerStream *server)
+{
+	if (!server->spoke && ws_socket_readable(PQsocket(server->conn)))
+		server->spoke = true;
+}
+
+/*
  * put_copy_data hands data to a server, in nonblocking mode, and sends it
  * all, waiting interruptibly while the server does not read; returns false
  * if the connection failed.
@@ -1599,27 +1613,25 @@ put_copy_data(ServerStream *server, const char *data, int len)
 {
 	int			rc;
 
-	while ((rc = PQputCopyData(server->conn, data, len)) == 0)
+	for (;;)
+	{
+		note_input(server);
+		if ((rc = PQputCopyData(server->conn, data, len)) != 0)
+			break;
 		if (!wait_io(server))
 			return false;
+	}
 	if (rc < 0)
 		return false;
-	while ((rc = PQflush(server->conn)) == 1)
+	for (;;)
+	{
+		note_input(server);
+		if ((rc = PQflush(server->conn)) != 1)
+			break;
 		if (!wait_io(server))
 			return false;
+	}
 	return rc == 0;
-}
-
-/* socket_readable tells, without waiting, whether conn has data to read. */
-static bool
-socket_readable(PGconn *conn)
-{
-	struct pollfd fd;
-
-	fd.fd = PQsocket(conn);
-	fd.events = POLLIN;
-	fd.revents = 0;
-	return poll(&fd, 1, 0) > 0;
 }
 
 /*
@@ -1681,13 +1693,6 @@ copy_end(RouteStream *stream, ServerStream *server)
 /*
  * stream_send hands a server's rows to libpq, beginning its COPY first if
  * need be.
- *
- * A shard that fails in the middle of a COPY reads the rest and drops it,
- * and libpq reads its error only once the COPY ends.  So a server that
- * has said something since its COPY began (an error, most likely: a
- * notice is all else a shard says then) has its COPY ended, which raises
- * the error at once rather than after the last row, and then begun again.
- * A notice costs a round trip.
  */
 static void
 stream_send(RouteStream *stream, ServerStream *server)
@@ -1706,19 +1711,47 @@ stream_send(RouteStream *stream, ServerStream *server)
 		if (!put_copy_data(server, server->data.data, server->data.len))
 			stream_failed(stream, server);
 		resetStringInfo(&server->data);
-		if (server->spoke || socket_readable(server->conn))
-		{
-			PGresult   *res;
+	}
+	PG_CATCH();
+	{
+		stream_error(stream, server);
+	}
+	PG_END_TRY();
+}
 
-			copy_end(stream, server);
-			while ((res = wait_result(server->conn, stream->sql)) != NULL)
-			{
-				if (PQresultStatus(res) != PGRES_COMMAND_OK)
-					fdw_report_error(ERROR, res, server->conn, true, stream->sql);
-				PQclear(res);
-			}
-			copy_begin(stream, server, server->conn);
+/*
+ * stream_send_more sends a server's rows in the middle of a stream.
+ *
+ * A shard that fails in the middle of a COPY reads the rest and drops it,
+ * and libpq reads its error only once the COPY ends.  So a server seen to
+ * say something during its COPY (an error, most likely: else a notice) has
+ * its COPY ended, which raises the error at once rather than after the
+ * last row, and begun again.  One that only gave notice is not restarted
+ * again: a trigger of its own might give one per COPY.  (An error that
+ * libpq read while it sent, before we looked, still comes at the end.)
+ */
+static void
+stream_send_more(RouteStream *stream, ServerStream *server)
+{
+	stream_send(stream, server);
+	if (server->chatty)
+		return;
+	note_input(server);
+	if (!server->spoke)
+		return;
+	PG_TRY();
+	{
+		PGresult   *res;
+
+		copy_end(stream, server);
+		while ((res = wait_result(server->conn, stream->sql)) != NULL)
+		{
+			if (PQresultStatus(res) != PGRES_COMMAND_OK)
+				fdw_report_error(ERROR, res, server->conn, true, stream->sql);
+			PQclear(res);
 		}
+		copy_begin(stream, server, server->conn);
+		server->chatty = true;
 	}
 	PG_CATCH();
 	{
@@ -1740,7 +1773,7 @@ stream_add(RouteStream *stream, Oid serverid, const char *lines, int len, int64 
 	server->rows += rows;
 	stream->rows += rows;
 	if (server->data.len >= ROUTE_STREAM_BYTES)
-		stream_send(stream, server);
+		stream_send_more(stream, server);
 }
 
 /*
@@ -1786,7 +1819,7 @@ ws_route_stream_send(RouteStream *stream)
 {
 	if (stream->full == NULL)
 		return;
-	stream_send(stream, stream->full);
+	stream_send_more(stream, stream->full);
 	stream->full = NULL;
 }
 
