@@ -462,8 +462,17 @@ is($coord->safe_psql('postgres', q{
 learn_slots(700001, 730000);
 my $streams = qr/COPY into distributed table "orders" streams to its shards/;
 
+# script_status($ret, $stderr): psql's status for a script run without
+# ON_ERROR_STOP, which stays 0 whatever fails: 3 if a statement failed.
+sub script_status
+{
+	my ($ret, $err) = @_;
+	return $ret == 0 && $err =~ /^psql:[^\n]*ERROR:/m ? 3 : $ret;
+}
+
 # copy_into_orders($sql_before, $lines, %psql_options): runs a COPY of $lines
-# after $sql_before, with DEBUG1 and verbose errors; returns psql's ($ret, $err).
+# after $sql_before, with DEBUG1 and verbose errors; returns ($status, $err),
+# $status as script_status gives it.
 sub copy_into_orders
 {
 	my ($before, $lines, %opt) = @_;
@@ -471,7 +480,7 @@ sub copy_into_orders
 		"\\set VERBOSITY verbose\nSET client_min_messages = debug1;\n$before\n"
 		  . "COPY orders (id, customer, amount) FROM STDIN;\n$lines\\.\n" . ($opt{after} // ''),
 		on_error_stop => 0, timeout => $PostgreSQL::Test::Utils::timeout_default);
-	return ($ret, $err);
+	return (script_status($ret, $err), $err);
 }
 
 # on_shards($from, $to): how many rows with ids in that range all shards hold.
@@ -544,7 +553,7 @@ $expected{720001} = 1;
 # one with a WHERE clause; one whose default calls a function of the user's
 # (which could use postgres_fdw's connection while the COPY holds it); one
 # into a view with a trigger of the user's, which fires.
-($copy_ret, $copy_err) = $coord->psql('postgres',
+($copy_ret, undef, $copy_err) = $coord->psql('postgres',
 	"SET client_min_messages = debug1;\nCOPY orders (id, customer, amount) FROM STDIN WHERE amount >= 0;\n"
 	  . copy_lines(720002, 720100) . "\\.\n");
 unlike($copy_err, $streams, 'a COPY with a WHERE clause goes through the trigger');
@@ -554,7 +563,7 @@ $coord->safe_psql('postgres', q{
 	CREATE FUNCTION copy_audit() RETURNS trigger LANGUAGE plpgsql AS $$
 	BEGIN INSERT INTO copy_audit VALUES (1); RETURN NULL; END $$;
 });
-($copy_ret, $copy_err) = $coord->psql('postgres',
+($copy_ret, undef, $copy_err) = $coord->psql('postgres',
 	"SET client_min_messages = debug1;\nCOPY orders (id, amount) FROM STDIN;\n"
 	  . join('', map { "$_\t" . ($_ % 1000) . "\n" } 720101 .. 720200) . "\\.\n");
 unlike($copy_err, $streams, 'a COPY whose default calls a function of the user\'s goes through the trigger');
@@ -565,7 +574,7 @@ $coord->safe_psql('postgres', q{
 	ALTER VIEW orders ALTER COLUMN customer DROP DEFAULT;
 	CREATE TRIGGER copy_audit BEFORE INSERT ON orders FOR EACH STATEMENT EXECUTE FUNCTION copy_audit();
 });
-($copy_ret, $copy_err) = $coord->psql('postgres',
+($copy_ret, undef, $copy_err) = $coord->psql('postgres',
 	"SET client_min_messages = debug1;\nCOPY orders (id, customer, amount) FROM STDIN;\n"
 	  . copy_lines(720201, 720300) . "\\.\n");
 unlike($copy_err, $streams, 'a COPY into a view with a trigger of the user\'s goes through the trigger');
@@ -591,8 +600,10 @@ my $cust_sql = q{'c' || (i % 97) || CASE WHEN i % 10 = 0 THEN E'\t\\\\ \n' ELSE 
 sub insert_orders
 {
 	my ($sql) = @_;
-	return $coord->psql('postgres', "\\set VERBOSITY verbose\nSET client_min_messages = debug1;\n$sql",
+	my ($ret, $out, $err) = $coord->psql('postgres',
+		"\\set VERBOSITY verbose\nSET client_min_messages = debug1;\n$sql",
 		on_error_stop => 0, timeout => $PostgreSQL::Test::Utils::timeout_default);
+	return (script_status($ret, $err), $out, $err);
 }
 
 my ($ins_ret, $ins_out, $ins_err) = insert_orders(
@@ -710,15 +721,24 @@ $expected{$_} = 1 for 1702001 .. 1703000;
 
 # A shard that talks while it takes rows (a trigger of the user's there
 # raising a NOTICE per row, megabytes of them) is read while the COPY is
-# sent: neither side waits for the other forever.
+# sent: neither side waits for the other forever.  Its COPY, ended and
+# begun again to read what it said, is not restarted for each chunk.
 $shard{s1}->safe_psql('postgres', q{
 	CREATE FUNCTION chatty() RETURNS trigger LANGUAGE plpgsql AS $$
 	BEGIN RAISE NOTICE '%', repeat('x', 200); RETURN NEW; END $$;
 	CREATE TRIGGER chatty BEFORE INSERT ON orders_shard FOR EACH ROW EXECUTE FUNCTION chatty();
+	CREATE TABLE copies_begun (n int);
+	CREATE FUNCTION count_copy() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN INSERT INTO public.copies_begun VALUES (1); RETURN NULL; END $$;
+	CREATE TRIGGER count_copy BEFORE INSERT ON orders_shard FOR EACH STATEMENT EXECUTE FUNCTION count_copy();
 });
 ($copy_ret, $copy_err) = copy_into_orders('', copy_lines(790001, 850000));
 is($copy_ret, 0, 'a streamed COPY to a shard that sends a NOTICE per row succeeds') or diag(substr($copy_err, 0, 2000));
-$shard{s1}->safe_psql('postgres', 'DROP TRIGGER chatty ON orders_shard; DROP FUNCTION chatty()');
+my $copies_begun = $shard{s1}->safe_psql('postgres', 'SELECT count(*) FROM copies_begun');
+ok($copies_begun >= 1 && $copies_begun <= 2, 'its COPY there began at most twice')
+  or diag("$copies_begun COPYs began");
+$shard{s1}->safe_psql('postgres', 'DROP TRIGGER chatty ON orders_shard; DROP FUNCTION chatty();'
+	  . ' DROP TRIGGER count_copy ON orders_shard; DROP FUNCTION count_copy(); DROP TABLE copies_begun');
 is(on_shards(790001, 850000), 60000, 'and all its rows are on the shards');
 $expected{$_} = 1 for 790001 .. 850000;
 
