@@ -259,7 +259,10 @@ open_connection(OwnConnection *entry, UserMapping *user)
 	PG_END_TRY();
 }
 
-/* ws_socket_readable tells, without waiting, whether sock has data to read. */
+/*
+ * ws_socket_readable tells, without waiting, whether sock has data to read
+ * (or poll cannot tell).
+ */
 bool
 ws_socket_readable(pgsocket sock)
 {

@@ -1423,8 +1423,8 @@ typedef struct ServerStream
 	bool		copying;		/* the server takes the COPY's data */
 	bool		ended;			/* the COPY's end was queued */
 	bool		done;			/* its result was read, or abandoned */
-	bool		spoke;			/* it sent something during its COPY, as seen */
-	bool		chatty;			/* it spoke without failing: no more restarts */
+	bool		spoke;			/* seen to send something during this COPY */
+	bool		chatty;			/* a restart found no error: no more */
 	StringInfoData data;		/* rows not yet handed to libpq */
 	int64		rows;
 } ServerStream;
@@ -1592,9 +1592,10 @@ wait_io(ServerStream *server)
 }
 
 /*
- * note_input notes that a server spoke if its socket has data to read:
- * libpq, sending, reads whatever has come when the socket is full, and
- * keeps it out of sight until the COPY ends.
+ * note_input notes that a server spoke if its socket has data to read.  It
+ * must look before each send: libpq, finding that the socket takes no
+ * more, reads whatever has come, and holds an error read that way unseen
+ * until the COPY ends.
  */
 static void
 note_input(ServerStream *server)
@@ -1723,12 +1724,13 @@ stream_send(RouteStream *stream, ServerStream *server)
  * stream_send_more sends a server's rows in the middle of a stream.
  *
  * A shard that fails in the middle of a COPY reads the rest and drops it,
- * and libpq reads its error only once the COPY ends.  So a server seen to
- * say something during its COPY (an error, most likely: else a notice) has
- * its COPY ended, which raises the error at once rather than after the
- * last row, and begun again.  One that only gave notice is not restarted
- * again: a trigger of its own might give one per COPY.  (An error that
- * libpq read while it sent, before we looked, still comes at the end.)
+ * and libpq returns its error only once the COPY ends.  So a server seen
+ * to say something during its COPY (an error, most likely: else a notice)
+ * has its COPY ended, which raises the error at once rather than after the
+ * last row, and begun again.  One whose restart found no error is not
+ * restarted again, since a trigger of its own might give a notice per
+ * COPY; a later error of its comes at the end.  So does an error that
+ * libpq read while it sent, before we looked.
  */
 static void
 stream_send_more(RouteStream *stream, ServerStream *server)
@@ -1773,7 +1775,7 @@ stream_add(RouteStream *stream, Oid serverid, const char *lines, int len, int64 
 	server->rows += rows;
 	stream->rows += rows;
 	if (server->data.len >= ROUTE_STREAM_BYTES)
-		stream_send_more(stream, server);
+		stream_send(stream, server);
 }
 
 /*
