@@ -1242,6 +1242,21 @@ route_slot(Relation view, Datum *values, bool *nulls, DistEntry **dist_out)
 }
 
 /*
+ * returned_row is what the trigger returns for the row it was given: a copy
+ * in the caller's per-row memory.  A view's rows come in a virtual slot, so
+ * ExecIRInsertTriggers hands the trigger a copy of the row made in the
+ * statement's memory, and frees it only if the trigger returns another
+ * tuple: given its own back, an INSERT ... SELECT of a million rows would
+ * hold a million copies until it ends.
+ */
+static Datum
+returned_row(HeapTuple tuple, MemoryContext caller_context)
+{
+	MemoryContextSwitchTo(caller_context);
+	return PointerGetDatum(heap_copytuple(tuple));
+}
+
+/*
  * ws._route_insert() is the INSTEAD OF INSERT row trigger of a distributed
  * table: it buffers the row for its slot and returns it.
  */
@@ -1289,8 +1304,7 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 			statement_stream = ws_route_stream_begin(view);
 		ws_route_stream_row(statement_stream, values, nulls);
 		ws_route_stream_send(statement_stream);
-		MemoryContextSwitchTo(caller_context);
-		return PointerGetDatum(tuple);
+		return returned_row(tuple, caller_context);
 	}
 
 	slot = route_slot(view, values, nulls, &dist);
@@ -1333,8 +1347,7 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	if (buf->rows >= ROUTE_BATCH_ROWS || buf->copy_data.len >= ROUTE_BATCH_BYTES)
 		send_buffer(buf);
 
-	MemoryContextSwitchTo(caller_context);
-	return PointerGetDatum(tuple);
+	return returned_row(tuple, caller_context);
 }
 
 /*

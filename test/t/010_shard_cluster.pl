@@ -759,6 +759,35 @@ $coord->safe_psql('postgres', 'UPDATE orders SET customer = cust(id) WHERE id BE
 is(on_shards(750001, 752000) + on_shards(1700001, 1702000), 4000, 'the rows of all three are on the shards');
 $expected{$_} = 1 for 750001 .. 752000, 1700001 .. 1702000;
 
+# PostgreSQL gives an INSTEAD OF trigger a copy of each row, made in the
+# statement's memory, and frees it only if the trigger returns another
+# tuple: a router that returned the row it was given would hold every row
+# until the statement ends.  The last of 300,000 rows records the size of
+# the statement's memory (ExecutorState), read back before the rollback.
+my $executor_memory = q{(SELECT sum(total_bytes) FROM pg_backend_memory_contexts WHERE name = 'ExecutorState')::text};
+for my $case (['streams', q{'c'}, $streams_insert], ['does not stream', 'cust(i)', undef])
+{
+	my ($what, $customer, $streams) = @$case;
+	($ins_ret, $ins_out, $ins_err) = insert_orders(qq{
+		BEGIN;
+		INSERT INTO orders (id, customer, amount)
+		SELECT i, CASE WHEN i = 2300000 THEN $executor_memory ELSE $customer END, 1
+		FROM (SELECT generate_series(2000001, 2300000) AS i) s;
+		SELECT customer FROM orders WHERE id = 2300000;
+		ROLLBACK;});
+	is($ins_ret, 0, "an INSERT ... SELECT of 300,000 rows that $what succeeds") or diag($ins_err);
+	if ($streams)
+	{
+		like($ins_err, $streams, 'and streams');
+	}
+	else
+	{
+		unlike($ins_err, $streams_insert, 'and keeps its buffers');
+	}
+	ok($ins_out =~ /^\d+$/ && $ins_out < 8_000_000,
+		"and its statement's memory stays small ($ins_out bytes by its last row)");
+}
+
 # Terminated on the shard while idle, the connection is noticed as closed
 # and replaced.
 learn_slots(160041, 160060);
