@@ -863,7 +863,16 @@ forget_rows(SlotBuffer *buf, SavepointMark *from, int from_index)
 	buf->rows = from->rows;
 	if (buf->rows == 0)
 		resetStringInfo(&buf->first_row);
-	buf->marks = list_truncate(buf->marks, from_index);
+	/* Statements make marks: a long transaction must not keep them. */
+	for (int i = list_length(buf->marks) - 1; i >= from_index; i--)
+		pfree(list_nth(buf->marks, i));
+	if (from_index == 0)
+	{
+		list_free(buf->marks);
+		buf->marks = NIL;
+	}
+	else
+		buf->marks = list_truncate(buf->marks, from_index);
 }
 
 /*
@@ -2280,12 +2289,7 @@ route_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 				mark->subid = parentSubid;
 				continue;
 			}
-			buf->copy_data.len = mark->offset;
-			buf->copy_data.data[mark->offset] = '\0';
-			buf->rows = mark->rows;
-			if (buf->rows == 0)
-				resetStringInfo(&buf->first_row);
-			buf->marks = list_truncate(buf->marks, foreach_current_index(lc));
+			forget_rows(buf, mark, foreach_current_index(lc));
 			break;
 		}
 	}

@@ -789,6 +789,41 @@ for my $case (['streams', q{'c'}, $streams_insert], ['does not stream', 'cust(i)
 	cmp_ok($ins_out, '<', 8_000_000, 'which stays small by the last row (300,000 rows held would be 50 MB)');
 }
 
+# A long transaction of single-row INSERTs (the first 2,000 with some
+# failing inside a savepoint, rows still buffered): the router's memory for
+# the transaction's rows (write_scaling routed rows) must not grow with the
+# statements.  Each statement used to leave a mark behind, about 110 bytes.
+sub routed_rows_memory_sql
+{
+	return q{SELECT used_bytes FROM pg_backend_memory_contexts}
+	  . q{ WHERE name = 'write_scaling routed rows' AND parent = 'TopTransactionContext';};
+}
+sub single_row_statements
+{
+	my ($from, $to, $failing) = @_;
+	my $sql = '';
+	for my $i ($from .. $to)
+	{
+		$sql .= "INSERT INTO orders (id, customer, amount) VALUES ($i, 'c', 1);\n";
+		next if !$failing || $i % 100;
+		$sql .= "SAVEPOINT s;\n"
+		  . "INSERT INTO orders (id, customer, amount) SELECT j, 'c', 1 / (j - $i - 5) FROM generate_series($i + 1, $i + 9) j;\n"
+		  . "ROLLBACK TO SAVEPOINT s;\n";
+	}
+	return $sql;
+}
+($ins_ret, $ins_out, $ins_err) = insert_orders(
+	"BEGIN;\n"
+	  . single_row_statements(2400001, 2402000, 1)
+	  . routed_rows_memory_sql()
+	  . single_row_statements(2402001, 2412000, 0)
+	  . routed_rows_memory_sql()
+	  . "ROLLBACK;\n");
+like($ins_err, qr/22012: division by zero/, 'a transaction of 12,000 single-row INSERTs, some failing in a savepoint, runs');
+my ($after_2k, $after_12k) = split /\n/, $ins_out;
+cmp_ok($after_12k - $after_2k, '<', 256 * 1024,
+	"and the router's memory does not grow with its statements ($after_2k bytes after 2,000, $after_12k after 12,000)");
+
 # Terminated on the shard while idle, the connection is noticed as closed
 # and replaced.
 learn_slots(160041, 160060);
