@@ -19,6 +19,7 @@ OBJS = \
 	src/shard_map.o \
 	src/shard_conn.o \
 	src/shard_defer.o \
+	src/shard_guard.o \
 	src/shard_stream.o \
 	src/shard_route.o \
 	src/bulk.o \

@@ -35,6 +35,9 @@ extern uint64 ws_route_stream_end(RouteStream *stream);
 extern void ws_route_stream_abort(RouteStream *stream);
 extern void ws_route_stream_statement_end(void);
 
+/* shard_guard.c */
+extern void ws_shard_guard_register(void);
+
 /* shard_stream.c */
 extern void ws_shard_stream_register(void);
 extern bool ws_shard_streaming_now(Oid view);

@@ -2304,6 +2304,7 @@ ws_shard_register_callbacks(void)
 	/* Callbacks run newest first: the check of unsent rows before the wait. */
 	ws_shard_stream_register();	/* before shard_defer.c's hooks, inside them */
 	ws_defer_register();
+	ws_shard_guard_register();
 	RegisterXactCallback(route_xact_callback, NULL);
 	RegisterSubXactCallback(route_subxact_callback, NULL);
 	RegisterXactCallback(stream_xact_callback, NULL);

@@ -759,6 +759,21 @@ $coord->safe_psql('postgres', 'UPDATE orders SET customer = cust(id) WHERE id BE
 is(on_shards(750001, 752000) + on_shards(1700001, 1702000), 4000, 'the rows of all three are on the shards');
 $expected{$_} = 1 for 750001 .. 752000, 1700001 .. 1702000;
 
+# The shard key cannot change: postgres_fdw would update the row in place,
+# in the slot of its old key.  Refused through the distributed table and
+# through the tables behind it.
+for my $update ('UPDATE orders SET id = id + 5000000 WHERE id = 750001',
+	'WITH u AS (UPDATE orders SET amount = 1, id = 5750001 WHERE id = 750001 RETURNING id) SELECT * FROM u',
+	'UPDATE ws_dist.orders SET id = 5750001 WHERE id = 750001',
+	'UPDATE ws_dist.orders_s000 SET id = 5750001 WHERE id = 750001')
+{
+	my ($upd_ret, $upd_out, $upd_err) = $coord->psql('postgres', "\\set VERBOSITY verbose\n$update;");
+	like($upd_err, qr/0A000: cannot update the shard key "id" of distributed table "orders"/,
+		"refused with 0A000: $update");
+}
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM orders WHERE id IN (750001, 5750001)')
+	  . ' ' . on_shards(750001, 750001), '1 1', 'and the row keeps its key, on its shard');
+
 # PostgreSQL gives an INSTEAD OF trigger a copy of each row, made in the
 # statement's memory, and frees it only if the trigger returns another
 # tuple: a router that returned the row it was given would hold every row
