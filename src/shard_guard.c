@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * shard_guard.c
- *	  An UPDATE must not change a distributed table's shard key.
+ *	  Statements a distributed table refuses when they are planned.
  *
- * A row lives in the slot of its key.  postgres_fdw updates a row of a
+ * An UPDATE must not change the shard key.  A row lives in the slot of its
+ * key.  postgres_fdw updates a row of a
  * foreign partition in place, and a foreign table's partition constraint
  * is not checked, so an UPDATE that changed the key would leave the row in
  * its old slot: reads by the new key would miss it, and a second row with
@@ -11,6 +12,10 @@
  * and an insert on another; like Citus, we refuse such an UPDATE when it is
  * planned, whether it names the distributed table (the view, rewritten into
  * an UPDATE of ws_dist.<table>) or the tables in ws_dist.
+ *
+ * INSERT ... ON CONFLICT cannot keep its promise: the view's INSTEAD OF
+ * trigger takes the rows, and they reach their shards without the clause,
+ * so a conflict would fail the statement instead of being skipped.
  *
  *-------------------------------------------------------------------------
  */
@@ -24,6 +29,7 @@
 #include "nodes/bitmapset.h"
 #include "nodes/plannodes.h"
 #include "optimizer/planner.h"
+#include "parser/parsetree.h"
 #include "utils/lsyscache.h"
 #include "utils/partcache.h"
 #include "utils/rel.h"
@@ -73,6 +79,36 @@ check_key_not_updated(RangeTblEntry *rte)
 	relation_close(rel, AccessShareLock);
 }
 
+/*
+ * check_no_on_conflict raises an error if plan, a ModifyTable, inserts
+ * into a distributed table with ON CONFLICT.
+ */
+static void
+check_no_on_conflict(Plan *plan, List *rtable)
+{
+	ModifyTable *modify = (ModifyTable *) plan;
+	RangeTblEntry *target;
+	Relation	view;
+	bool		distributed;
+
+	if (!IsA(plan, ModifyTable) || modify->operation != CMD_INSERT ||
+		modify->onConflictAction == ONCONFLICT_NONE || list_length(modify->resultRelations) != 1)
+		return;
+	target = rt_fetch(linitial_int(modify->resultRelations), rtable);
+	if (target->relkind != RELKIND_VIEW)
+		return;
+	view = relation_open(target->relid, AccessShareLock);
+	distributed = ws_shard_is_distributed(view);
+	relation_close(view, AccessShareLock);
+	if (distributed)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("INSERT ... ON CONFLICT is not supported on distributed table \"%s\"",
+						get_rel_name(target->relid)),
+				 errdetail("Rows reach their shards without the ON CONFLICT clause."),
+				 errhint("Leave out the rows whose keys are stored already, with WHERE NOT EXISTS for example.")));
+}
+
 static PlannedStmt *
 guard_planner(Query *parse, const char *query_string, int cursorOptions,
 			  ParamListInfo boundParams)
@@ -99,6 +135,12 @@ guard_planner(Query *parse, const char *query_string, int cursorOptions,
 		if (OidIsValid(ws_dist) && get_rel_namespace(rte->relid) == ws_dist)
 			check_key_not_updated(rte);
 	}
+	if (plan->commandType == CMD_INSERT)
+		check_no_on_conflict(plan->planTree, plan->rtable);
+	if (plan->hasModifyingCTE)
+		foreach(lc, plan->subplans)
+			if (lfirst(lc) != NULL)
+				check_no_on_conflict(lfirst(lc), plan->rtable);
 	return plan;
 }
 

@@ -774,6 +774,17 @@ for my $update ('UPDATE orders SET id = id + 5000000 WHERE id = 750001',
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM orders WHERE id IN (750001, 5750001)')
 	  . ' ' . on_shards(750001, 750001), '1 1', 'and the row keeps its key, on its shard');
 
+# INSERT ... ON CONFLICT would reach the shards without its clause (and
+# fail on a conflict instead of skipping it): refused, nothing written.
+for my $insert ('INSERT INTO orders (id, customer, amount) VALUES (750001, \'c\', 1), (5750002, \'c\', 1) ON CONFLICT DO NOTHING',
+	'WITH i AS (INSERT INTO orders (id, customer, amount) VALUES (5750002, \'c\', 1) ON CONFLICT DO NOTHING RETURNING id) SELECT * FROM i')
+{
+	my ($ins_ret, $ins_out, $ins_err) = $coord->psql('postgres', "\\set VERBOSITY verbose\n$insert;");
+	like($ins_err, qr/0A000: INSERT \.\.\. ON CONFLICT is not supported on distributed table "orders"/,
+		"refused with 0A000: $insert");
+}
+is(on_shards(5750002, 5750002), 0, 'and no row was written');
+
 # PostgreSQL gives an INSTEAD OF trigger a copy of each row, made in the
 # statement's memory, and frees it only if the trigger returns another
 # tuple: a router that returned the row it was given would hold every row
