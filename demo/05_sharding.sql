@@ -30,6 +30,13 @@ SELECT count(*), sum(balance) FROM accounts;
 -- ...or only the owning shard when the key is fixed.
 EXPLAIN (COSTS OFF) SELECT * FROM accounts WHERE id = 42;
 SELECT ws.shard_for('accounts', '42');
+-- Updates go to the row's shard; its key cannot change (the row would stay
+-- in its old key's slot): delete it and insert it anew.
+UPDATE accounts SET balance = balance + 5 WHERE id = 42;
+\set ON_ERROR_STOP 0
+UPDATE accounts SET id = 42000 WHERE id = 42;
+\set ON_ERROR_STOP 1
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 
 -- A third server: it takes over a third of the slots, and only their rows move.
 SELECT ws.add_shard('accounts', 'shard_c');
