@@ -28,6 +28,7 @@ extern void ws_shard_insert_row(Oid serverid, Oid userid, const char *sql,
 extern void ws_shard_rethrow_write_error(int nrows, const char *table, Oid serverid,
 										 int slot, const char *remote_table) pg_attribute_noreturn();
 extern bool ws_shard_routes_only(Relation view);
+extern bool ws_shard_routes(Relation view);
 extern RouteStream *ws_route_stream_begin(Relation view);
 extern void ws_route_stream_row(RouteStream *stream, Datum *values, bool *nulls);
 extern void ws_route_stream_send(RouteStream *stream);

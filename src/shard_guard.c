@@ -4,11 +4,10 @@
  *	  Statements a distributed table refuses when they are planned.
  *
  * An UPDATE must not change the shard key.  A row lives in the slot of its
- * key.  postgres_fdw updates a row of a
- * foreign partition in place, and a foreign table's partition constraint
- * is not checked, so an UPDATE that changed the key would leave the row in
- * its old slot: reads by the new key would miss it, and a second row with
- * that key would go unnoticed.  Moving it would take a delete on one shard
+ * key; postgres_fdw updates a row of a foreign partition in place, and a
+ * foreign table's partition constraint is not checked, so an UPDATE that
+ * changed the key would leave the row in its old slot: reads by the new key
+ * would miss it, and a second row with that key would go unnoticed.  Moving it would take a delete on one shard
  * and an insert on another; like Citus, we refuse such an UPDATE when it is
  * planned, whether it names the distributed table (the view, rewritten into
  * an UPDATE of ws_dist.<table>) or the tables in ws_dist.
@@ -98,7 +97,7 @@ check_no_on_conflict(Plan *plan, List *rtable)
 	if (target->relkind != RELKIND_VIEW)
 		return;
 	view = relation_open(target->relid, AccessShareLock);
-	distributed = ws_shard_is_distributed(view);
+	distributed = ws_shard_routes(view);
 	relation_close(view, AccessShareLock);
 	if (distributed)
 		ereport(ERROR,

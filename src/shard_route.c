@@ -1423,6 +1423,29 @@ ws_shard_routes_only(Relation view)
 	return route && flush;
 }
 
+/*
+ * ws_shard_routes tells whether rows inserted into a relation are routed to
+ * shards: it is a view with write_scaling's INSTEAD OF INSERT trigger.
+ * Unlike ws_shard_is_distributed, it reads no table of the extension.
+ */
+bool
+ws_shard_routes(Relation view)
+{
+	TriggerDesc *triggers = view->trigdesc;
+
+	if (view->rd_rel->relkind != RELKIND_VIEW || triggers == NULL)
+		return false;
+	for (int i = 0; i < triggers->numtriggers; i++)
+	{
+		FmgrInfo	function;
+
+		fmgr_info(triggers->triggers[i].tgfoid, &function);
+		if (function.fn_addr == write_scaling_route_insert)
+			return true;
+	}
+	return false;
+}
+
 /* --- streams: rows sent while a statement runs (shard_stream.c) ---------- */
 
 /*

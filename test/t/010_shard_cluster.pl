@@ -784,6 +784,19 @@ for my $insert ('INSERT INTO orders (id, customer, amount) VALUES (750001, \'c\'
 		"refused with 0A000: $insert");
 }
 is(on_shards(5750002, 5750002), 0, 'and no row was written');
+# The check reads nothing of the extension: a database without it, and an
+# ordinary view with an INSTEAD OF trigger, keep ON CONFLICT.
+$coord->safe_psql('postgres', 'CREATE DATABASE no_extension');
+is($coord->safe_psql('no_extension', q{
+	CREATE TABLE t (id int PRIMARY KEY);
+	CREATE VIEW v AS SELECT * FROM t;
+	CREATE FUNCTION v_insert() RETURNS trigger LANGUAGE plpgsql
+	AS $$ BEGIN INSERT INTO t VALUES (NEW.id) ON CONFLICT DO NOTHING; RETURN NEW; END $$;
+	CREATE TRIGGER v_insert INSTEAD OF INSERT ON v FOR EACH ROW EXECUTE FUNCTION v_insert();
+	INSERT INTO v VALUES (1) ON CONFLICT DO NOTHING;
+	INSERT INTO v VALUES (1) ON CONFLICT DO NOTHING;
+	SELECT count(*) FROM t;}), '1', 'INSERT ... ON CONFLICT into another view still works, in a database without the extension');
+$coord->safe_psql('postgres', 'DROP DATABASE no_extension');
 
 # PostgreSQL gives an INSTEAD OF trigger a copy of each row, made in the
 # statement's memory, and frees it only if the trigger returns another
