@@ -1072,10 +1072,11 @@ CREATE TABLE ws.distributed_tables (
 	remote_table name NOT NULL,
 	remote_columns text NOT NULL,
 	remote_definition text NOT NULL,
+	remote_indexes jsonb NOT NULL DEFAULT '[]',
 	distributed_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE ws.distributed_tables IS
-	'Tables made distributed by ws.distribute_table: the view users use, the partitioned table of foreign slots behind it, and what a slot''s table on a shard looks like (its columns, and its columns with constraints)';
+	'Tables made distributed by ws.distribute_table: the view users use, the partitioned table of foreign slots behind it, and what a slot''s table on a shard looks like (its columns, its columns with constraints, and the table''s other indexes: name, unique, and the definition from USING on)';
 SELECT pg_catalog.pg_extension_config_dump('ws.distributed_tables', '');
 GRANT SELECT ON ws.distributed_tables TO PUBLIC;
 
@@ -1562,13 +1563,18 @@ AS $$
 			   ' IF to_regclass(%L) IS NULL THEN'
 			   ' CREATE TABLE %s (%s, ws_slot smallint NOT NULL) PARTITION BY LIST (ws_slot); END IF;'
 			   ' CREATE TABLE %s (%s, ws_slot smallint NOT NULL DEFAULT %s'
-			   ' CONSTRAINT ws_slot_attach CHECK (ws_slot = %s));'
+			   ' CONSTRAINT ws_slot_attach CHECK (ws_slot = %s));%s'
 			   ' ALTER TABLE %s ATTACH PARTITION %s FOR VALUES IN (%s);'
 			   ' ALTER TABLE %s DROP CONSTRAINT ws_slot_attach;'
 			   ' END IF; END',
 			   reuse, slot_table, parent, slot_table,
 			   parent, parent, d.remote_columns,
-			   slot_table, d.remote_definition, slot, slot, parent, slot_table, slot, slot_table))
+			   slot_table, d.remote_definition, slot, slot,
+			   (SELECT string_agg(format(' CREATE %sINDEX ON %s USING %s;',
+										 CASE WHEN (e->>'unique')::boolean THEN 'UNIQUE ' END,
+										 slot_table, e->>'using'), '' ORDER BY o)
+				FROM jsonb_array_elements(d.remote_indexes) WITH ORDINALITY AS x (e, o)),
+			   parent, slot_table, slot, slot_table))
 	FROM (SELECT format('%I.%I', d.remote_schema, ws._shard_table(d.remote_table)) AS parent,
 				 format('%I.%I', d.remote_schema, ws._slot_table(d.remote_table, slot)) AS slot_table) n
 $$;
@@ -1613,6 +1619,7 @@ DECLARE
 	column_names text;
 	constraints text;
 	remote_definition text;
+	indexes jsonb;
 	parent text;
 	bad text;
 	s record;
@@ -1691,6 +1698,20 @@ BEGIN
 			USING ERRCODE = 'feature_not_supported',
 				  DETAIL = 'Each shard can enforce uniqueness only among its own rows.';
 	END IF;
+	-- A unique index that is no constraint's: the same rule, on its key
+	-- columns (not those it only INCLUDEs).
+	SELECT ic.relname INTO bad
+	FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+	WHERE i.indrelid = table_name AND i.indisunique
+	  AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conrelid = table_name AND c.conindid = i.indexrelid)
+	  AND key_attnum <> ALL ((i.indkey::int2[])[0:i.indnkeyatts - 1])
+	LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cannot distribute "%": unique index "%" does not include the shard key "%"',
+			table_name, bad, key_column
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Each shard can enforce uniqueness only among its own rows.';
+	END IF;
 	SELECT c.conname INTO bad FROM pg_constraint c
 	WHERE c.contype = 'f' AND (c.conrelid = table_name OR c.confrelid = table_name) LIMIT 1;
 	IF FOUND THEN
@@ -1722,16 +1743,34 @@ BEGIN
 	-- Unnamed: each slot table gets its own index names.
 	SELECT string_agg(pg_get_constraintdef(c.oid), ', ' ORDER BY c.conname)
 	INTO constraints
-	FROM pg_constraint c WHERE c.conrelid = table_name AND c.contype IN ('p', 'u', 'c');
+	FROM pg_constraint c WHERE c.conrelid = table_name AND c.contype IN ('p', 'u', 'c', 'x');
 	remote_definition := columns || coalesce(', ' || constraints, '');
+	-- The indexes no constraint made go to every slot table too, unnamed;
+	-- pg_get_indexdef's text from USING on is kept.
+	SELECT coalesce(jsonb_agg(jsonb_build_object('name', x.name, 'unique', x.uniq,
+												 'using', substr(x.def, length(x.prefix) + 1))
+							  ORDER BY x.name), '[]'),
+		   min(x.name) FILTER (WHERE left(x.def, length(x.prefix)) <> x.prefix)
+	INTO indexes, bad
+	FROM (SELECT ic.relname AS name, i.indisunique AS uniq, pg_get_indexdef(i.indexrelid) AS def,
+				 format('CREATE %sINDEX %I ON %I.%I USING ', CASE WHEN i.indisunique THEN 'UNIQUE ' END,
+						ic.relname, nsp, rel.relname) AS prefix
+		  FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+		  WHERE i.indrelid = table_name AND i.indisvalid
+			AND NOT EXISTS (SELECT FROM pg_constraint c
+							WHERE c.conrelid = table_name AND c.conindid = i.indexrelid)) x;
+	IF bad IS NOT NULL THEN
+		RAISE EXCEPTION 'cannot distribute "%": cannot read the definition of index "%"', table_name, bad
+			USING ERRCODE = 'feature_not_supported';
+	END IF;
 
 	-- The partitioned table of slots, each slot a table on its shard.
 	parent := format('ws_dist.%I', rel.relname);
 	EXECUTE format('CREATE TABLE %s (%s) PARTITION BY HASH (%I %s)', parent, columns, key_column, opclass);
 	INSERT INTO ws.distributed_tables (table_name, partitioned, key_column, map, remote_schema,
-									   remote_table, remote_columns, remote_definition)
+									   remote_table, remote_columns, remote_definition, remote_indexes)
 	VALUES (table_name, parent::regclass, key_column, m.map, nsp,
-			rel.relname, columns, remote_definition)
+			rel.relname, columns, remote_definition, indexes)
 	RETURNING * INTO dist;
 	FOR s IN SELECT x.slot, x.placed_on FROM ws.shard_slots x WHERE x.map = m.map ORDER BY x.slot LOOP
 		IF s.placed_on <> ALL (servers_ready) THEN
@@ -2108,6 +2147,11 @@ BEGIN
 	EXECUTE format('INSERT INTO %I.%I (%s) SELECT %s FROM %s',
 				   nsp, rel.relname, column_names, column_names, d.partitioned);
 	GET DIAGNOSTICS moved = ROW_COUNT;
+	FOR s IN SELECT e FROM jsonb_array_elements(d.remote_indexes) x (e) LOOP
+		EXECUTE format('CREATE %sINDEX %I ON %I.%I USING %s',
+					   CASE WHEN (s.e->>'unique')::boolean THEN 'UNIQUE ' END,
+					   s.e->>'name', nsp, rel.relname, s.e->>'using');
+	END LOOP;
 	EXECUTE format('DROP TABLE %s', d.partitioned);
 	EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', nsp, rel.relname, owner_name);
 	-- Exactly the view's grants: none of the caller's default privileges.

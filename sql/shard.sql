@@ -113,11 +113,15 @@ CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz, body jsonb);
 CREATE TABLE by_account (account int, id bigint PRIMARY KEY);
 CREATE TABLE keyed_by_jsonb (k jsonb);
 CREATE VIEW a_view AS SELECT 1 AS id;
+-- A unique index without the key (or with it only as an INCLUDE column).
+CREATE TABLE by_email (id bigint PRIMARY KEY, email text);
+CREATE UNIQUE INDEX by_email_email ON by_email (email) INCLUDE (id);
 SELECT ws.distribute_table('events', 'id', 'no_such_map');
 SELECT ws.distribute_table('events', 'id', 'empty');
 SELECT ws.distribute_table('events', 'no_such_column', 'moves');
 SELECT ws.distribute_table('keyed_by_jsonb', 'k', 'moves');
 SELECT ws.distribute_table('by_account', 'account', 'moves');
+SELECT ws.distribute_table('by_email', 'id', 'moves');
 SELECT ws.distribute_table('a_view', 'id', 'moves');
 SELECT ws.distribute_table(NULL, 'id', 'moves');
 CALL ws.rebalance('no_such_map');
@@ -126,7 +130,7 @@ CALL ws.undistribute_table('events');
 CALL ws.undistribute_table(NULL);
 SELECT count(*) AS distributed FROM ws.distributed_tables;
 
-DROP TABLE events, by_account, keyed_by_jsonb, placed_3, placed_4, placed_removed, modulo_3;
+DROP TABLE events, by_account, by_email, keyed_by_jsonb, placed_3, placed_4, placed_removed, modulo_3;
 DROP VIEW a_view;
 DROP FUNCTION balance_of;
 DROP EXTENSION write_scaling;

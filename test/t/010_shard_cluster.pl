@@ -86,6 +86,45 @@ is($coord->safe_psql('postgres', q{
 	WHERE i.inhparent = 'ws_dist.orders'::regclass}),
 	$vnodes, "ws_dist.orders has $vnodes foreign partitions");
 
+# --- indexes ----------------------------------------------------------------
+# The indexes no constraint made go to every slot table, exclusion
+# constraints too; a unique index holds there; undistribute gives the
+# indexes back under their names.
+my $index_sql = q{SELECT string_agg(pg_get_indexdef(i.indexrelid), E'\n' ORDER BY pg_get_indexdef(i.indexrelid))
+	FROM pg_index i WHERE i.indrelid = 'members'::regclass
+	  AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid)};
+$coord->safe_psql('postgres', q{
+	CREATE TABLE members (
+		account int NOT NULL, id int NOT NULL, email text NOT NULL, status text,
+		PRIMARY KEY (account, id),
+		EXCLUDE USING btree (account WITH =, id WITH =));
+	CREATE UNIQUE INDEX members_account_email ON members (account, lower(email));
+	CREATE INDEX members_open ON members (status) WHERE status <> 'closed';
+	CREATE INDEX members_email ON members USING hash (email);
+	INSERT INTO members VALUES (1, 1, 'a@x', 'open'), (2, 1, 'a@x', 'open');
+});
+my $indexes_before = $coord->safe_psql('postgres', $index_sql);
+$coord->safe_psql('postgres', q{SELECT ws.distribute_table('members', 'account', 'm')});
+my ($members_server, $members_slot) = split /\|/,
+  $coord->safe_psql('postgres', "SELECT ws.shard_for('m', '1'), ws.key_slot('1', $vnodes)");
+my $members_table = sprintf('members_s%03d', $members_slot);
+is($shard{$members_server}->safe_psql('postgres', qq{
+	SELECT string_agg(d, E'\n' ORDER BY d)
+	FROM (SELECT regexp_replace(indexdef, '^.* USING ', '') AS d
+		  FROM pg_indexes WHERE tablename = '$members_table') x}),
+	join("\n", 'btree (account, id)', 'btree (account, id)', 'btree (account, lower(email))',
+		"btree (status) WHERE (status <> 'closed'::text)", 'hash (email)'),
+	'a slot table has the primary key, the exclusion constraint and the three other indexes');
+my ($mem_ret, $mem_out, $mem_err) = $coord->psql('postgres',
+	q{INSERT INTO members VALUES (1, 2, 'A@x', 'open')});
+like($mem_err, qr/could not write 1 row of "members" .*duplicate key value violates unique constraint "members_s\d+_account_lower_idx"/s,
+	'the unique index holds on its shard');
+$coord->safe_psql('postgres', q{CALL ws.undistribute_table('members')});
+is($coord->safe_psql('postgres', $index_sql), $indexes_before,
+	'undistribute gives the indexes back, under their names');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM members}), '2', 'with the rows');
+$coord->safe_psql('postgres', q{DROP TABLE members});
+
 # %expected: every id that must be stored, exactly once.
 my %expected = map { $_ => 1 } 1 .. 100;
 
