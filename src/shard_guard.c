@@ -1,16 +1,17 @@
 /*-------------------------------------------------------------------------
  *
  * shard_guard.c
- *	  Statements a distributed table refuses when they are planned.
+ *	  Statements a distributed table refuses before they are planned.
  *
  * An UPDATE must not change the shard key.  A row lives in the slot of its
  * key; postgres_fdw updates a row of a foreign partition in place, and a
  * foreign table's partition constraint is not checked, so an UPDATE that
  * changed the key would leave the row in its old slot: reads by the new key
- * would miss it, and a second row with that key would go unnoticed.  Moving it would take a delete on one shard
- * and an insert on another; like Citus, we refuse such an UPDATE when it is
- * planned, whether it names the distributed table (the view, rewritten into
- * an UPDATE of ws_dist.<table>) or the tables in ws_dist.
+ * would miss it, and a second row with that key would go unnoticed.
+ * Moving it would take a delete on one shard and an insert on another;
+ * like Citus, we refuse such an UPDATE, whether it names the distributed
+ * table (the view, rewritten into an UPDATE of ws_dist.<table>) or the
+ * tables in ws_dist.  SET key = key changes nothing and passes.
  *
  * INSERT ... ON CONFLICT cannot keep its promise: the view's INSTEAD OF
  * trigger takes the rows, and they reach their shards without the clause,
@@ -20,127 +21,156 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/relation.h"
-#include "access/sysattr.h"
+#include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "catalog/pg_class.h"
-#include "nodes/bitmapset.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_partitioned_table.h"
+#include "commands/extension.h"
+#include "nodes/parsenodes.h"
 #include "nodes/plannodes.h"
 #include "optimizer/planner.h"
 #include "parser/parsetree.h"
 #include "utils/lsyscache.h"
-#include "utils/partcache.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 
 #include "shard.h"
 
 static planner_hook_type prev_planner = NULL;
 
 /*
- * check_key_not_updated raises an error if rte, a relation of schema
- * ws_dist, is a distributed table's partitioned table or one of its slots
- * and the statement sets the shard key (its partition key).
+ * in_ws_dist tells whether a relation lives in write_scaling's schema
+ * ws_dist (a schema of that name that is not the extension's does not
+ * count).
  */
-static void
-check_key_not_updated(RangeTblEntry *rte)
+static bool
+in_ws_dist(Oid relid)
 {
-	Oid			root;
-	Relation	rel;
-	PartitionKey key;
-	char	   *key_name;
-	AttrNumber	attnum;
+	Oid			nsp = get_rel_namespace(relid);
+	char	   *name = get_namespace_name(nsp);
+	Oid			extension;
 
-	if (rte->relkind == RELKIND_PARTITIONED_TABLE)
-		root = rte->relid;
-	else if (get_rel_relispartition(rte->relid))
-		root = get_partition_parent(rte->relid, false);
-	else
-		return;
-
-	rel = relation_open(root, AccessShareLock);
-	key = RelationGetPartitionKey(rel);
-	if (key == NULL || key->partnatts != 1 || key->partattrs[0] == 0)
-	{
-		relation_close(rel, AccessShareLock);
-		return;
-	}
-	key_name = get_attname(root, key->partattrs[0], false);
-	attnum = root == rte->relid ? key->partattrs[0] : get_attnum(rte->relid, key_name);
-	if (attnum != InvalidAttrNumber &&
-		bms_is_member(attnum - FirstLowInvalidHeapAttributeNumber, rte->updatedCols))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot update the shard key \"%s\" of distributed table \"%s\"",
-						key_name, RelationGetRelationName(rel)),
-				 errdetail("The key decides which shard holds a row, and an UPDATE leaves the row where it is."),
-				 errhint("DELETE the row and INSERT it with its new key.")));
-	relation_close(rel, AccessShareLock);
+	if (name == NULL || strcmp(name, "ws_dist") != 0)
+		return false;
+	extension = get_extension_oid("write_scaling", true);
+	return OidIsValid(extension) && getExtensionOfObject(NamespaceRelationId, nsp) == extension;
 }
 
 /*
- * check_no_on_conflict raises an error if plan, a ModifyTable, inserts
- * into a distributed table with ON CONFLICT.
+ * shard_key_of returns the attribute number of the shard key in relid, a
+ * distributed table's partitioned table in ws_dist or one of its slots, or
+ * InvalidAttrNumber.  Reads the catalogs only: no lock on the parent.
+ */
+static AttrNumber
+shard_key_of(RangeTblEntry *target, char **table)
+{
+	Oid			root = target->relid;
+	HeapTuple	tuple;
+	AttrNumber	key;
+
+	if (target->relkind == RELKIND_FOREIGN_TABLE && get_rel_relispartition(root))
+		root = get_partition_parent(root, true);
+	else if (target->relkind != RELKIND_PARTITIONED_TABLE)
+		return InvalidAttrNumber;
+	tuple = SearchSysCache1(PARTRELID, ObjectIdGetDatum(root));
+	if (!HeapTupleIsValid(tuple))
+		return InvalidAttrNumber;
+	key = ((Form_pg_partitioned_table) GETSTRUCT(tuple))->partattrs.values[0];
+	ReleaseSysCache(tuple);
+	if (key == InvalidAttrNumber)
+		return InvalidAttrNumber;
+	*table = get_rel_name(root);
+	if (root == target->relid)
+		return key;
+	return get_attnum(target->relid, get_attname(root, key, false));
+}
+
+/*
+ * check_query raises an error if query, or a query of its WITH clause,
+ * updates a distributed table's shard key, or inserts into a distributed
+ * table with ON CONFLICT.  Called on the rewritten query, before planning:
+ * an UPDATE of the view is an UPDATE of ws_dist.<table> by then.
  */
 static void
-check_no_on_conflict(Plan *plan, List *rtable)
+check_query(Query *query)
 {
-	ModifyTable *modify = (ModifyTable *) plan;
-	RangeTblEntry *target;
-	Relation	view;
-	bool		distributed;
+	ListCell   *lc;
 
-	if (!IsA(plan, ModifyTable) || modify->operation != CMD_INSERT ||
-		modify->onConflictAction == ONCONFLICT_NONE || list_length(modify->resultRelations) != 1)
+	foreach(lc, query->cteList)
+	{
+		CommonTableExpr *cte = lfirst(lc);
+
+		if (IsA(cte->ctequery, Query))
+			check_query((Query *) cte->ctequery);
+	}
+	if (query->resultRelation == 0)
 		return;
-	target = rt_fetch(linitial_int(modify->resultRelations), rtable);
-	if (target->relkind != RELKIND_VIEW)
-		return;
-	view = relation_open(target->relid, AccessShareLock);
-	distributed = ws_shard_routes(view);
-	relation_close(view, AccessShareLock);
-	if (distributed)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("INSERT ... ON CONFLICT is not supported on distributed table \"%s\"",
-						get_rel_name(target->relid)),
-				 errdetail("Rows reach their shards without the ON CONFLICT clause."),
-				 errhint("Leave out the rows whose keys are stored already, with WHERE NOT EXISTS for example.")));
+
+	if (query->commandType == CMD_UPDATE)
+	{
+		RangeTblEntry *target = rt_fetch(query->resultRelation, query->rtable);
+		char	   *table = NULL;
+		AttrNumber	key;
+
+		if (target->relkind != RELKIND_PARTITIONED_TABLE && target->relkind != RELKIND_FOREIGN_TABLE)
+			return;
+		if (!in_ws_dist(target->relid))
+			return;
+		key = shard_key_of(target, &table);
+		if (key == InvalidAttrNumber)
+			return;
+		foreach(lc, query->targetList)
+		{
+			TargetEntry *entry = lfirst(lc);
+			Var		   *var = (Var *) entry->expr;
+
+			if (entry->resjunk || entry->resno != key)
+				continue;
+			/* SET key = key changes nothing: ORMs write every column. */
+			if (IsA(var, Var) && var->varno == query->resultRelation &&
+				var->varattno == key && var->varlevelsup == 0)
+				continue;
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot update the shard key \"%s\" of distributed table \"%s\"",
+							get_attname(target->relid, key, false), table),
+					 errdetail("The key decides which shard holds a row, and an UPDATE leaves the row where it is."),
+					 errhint("DELETE the row and INSERT it with its new key.")));
+		}
+	}
+	else if (query->commandType == CMD_INSERT && query->onConflict != NULL)
+	{
+		RangeTblEntry *target = rt_fetch(query->resultRelation, query->rtable);
+		Relation	view;
+		bool		routes;
+
+		if (target->relkind != RELKIND_VIEW)
+			return;
+		view = relation_open(target->relid, AccessShareLock);
+		routes = ws_shard_routes(view);
+		relation_close(view, AccessShareLock);
+		if (routes)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("INSERT ... ON CONFLICT is not supported on distributed table \"%s\"",
+							get_rel_name(target->relid)),
+					 errdetail("Rows reach their shards without the ON CONFLICT clause."),
+					 errhint("Leave out the rows whose keys are stored already, with WHERE NOT EXISTS for example.")));
+	}
 }
 
 static PlannedStmt *
 guard_planner(Query *parse, const char *query_string, int cursorOptions,
 			  ParamListInfo boundParams)
 {
-	PlannedStmt *plan;
-	ListCell   *lc;
-	Oid			ws_dist = InvalidOid;
-
+	check_query(parse);
 	if (prev_planner != NULL)
-		plan = prev_planner(parse, query_string, cursorOptions, boundParams);
-	else
-		plan = standard_planner(parse, query_string, cursorOptions, boundParams);
-
-	/* Only an UPDATE's targets (ON CONFLICT's too) have updated columns. */
-	foreach(lc, plan->rtable)
-	{
-		RangeTblEntry *rte = lfirst(lc);
-
-		if (rte->rtekind != RTE_RELATION || bms_is_empty(rte->updatedCols) ||
-			(rte->relkind != RELKIND_PARTITIONED_TABLE && rte->relkind != RELKIND_FOREIGN_TABLE))
-			continue;
-		if (!OidIsValid(ws_dist))
-			ws_dist = get_namespace_oid("ws_dist", true);
-		if (OidIsValid(ws_dist) && get_rel_namespace(rte->relid) == ws_dist)
-			check_key_not_updated(rte);
-	}
-	if (plan->commandType == CMD_INSERT)
-		check_no_on_conflict(plan->planTree, plan->rtable);
-	if (plan->hasModifyingCTE)
-		foreach(lc, plan->subplans)
-			if (lfirst(lc) != NULL)
-				check_no_on_conflict(lfirst(lc), plan->rtable);
-	return plan;
+		return prev_planner(parse, query_string, cursorOptions, boundParams);
+	return standard_planner(parse, query_string, cursorOptions, boundParams);
 }
 
 /*

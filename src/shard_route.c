@@ -1437,9 +1437,13 @@ ws_shard_routes(Relation view)
 		return false;
 	for (int i = 0; i < triggers->numtriggers; i++)
 	{
+		Trigger    *trigger = &triggers->triggers[i];
 		FmgrInfo	function;
 
-		fmgr_info(triggers->triggers[i].tgfoid, &function);
+		if (!TRIGGER_TYPE_MATCHES(trigger->tgtype, TRIGGER_TYPE_ROW, TRIGGER_TYPE_INSTEAD,
+								  TRIGGER_TYPE_INSERT))
+			continue;
+		fmgr_info(trigger->tgfoid, &function);
 		if (function.fn_addr == write_scaling_route_insert)
 			return true;
 	}
