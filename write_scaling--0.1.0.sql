@@ -1712,6 +1712,24 @@ BEGIN
 			USING ERRCODE = 'feature_not_supported',
 				  DETAIL = 'Each shard can enforce uniqueness only among its own rows.';
 	END IF;
+	-- What would stop applying behind the view: its rows go to the shards.
+	IF rel.relrowsecurity OR EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = table_name) THEN
+		RAISE EXCEPTION 'cannot distribute "%": it has row-level security', table_name
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Its policies would not apply to the view that takes its place.';
+	END IF;
+	SELECT t.tgname INTO bad FROM pg_trigger t WHERE t.tgrelid = table_name AND NOT t.tgisinternal LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cannot distribute "%": it has trigger "%"', table_name, bad
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Its rows would go to the shards without firing it.',
+				  HINT = 'Drop the trigger first; the distributed table can have statement-level triggers.';
+	END IF;
+	SELECT r.rulename INTO bad FROM pg_rewrite r WHERE r.ev_class = table_name LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cannot distribute "%": it has rule "%"', table_name, bad
+			USING ERRCODE = 'feature_not_supported';
+	END IF;
 	SELECT c.conname INTO bad FROM pg_constraint c
 	WHERE c.contype = 'f' AND (c.conrelid = table_name OR c.confrelid = table_name) LIMIT 1;
 	IF FOUND THEN

@@ -116,12 +116,21 @@ CREATE VIEW a_view AS SELECT 1 AS id;
 -- A unique index without the key (or with it only as an INCLUDE column).
 CREATE TABLE by_email (id bigint PRIMARY KEY, email text);
 CREATE UNIQUE INDEX by_email_email ON by_email (email) INCLUDE (id);
+-- What would stop applying behind the view: a trigger, row-level security.
+CREATE TABLE with_trigger (id bigint PRIMARY KEY, at timestamptz);
+CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.at := now(); RETURN NEW; END $$;
+CREATE TRIGGER stamp BEFORE INSERT ON with_trigger FOR EACH ROW EXECUTE FUNCTION stamp();
+CREATE TABLE with_policy (id bigint PRIMARY KEY, owner name);
+ALTER TABLE with_policy ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON with_policy USING (owner = current_user);
 SELECT ws.distribute_table('events', 'id', 'no_such_map');
 SELECT ws.distribute_table('events', 'id', 'empty');
 SELECT ws.distribute_table('events', 'no_such_column', 'moves');
 SELECT ws.distribute_table('keyed_by_jsonb', 'k', 'moves');
 SELECT ws.distribute_table('by_account', 'account', 'moves');
 SELECT ws.distribute_table('by_email', 'id', 'moves');
+SELECT ws.distribute_table('with_trigger', 'id', 'moves');
+SELECT ws.distribute_table('with_policy', 'id', 'moves');
 SELECT ws.distribute_table('a_view', 'id', 'moves');
 SELECT ws.distribute_table(NULL, 'id', 'moves');
 CALL ws.rebalance('no_such_map');
@@ -130,9 +139,10 @@ CALL ws.undistribute_table('events');
 CALL ws.undistribute_table(NULL);
 SELECT count(*) AS distributed FROM ws.distributed_tables;
 
-DROP TABLE events, by_account, by_email, keyed_by_jsonb, placed_3, placed_4, placed_removed, modulo_3;
+DROP TABLE events, by_account, by_email, with_trigger, with_policy, keyed_by_jsonb, placed_3, placed_4, placed_removed, modulo_3;
 DROP VIEW a_view;
 DROP FUNCTION balance_of;
+DROP FUNCTION stamp;
 DROP EXTENSION write_scaling;
 DROP EXTENSION postgres_fdw CASCADE;
 DROP FOREIGN DATA WRAPPER not_postgres CASCADE;
