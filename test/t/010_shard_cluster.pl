@@ -74,6 +74,7 @@ $coord->safe_psql('postgres', qq{
 		amount int CHECK (amount >= 0),
 		created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 	);
+	CREATE INDEX orders_customer ON orders (customer);
 	-- Rows that exist before the table is distributed move to the shards.
 	INSERT INTO orders (id, customer, amount) SELECT i, cust(i), i % 1000 FROM generate_series(1, 100) i;
 	SELECT ws.distribute_table('orders', 'id', 'm');
@@ -272,6 +273,11 @@ sub verify
 			SELECT count(*) FROM pg_constraint
 			WHERE contype = 'c' AND pg_get_constraintdef(oid) LIKE '%ws_slot%'}),
 			0, "$label: ${server}'s slot tables check their slot only by their partition constraint");
+		# The table's index on customer is on every slot table, moved ones too.
+		is($node->safe_psql('postgres', q{
+			SELECT count(*) FROM pg_indexes
+			WHERE tablename ~ '^orders_s[0-9]+$' AND indexdef LIKE '%USING btree (customer)'}),
+			scalar(grep { /^orders_s\d+$/ } @want), "$label: each of ${server}'s slot tables has the index on customer");
 
 		my @tables = @{ $placed{$server} // [] };
 		my @rows = @tables
