@@ -1660,6 +1660,24 @@ BEGIN
 		RAISE EXCEPTION 'must be owner of table %', table_name
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
+	-- What the checks below read must hold until the table is replaced:
+	-- no index, trigger, policy or rule comes meanwhile; writers go on.
+	EXECUTE format('LOCK TABLE %s IN SHARE UPDATE EXCLUSIVE MODE', table_name);
+	SELECT * INTO rel FROM pg_class c WHERE c.oid = table_name;
+	-- Tables of an earlier distribution of this name that still wait to be
+	-- dropped on a shard would be taken for this one's.
+	SELECT c.server INTO bad FROM ws.shard_cleanup c
+	WHERE c.remote_schema = nsp
+	  AND (c.remote_table = ws._shard_table(rel.relname)
+		   OR (left(c.remote_table, length(rel.relname) + 2) = rel.relname || '_s'
+			   AND substr(c.remote_table, length(rel.relname) + 3) ~ '^[0-9]+$'))
+	LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cannot distribute "%": tables of its earlier distribution still wait to be dropped on server "%"',
+			table_name, bad
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'ws.rebalance and ws.undistribute_table drop them once the server answers; see ws.shard_cleanup.';
+	END IF;
 	IF length(rel.relname) > 50 THEN
 		RAISE EXCEPTION 'table name "%" is too long to distribute', rel.relname
 			USING ERRCODE = 'name_too_long',
@@ -1716,7 +1734,7 @@ BEGIN
 	IF rel.relrowsecurity OR EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = table_name) THEN
 		RAISE EXCEPTION 'cannot distribute "%": it has row-level security', table_name
 			USING ERRCODE = 'feature_not_supported',
-				  DETAIL = 'Its policies would not apply to the view that takes its place.';
+				  DETAIL = 'Row-level security is enabled on it, or it has policies: they would not apply to the view that takes its place.';
 	END IF;
 	SELECT t.tgname INTO bad FROM pg_trigger t WHERE t.tgrelid = table_name AND NOT t.tgisinternal LIMIT 1;
 	IF FOUND THEN

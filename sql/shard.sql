@@ -131,6 +131,11 @@ SELECT ws.distribute_table('by_account', 'account', 'moves');
 SELECT ws.distribute_table('by_email', 'id', 'moves');
 SELECT ws.distribute_table('with_trigger', 'id', 'moves');
 SELECT ws.distribute_table('with_policy', 'id', 'moves');
+-- Tables of an earlier distribution of the name, still to be dropped on a
+-- shard, would be taken for the new one's.
+INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table) VALUES ('shard_a', 'public', 'events_s007');
+SELECT ws.distribute_table('events', 'id', 'moves');
+DELETE FROM ws.shard_cleanup;
 SELECT ws.distribute_table('a_view', 'id', 'moves');
 SELECT ws.distribute_table(NULL, 'id', 'moves');
 CALL ws.rebalance('no_such_map');
