@@ -100,6 +100,7 @@ $coord->safe_psql('postgres', q{
 		PRIMARY KEY (account, id),
 		EXCLUDE USING btree (account WITH =, id WITH =));
 	CREATE UNIQUE INDEX members_account_email ON members (account, lower(email));
+	CREATE UNIQUE INDEX members_email_account ON members (email, account) WHERE status <> '100%';
 	CREATE INDEX members_open ON members (status) WHERE status <> 'closed';
 	CREATE INDEX members_email ON members USING hash (email);
 	INSERT INTO members VALUES (1, 1, 'a@x', 'open'), (2, 1, 'a@x', 'open');
@@ -114,8 +115,9 @@ is($shard{$members_server}->safe_psql('postgres', qq{
 	FROM (SELECT regexp_replace(indexdef, '^.* USING ', '') AS d
 		  FROM pg_indexes WHERE tablename = '$members_table') x}),
 	join("\n", 'btree (account, id)', 'btree (account, id)', 'btree (account, lower(email))',
+		"btree (email, account) WHERE (status <> '100%'::text)",
 		"btree (status) WHERE (status <> 'closed'::text)", 'hash (email)'),
-	'a slot table has the primary key, the exclusion constraint and the three other indexes');
+	'a slot table has the primary key, the exclusion constraint and the four other indexes');
 my ($mem_ret, $mem_out, $mem_err) = $coord->psql('postgres',
 	q{INSERT INTO members VALUES (1, 2, 'A@x', 'open')});
 like($mem_err, qr/could not write 1 row of "members" .*duplicate key value violates unique constraint "members_s\d+_account_lower_idx"/s,
