@@ -1743,6 +1743,15 @@ BEGIN
 				  DETAIL = 'Its rows would go to the shards without firing it.',
 				  HINT = 'Drop the trigger first; the distributed table can have statement-level triggers.';
 	END IF;
+	SELECT p.pubname INTO bad
+	FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+	WHERE r.prrelid = table_name LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cannot distribute "%": it is in publication "%"', table_name, bad
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Its rows would go to the shards, out of the publication''s reach.',
+				  HINT = 'Drop it from the publication first; publish the slot tables on the shards instead.';
+	END IF;
 	SELECT r.rulename INTO bad FROM pg_rewrite r WHERE r.ev_class = table_name LIMIT 1;
 	IF FOUND THEN
 		RAISE EXCEPTION 'cannot distribute "%": it has rule "%"', table_name, bad
