@@ -1073,10 +1073,11 @@ CREATE TABLE ws.distributed_tables (
 	remote_columns text NOT NULL,
 	remote_definition text NOT NULL,
 	remote_indexes jsonb NOT NULL DEFAULT '[]',
+	local_definition text NOT NULL,
 	distributed_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE ws.distributed_tables IS
-	'Tables made distributed by ws.distribute_table: the view users use, the partitioned table of foreign slots behind it, and what a slot''s table on a shard looks like (its columns, its columns with constraints, and the table''s other indexes: name, unique, and the definition from USING on)';
+	'Tables made distributed by ws.distribute_table: the view users use, the partitioned table of foreign slots behind it, and what a slot''s table on a shard looks like (its columns, its columns with constraints, and the table''s other indexes: name, unique, and the definition from USING on), and the table''s columns and named constraints, for ws.undistribute_table';
 SELECT pg_catalog.pg_extension_config_dump('ws.distributed_tables', '');
 GRANT SELECT ON ws.distributed_tables TO PUBLIC;
 
@@ -1619,6 +1620,7 @@ DECLARE
 	column_names text;
 	constraints text;
 	remote_definition text;
+	local_definition text;
 	indexes jsonb;
 	parent text;
 	bad text;
@@ -1790,6 +1792,12 @@ BEGIN
 	INTO constraints
 	FROM pg_constraint c WHERE c.conrelid = table_name AND c.contype IN ('p', 'u', 'c', 'x');
 	remote_definition := columns || coalesce(', ' || constraints, '');
+	-- Here, ws.undistribute_table gives the constraints back their names
+	-- (on a shard, the slot tables of a schema could not share them).
+	SELECT columns || coalesce(', ' || string_agg(format('CONSTRAINT %I %s', c.conname, pg_get_constraintdef(c.oid)),
+												  ', ' ORDER BY c.conname), '')
+	INTO local_definition
+	FROM pg_constraint c WHERE c.conrelid = table_name AND c.contype IN ('p', 'u', 'c', 'x');
 	-- The indexes no constraint made go to every slot table too, unnamed;
 	-- pg_get_indexdef's text from USING on is kept.
 	SELECT coalesce(jsonb_agg(jsonb_build_object('name', x.name, 'unique', x.uniq,
@@ -1813,9 +1821,10 @@ BEGIN
 	parent := format('ws_dist.%I', rel.relname);
 	EXECUTE format('CREATE TABLE %s (%s) PARTITION BY HASH (%I %s)', parent, columns, key_column, opclass);
 	INSERT INTO ws.distributed_tables (table_name, partitioned, key_column, map, remote_schema,
-									   remote_table, remote_columns, remote_definition, remote_indexes)
+									   remote_table, remote_columns, remote_definition, remote_indexes,
+									   local_definition)
 	VALUES (table_name, parent::regclass, key_column, m.map, nsp,
-			rel.relname, columns, remote_definition, indexes)
+			rel.relname, columns, remote_definition, indexes, local_definition)
 	RETURNING * INTO dist;
 	FOR s IN SELECT x.slot, x.placed_on FROM ws.shard_slots x WHERE x.map = m.map ORDER BY x.slot LOOP
 		IF s.placed_on <> ALL (servers_ready) THEN
@@ -2188,7 +2197,7 @@ BEGIN
 	-- constraints' names), with the rows.
 	DELETE FROM ws.distributed_tables x WHERE x.table_name = p_table;
 	EXECUTE format('DROP VIEW %s', p_table);
-	EXECUTE format('CREATE TABLE %I.%I (%s)', nsp, rel.relname, d.remote_definition);
+	EXECUTE format('CREATE TABLE %I.%I (%s)', nsp, rel.relname, d.local_definition);
 	EXECUTE format('INSERT INTO %I.%I (%s) SELECT %s FROM %s',
 				   nsp, rel.relname, column_names, column_names, d.partitioned);
 	GET DIAGNOSTICS moved = ROW_COUNT;

@@ -1351,7 +1351,7 @@ is($coord->safe_psql('postgres', q{SELECT (SELECT count(*) FROM local_notes) || 
 $coord->safe_psql('postgres', q{
 	CREATE ROLE kept_reader;
 	CREATE TABLE moods.kept (id int PRIMARY KEY, noted date NOT NULL DEFAULT '2026-01-01',
-		note text COLLATE "C" CHECK (note <> ''), line serial);
+		note text COLLATE "C" CONSTRAINT note_given CHECK (note <> ''), line serial);
 	GRANT SELECT ON moods.kept TO kept_reader;
 	SELECT ws.distribute_table('moods.kept', 'id', 'm2');
 	GRANT UPDATE (note) ON moods.kept TO kept_reader;
@@ -1409,8 +1409,8 @@ is($coord->safe_psql('postgres', q{
 		   has_column_privilege('kept_reader', 'moods.kept', 'note', 'UPDATE') || ' ' ||
 		   has_table_privilege('kept_reader', 'moods.kept', 'DELETE')}),
 	'true true false', 'and its grants, those on columns too, and no default privileges of the caller');
-is($coord->safe_psql('postgres', q{SELECT conname FROM pg_constraint WHERE conrelid = 'moods.kept'::regclass AND contype = 'p'}),
-	'kept_pkey', 'its constraints are named after it');
+is($coord->safe_psql('postgres', q{SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'moods.kept'::regclass}),
+	'kept_pkey,note_given', 'its constraints keep their names');
 is($coord->safe_psql('postgres', q{
 	SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
 	WHERE a.attrelid = 'moods.kept'::regclass AND a.attname = 'note'}),
