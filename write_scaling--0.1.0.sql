@@ -1754,6 +1754,22 @@ BEGIN
 				  DETAIL = 'Its rows would go to the shards, out of the publication''s reach.',
 				  HINT = 'Drop it from the publication first; publish the slot tables on the shards instead.';
 	END IF;
+	IF rel.relpersistence = 't' THEN
+		RAISE EXCEPTION 'cannot distribute temporary table "%"', table_name
+			USING ERRCODE = 'feature_not_supported';
+	END IF;
+	-- The table is dropped once its rows are through the view: what depends
+	-- on it would have to go with it.
+	SELECT r.ev_class::regclass::text INTO bad
+	FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+	WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+	  AND d.refobjid = table_name AND r.ev_class <> table_name
+	LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cannot distribute "%": view "%" depends on it', table_name, bad
+			USING ERRCODE = 'dependent_objects_still_exist',
+				  HINT = 'Drop the view first, and make it again on the distributed table.';
+	END IF;
 	SELECT r.rulename INTO bad FROM pg_rewrite r WHERE r.ev_class = table_name LIMIT 1;
 	IF FOUND THEN
 		RAISE EXCEPTION 'cannot distribute "%": it has rule "%"', table_name, bad

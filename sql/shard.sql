@@ -124,6 +124,9 @@ CREATE TABLE with_policy (id bigint PRIMARY KEY, owner name);
 ALTER TABLE with_policy ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_rows ON with_policy USING (owner = current_user);
 CREATE TABLE published (id bigint PRIMARY KEY);
+CREATE TABLE looked_at (id bigint PRIMARY KEY);
+CREATE VIEW looking AS SELECT * FROM looked_at;
+CREATE TEMPORARY TABLE scratch (id bigint PRIMARY KEY);
 SET client_min_messages = error;  -- whatever wal_level says
 CREATE PUBLICATION some_tables FOR TABLE published;
 RESET client_min_messages;
@@ -136,6 +139,8 @@ SELECT ws.distribute_table('by_email', 'id', 'moves');
 SELECT ws.distribute_table('with_trigger', 'id', 'moves');
 SELECT ws.distribute_table('with_policy', 'id', 'moves');
 SELECT ws.distribute_table('published', 'id', 'moves');
+SELECT ws.distribute_table('looked_at', 'id', 'moves');
+SELECT ws.distribute_table('scratch', 'id', 'moves');
 -- Tables of an earlier distribution of the name, still to be dropped on a
 -- shard, would be taken for the new one's.
 INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table) VALUES ('shard_a', 'public', 'events_s007');
@@ -150,7 +155,8 @@ CALL ws.undistribute_table(NULL);
 SELECT count(*) AS distributed FROM ws.distributed_tables;
 
 DROP PUBLICATION some_tables;
-DROP TABLE events, by_account, by_email, with_trigger, with_policy, published, keyed_by_jsonb, placed_3, placed_4, placed_removed, modulo_3;
+DROP VIEW looking;
+DROP TABLE events, by_account, by_email, with_trigger, with_policy, published, looked_at, scratch, keyed_by_jsonb, placed_3, placed_4, placed_removed, modulo_3;
 DROP VIEW a_view;
 DROP FUNCTION balance_of;
 DROP FUNCTION stamp;
