@@ -1709,6 +1709,16 @@ BEGIN
 			USING ERRCODE = 'datatype_mismatch',
 				  HINT = 'A shard key is text, varchar, smallint, integer, bigint or uuid.';
 	END IF;
+	-- The slot hashes the key's bytes: keys that a collation calls equal
+	-- must be equal bytes.
+	SELECT c.collname INTO bad
+	FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+	WHERE a.attrelid = table_name AND a.attnum = key_attnum AND NOT c.collisdeterministic;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cannot distribute by column "%": its collation "%" is nondeterministic', key_column, bad
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Keys it calls equal could hash to different slots.';
+	END IF;
 	SELECT c.conname INTO bad FROM pg_constraint c
 	WHERE c.conrelid = table_name AND c.contype IN ('p', 'u', 'x') AND key_attnum <> ALL (c.conkey)
 	LIMIT 1;
