@@ -1719,26 +1719,22 @@ BEGIN
 			USING ERRCODE = 'feature_not_supported',
 				  DETAIL = 'Keys it calls equal could hash to different slots.';
 	END IF;
-	SELECT c.conname INTO bad FROM pg_constraint c
-	WHERE c.conrelid = table_name AND c.contype IN ('p', 'u', 'x') AND key_attnum <> ALL (c.conkey)
+	-- Uniqueness holds among a shard's rows only: a primary key, unique or
+	-- exclusion constraint, or a unique index, needs the shard key among
+	-- its key columns (those it only INCLUDEs do not count).
+	SELECT x.what INTO bad
+	FROM (SELECT format('constraint "%s"', c.conname) AS what
+		  FROM pg_constraint c
+		  WHERE c.conrelid = table_name AND c.contype IN ('p', 'u', 'x') AND key_attnum <> ALL (c.conkey)
+		  UNION ALL
+		  SELECT format('unique index "%s"', ic.relname)
+		  FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+		  WHERE i.indrelid = table_name AND i.indisunique
+			AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conrelid = table_name AND c.conindid = i.indexrelid)
+			AND key_attnum <> ALL ((i.indkey::int2[])[0:i.indnkeyatts - 1])) x
 	LIMIT 1;
 	IF FOUND THEN
-		RAISE EXCEPTION 'cannot distribute "%": constraint "%" does not include the shard key "%"',
-			table_name, bad, key_column
-			USING ERRCODE = 'feature_not_supported',
-				  DETAIL = 'Each shard can enforce uniqueness only among its own rows.';
-	END IF;
-	-- A unique index that is no constraint's: the same rule, on its key
-	-- columns (not those it only INCLUDEs).
-	SELECT ic.relname INTO bad
-	FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-	WHERE i.indrelid = table_name AND i.indisunique
-	  AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conrelid = table_name AND c.conindid = i.indexrelid)
-	  AND key_attnum <> ALL ((i.indkey::int2[])[0:i.indnkeyatts - 1])
-	LIMIT 1;
-	IF FOUND THEN
-		RAISE EXCEPTION 'cannot distribute "%": unique index "%" does not include the shard key "%"',
-			table_name, bad, key_column
+		RAISE EXCEPTION 'cannot distribute "%": % does not include the shard key "%"', table_name, bad, key_column
 			USING ERRCODE = 'feature_not_supported',
 				  DETAIL = 'Each shard can enforce uniqueness only among its own rows.';
 	END IF;
