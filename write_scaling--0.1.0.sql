@@ -1820,13 +1820,13 @@ BEGIN
 												  ', ' ORDER BY c.conname), '')
 	INTO local_definition
 	FROM pg_constraint c WHERE c.conrelid = table_name AND c.contype IN ('p', 'u', 'c', 'x');
-	-- The indexes no constraint made go to every slot table too, unnamed;
-	-- pg_get_indexdef's text from USING on is kept.
+	-- The indexes no constraint made go to every slot table too, unnamed:
+	-- pg_get_indexdef's text after its fixed prefix (CREATE [UNIQUE] INDEX
+	-- name ON schema.table USING ) is kept.
 	SELECT coalesce(jsonb_agg(jsonb_build_object('name', x.name, 'unique', x.uniq,
 												 'using', substr(x.def, length(x.prefix) + 1))
-							  ORDER BY x.name), '[]'),
-		   min(x.name) FILTER (WHERE left(x.def, length(x.prefix)) <> x.prefix)
-	INTO indexes, bad
+							  ORDER BY x.name), '[]')
+	INTO indexes
 	FROM (SELECT ic.relname AS name, i.indisunique AS uniq, pg_get_indexdef(i.indexrelid) AS def,
 				 format('CREATE %sINDEX %I ON %I.%I USING ', CASE WHEN i.indisunique THEN 'UNIQUE ' END,
 						ic.relname, nsp, rel.relname) AS prefix
@@ -1834,10 +1834,6 @@ BEGIN
 		  WHERE i.indrelid = table_name AND i.indisvalid
 			AND NOT EXISTS (SELECT FROM pg_constraint c
 							WHERE c.conrelid = table_name AND c.conindid = i.indexrelid)) x;
-	IF bad IS NOT NULL THEN
-		RAISE EXCEPTION 'cannot distribute "%": cannot read the definition of index "%"', table_name, bad
-			USING ERRCODE = 'feature_not_supported';
-	END IF;
 
 	-- The partitioned table of slots, each slot a table on its shard.
 	parent := format('ws_dist.%I', rel.relname);
