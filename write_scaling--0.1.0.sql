@@ -1762,7 +1762,8 @@ BEGIN
 	END IF;
 	IF rel.relpersistence = 't' THEN
 		RAISE EXCEPTION 'cannot distribute temporary table "%"', table_name
-			USING ERRCODE = 'feature_not_supported';
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Its rows would live on other servers, beyond this session.';
 	END IF;
 	-- The table is dropped once its rows are through the view: what depends
 	-- on it would have to go with it.
@@ -1779,7 +1780,9 @@ BEGIN
 	SELECT r.rulename INTO bad FROM pg_rewrite r WHERE r.ev_class = table_name LIMIT 1;
 	IF FOUND THEN
 		RAISE EXCEPTION 'cannot distribute "%": it has rule "%"', table_name, bad
-			USING ERRCODE = 'feature_not_supported';
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'The view that takes its place would not apply it.',
+				  HINT = 'Drop the rule first.';
 	END IF;
 	SELECT c.conname INTO bad FROM pg_constraint c
 	WHERE c.contype = 'f' AND (c.conrelid = table_name OR c.confrelid = table_name) LIMIT 1;

@@ -129,6 +129,8 @@ CREATE VIEW looking AS SELECT * FROM looked_at;
 CREATE TEMPORARY TABLE scratch (id bigint PRIMARY KEY);
 CREATE COLLATION any_case (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
 CREATE TABLE by_name (name text COLLATE any_case PRIMARY KEY);
+CREATE TABLE with_rule (id bigint PRIMARY KEY);
+CREATE RULE no_deletes AS ON DELETE TO with_rule DO INSTEAD NOTHING;
 SET client_min_messages = error;  -- whatever wal_level says
 CREATE PUBLICATION some_tables FOR TABLE published;
 RESET client_min_messages;
@@ -144,6 +146,7 @@ SELECT ws.distribute_table('published', 'id', 'moves');
 SELECT ws.distribute_table('looked_at', 'id', 'moves');
 SELECT ws.distribute_table('scratch', 'id', 'moves');
 SELECT ws.distribute_table('by_name', 'name', 'moves');
+SELECT ws.distribute_table('with_rule', 'id', 'moves');
 -- Tables of an earlier distribution of the name, still to be dropped on a
 -- shard, would be taken for the new one's.
 INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table) VALUES ('shard_a', 'public', 'events_s007');
@@ -159,7 +162,7 @@ SELECT count(*) AS distributed FROM ws.distributed_tables;
 
 DROP PUBLICATION some_tables;
 DROP VIEW looking;
-DROP TABLE events, by_account, by_email, with_trigger, with_policy, published, looked_at, scratch, by_name, keyed_by_jsonb, placed_3, placed_4, placed_removed, modulo_3;
+DROP TABLE events, by_account, by_email, with_trigger, with_policy, published, looked_at, scratch, by_name, with_rule, keyed_by_jsonb, placed_3, placed_4, placed_removed, modulo_3;
 DROP VIEW a_view;
 DROP FUNCTION balance_of;
 DROP FUNCTION stamp;
