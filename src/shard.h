@@ -29,6 +29,7 @@ extern void ws_shard_rethrow_write_error(int nrows, const char *table, Oid serve
 										 int slot, const char *remote_table) pg_attribute_noreturn();
 extern bool ws_shard_routes_only(Relation view);
 extern bool ws_shard_routes(Relation view);
+extern Oid	ws_shard_partitioned_table(Relation view);
 extern RouteStream *ws_route_stream_begin(Relation view);
 extern void ws_route_stream_row(RouteStream *stream, Datum *values, bool *nulls);
 extern void ws_route_stream_send(RouteStream *stream);
@@ -38,6 +39,9 @@ extern void ws_route_stream_statement_end(void);
 
 /* shard_guard.c */
 extern void ws_shard_guard_register(void);
+
+/* shard_truncate.c */
+extern void ws_shard_truncate_register(void);
 
 /* shard_stream.c */
 extern void ws_shard_stream_register(void);

@@ -665,6 +665,16 @@ ws_shard_is_distributed(Relation view)
 }
 
 /*
+ * ws_shard_partitioned_table returns the partitioned table of a distributed
+ * table's slots, ws_dist.<table>.
+ */
+Oid
+ws_shard_partitioned_table(Relation view)
+{
+	return open_dist(view)->partitioned;
+}
+
+/*
  * ws_shard_open_connections opens postgres_fdw's connections to every
  * server of a distributed table, starting their remote transactions, so
  * that postgres_fdw's transaction callback is registered.  bulk.c calls it
@@ -2330,6 +2340,7 @@ ws_shard_register_callbacks(void)
 {
 	/* Callbacks run newest first: the check of unsent rows before the wait. */
 	ws_shard_stream_register();	/* before shard_defer.c's hooks, inside them */
+	ws_shard_truncate_register();
 	ws_defer_register();
 	ws_shard_guard_register();
 	RegisterXactCallback(route_xact_callback, NULL);

@@ -1342,6 +1342,71 @@ like($err, qr/cannot use postgres_fdw while the commit flushes buffered rows/,
 is($coord->safe_psql('postgres', q{SELECT (SELECT count(*) FROM local_notes) || ' ' || (SELECT count(*) FROM plain_notes)}),
 	'0 2', 'and nothing of that transaction was written');
 
+# --- TRUNCATE ----------------------------------------------------------------
+
+# TRUNCATE of a distributed table empties its slot tables on every shard, in
+# postgres_fdw's remote transaction (a rollback takes it back).  It needs
+# the TRUNCATE privilege on the table, not on what lies behind it; RESTART
+# IDENTITY restarts the serial's sequence, which no column owns meanwhile.
+sub tick_rows_on_shards
+{
+	return join ' ', map { $shard{$_}->safe_psql('postgres', 'SELECT count(*) FROM moods.tick_shard') } qw(s1 s2 s3);
+}
+$coord->safe_psql('postgres', q{
+	CREATE TABLE moods.tick (id bigserial PRIMARY KEY, note text);
+	SELECT ws.distribute_table('moods.tick', 'id', 'm2');
+	INSERT INTO moods.tick (note) SELECT 't' || i FROM generate_series(1, 300) i;
+	CREATE TABLE moods.tock (n int);
+	INSERT INTO moods.tock VALUES (1);
+	CREATE ROLE ticker;
+	GRANT USAGE ON SCHEMA moods TO ticker;
+});
+my $tick_before = tick_rows_on_shards();
+unlike($tick_before, qr/\b0\b/, "moods.tick has rows on every shard ($tick_before)");
+is($coord->safe_psql('postgres', q{BEGIN; TRUNCATE moods.tick; SELECT count(*) FROM moods.tick; ROLLBACK;}),
+	'0', 'TRUNCATE empties a distributed table');
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM moods.tick') . ' ' . tick_rows_on_shards(), "300 $tick_before",
+	'and a rollback takes it back, on every shard');
+($ret, $out, $err) = $coord->psql('postgres', q{SET ROLE ticker; TRUNCATE moods.tick;});
+like($err, qr/ERROR:  permission denied for table tick/, 'TRUNCATE needs the TRUNCATE privilege on the distributed table');
+$coord->safe_psql('postgres', 'GRANT TRUNCATE ON moods.tick TO ticker');
+($ret, $out, $err) = $coord->psql('postgres', q{SET ROLE ticker; TRUNCATE moods.tick, moods.tock;});
+like($err, qr/ERROR:  permission denied for table tock/, 'and on every other table it names');
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM moods.tick') . ' ' . tick_rows_on_shards(), "300 $tick_before",
+	'a TRUNCATE that fails leaves every row');
+($ret, $out, $err) = $coord->psql('postgres', q{SET ROLE ticker; TRUNCATE moods.tick;});
+is($ret, 0, 'with the privilege on the distributed table alone, TRUNCATE succeeds') or diag($err);
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM moods.tick') . ' ' . tick_rows_on_shards(), '0 0 0 0',
+	'and every shard\'s slot tables are empty');
+$coord->safe_psql('postgres', q{INSERT INTO moods.tick (note) SELECT 'again' FROM generate_series(1, 10)});
+is($coord->safe_psql('postgres', q{
+	TRUNCATE moods.tick, moods.tock RESTART IDENTITY;
+	SELECT (SELECT count(*) FROM moods.tick) + (SELECT count(*) FROM moods.tock);
+	INSERT INTO moods.tick (note) VALUES ('first') RETURNING id;}),
+	"0\n1", 'TRUNCATE ... RESTART IDENTITY empties both tables and restarts the serial');
+
+# ws.rebalance locks a slot, then the partitioned table to switch it: a
+# TRUNCATE that comes meanwhile waits for that slot before it locks the
+# partitioned table, so neither deadlocks.  The first session plays the
+# rebalance's part.
+my $mover = $coord->background_psql('postgres', on_error_stop => 0);
+$mover->query_safe(q{BEGIN; SELECT ws._lock_slot('ws_dist.tick_s003');});
+my $truncator = $coord->background_psql('postgres', on_error_stop => 0);
+my $truncator_pid = $truncator->query_safe('SELECT pg_backend_pid()');
+$truncator->query_until(qr/started/, q{\echo started
+TRUNCATE moods.tick;
+});
+ok($coord->poll_query_until('postgres', qq{
+	SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $truncator_pid AND NOT granted
+				   AND relation = 'ws_dist.tick_s003'::regclass)}),
+	'a TRUNCATE waits for a slot that a rebalance holds');
+my ($mover_out, $mover_failed) = $mover->query('ALTER TABLE ws_dist.tick DETACH PARTITION ws_dist.tick_s003; ROLLBACK;');
+is($mover_failed, 0, 'the rebalance switches the slot meanwhile') or diag($mover->{stderr});
+my ($tick_count, $truncate_failed) = $truncator->query('SELECT count(*) FROM moods.tick');
+is("$truncate_failed $tick_count", '0 0', 'and the TRUNCATE then goes on') or diag($truncator->{stderr});
+$mover->quit;
+$truncator->quit;
+
 # --- undistributing ----------------------------------------------------------
 
 # A table's grants and collations hold for the distributed table.  Taken
