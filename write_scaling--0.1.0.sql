@@ -1901,6 +1901,111 @@ $$;
 COMMENT ON FUNCTION ws.distribute_table(regclass, name, text) IS
 	'Moves a table''s rows to the shards of a map: a slot table on each shard, a view in the table''s place that routes inserts and reads all shards or, for a fixed key, one';
 
+CREATE FUNCTION ws._default_is_volatile(rel regclass, attnum smallint)
+RETURNS boolean
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'write_scaling_default_is_volatile';
+COMMENT ON FUNCTION ws._default_is_volatile(regclass, smallint) IS
+	'Internal: whether a column''s default calls a volatile function';
+
+-- ALTER TABLE ... ADD COLUMN on a distributed table (shard_ddl.c): the
+-- columns were added to its partitioned table of slots (and so to every
+-- slot's foreign table), which the caller locked after the view and the
+-- map's row.  Here they go to the shards' tables, to the view and to
+-- ws.distributed_tables.  A default is the view's, as for every column;
+-- the rows stored already get its value, computed once here, as
+-- PostgreSQL gives a table's rows a non-volatile default.
+CREATE FUNCTION ws._columns_added(p_table regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d ws.distributed_tables;
+	a record;
+	definition text;
+	stored text;
+	added text := '';
+	dropped_defaults text := '';
+	later text[] := '{}';
+	remote_table text;
+	server name;
+	old_columns text;
+BEGIN
+	SELECT * INTO d FROM ws.distributed_tables x WHERE x.table_name = p_table;
+	old_columns := d.remote_columns;
+	FOR a IN SELECT c.attname, c.attnum, format_type(c.atttypid, c.atttypmod) AS type, c.attnotnull,
+					CASE WHEN c.attcollation <> t.typcollation
+						 THEN ' COLLATE ' || c.attcollation::regcollation::text ELSE '' END AS collation,
+					pg_get_expr(ad.adbin, ad.adrelid) AS expr
+			 FROM pg_attribute c JOIN pg_type t ON t.oid = c.atttypid
+			 LEFT JOIN pg_attrdef ad ON ad.adrelid = c.attrelid AND ad.adnum = c.attnum
+			 WHERE c.attrelid = d.partitioned AND c.attnum > 0 AND NOT c.attisdropped
+			   AND NOT EXISTS (SELECT FROM pg_attribute v
+							   WHERE v.attrelid = p_table AND v.attname = c.attname AND NOT v.attisdropped)
+			 ORDER BY c.attnum LOOP
+		definition := format('%I %s%s%s', a.attname, a.type, a.collation,
+							 CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END);
+		stored := NULL;
+		IF a.expr IS NOT NULL THEN
+			IF ws._default_is_volatile(d.partitioned, a.attnum) THEN
+				RAISE EXCEPTION 'cannot add column "%" with a volatile default to distributed table "%"',
+					a.attname, (SELECT c.relname FROM pg_class c WHERE c.oid = p_table)
+					USING ERRCODE = 'feature_not_supported',
+						  DETAIL = 'Each stored row would need a value of its own.',
+						  HINT = 'Add the column without a default, then set one: the stored rows keep NULL.';
+			END IF;
+			EXECUTE format('SELECT quote_literal((%s)::text)', a.expr) INTO stored;
+			dropped_defaults := dropped_defaults || format(', ALTER COLUMN %I DROP DEFAULT', a.attname);
+			later := later || format('ALTER VIEW %s ALTER COLUMN %I SET DEFAULT %s', p_table, a.attname, a.expr);
+		END IF;
+		added := added || format(', ADD COLUMN %s%s', definition,
+								 CASE WHEN stored IS NOT NULL THEN format(' DEFAULT %s::%s', stored, a.type) ELSE '' END);
+		d.remote_columns := d.remote_columns || ', ' || definition;
+	END LOOP;
+	IF added = '' THEN
+		RETURN;
+	END IF;
+
+	-- The shards: every server that holds a slot of the table, or an old
+	-- copy of one that waits to be dropped (a slot moving back uses it
+	-- again).  Stored rows get the default; new rows come with every column.
+	remote_table := format('%I.%I', d.remote_schema, ws._shard_table(d.remote_table));
+	FOR server IN SELECT s.srvname
+				  FROM pg_inherits i JOIN pg_foreign_table f ON f.ftrelid = i.inhrelid
+				  JOIN pg_foreign_server s ON s.oid = f.ftserver
+				  WHERE i.inhparent = d.partitioned
+				  UNION
+				  SELECT c.server FROM ws.shard_cleanup c
+				  WHERE c.remote_schema = d.remote_schema
+					AND left(c.remote_table, length(d.remote_table) + 2) = d.remote_table || '_s'
+					AND substr(c.remote_table, length(d.remote_table) + 3) ~ '^[0-9]+$' LOOP
+		PERFORM ws._shard_exec(server, format('DO %L', format(
+			'BEGIN IF to_regclass(%L) IS NOT NULL THEN ALTER TABLE %s %s; %s END IF; END',
+			remote_table, remote_table, substr(added, 3),
+			CASE WHEN dropped_defaults <> '' THEN format('ALTER TABLE %s %s;', remote_table, substr(dropped_defaults, 3)) ELSE '' END)));
+	END LOOP;
+
+	-- Here: the defaults go to the view, which gets the new columns.
+	IF dropped_defaults <> '' THEN
+		EXECUTE format('ALTER TABLE %s %s', d.partitioned, substr(dropped_defaults, 3));
+	END IF;
+	EXECUTE format('CREATE OR REPLACE VIEW %s AS SELECT %s FROM %s', p_table,
+				   (SELECT string_agg(format('%I', c.attname), ', ' ORDER BY c.attnum)
+					FROM pg_attribute c WHERE c.attrelid = d.partitioned AND c.attnum > 0 AND NOT c.attisdropped),
+				   d.partitioned);
+	FOR i IN 1 .. coalesce(array_length(later, 1), 0) LOOP
+		EXECUTE later[i];
+	END LOOP;
+	-- The definitions start with the columns; the constraints follow.
+	UPDATE ws.distributed_tables x
+	SET remote_columns = d.remote_columns,
+		remote_definition = d.remote_columns || substr(x.remote_definition, length(old_columns) + 1),
+		local_definition = d.remote_columns || substr(x.local_definition, length(old_columns) + 1)
+	WHERE x.table_name = p_table;
+END
+$$;
+
 -- Moves one slot of one distributed table to to_server: copies its rows,
 -- checks both sides count the same, and switches the slot's foreign table,
 -- all in the caller's transaction, which has already locked the slot of
@@ -1936,10 +2041,14 @@ BEGIN
 	-- No reader can see a table there: the slot points elsewhere.  An old
 	-- copy left there is emptied and used again.
 	PERFORM ws._shard_exec(to_server, ws._create_slot_table_command(d, p_slot, true));
-	SELECT string_agg(format('%I %s%s', a.attname, format_type(a.atttypid, a.atttypmod),
+	-- As a partition, with the collations of the partitioned table.
+	SELECT string_agg(format('%I %s%s%s', a.attname, format_type(a.atttypid, a.atttypmod),
+							 CASE WHEN a.attcollation <> t.typcollation
+								  THEN ' COLLATE ' || a.attcollation::regcollation::text ELSE '' END,
 							 CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END), ', ' ORDER BY a.attnum)
 	INTO columns
-	FROM pg_attribute a WHERE a.attrelid = d.partitioned AND a.attnum > 0 AND NOT a.attisdropped;
+	FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+	WHERE a.attrelid = d.partitioned AND a.attnum > 0 AND NOT a.attisdropped;
 	EXECUTE format('CREATE FOREIGN TABLE ws_dist.%I (%s) SERVER %I'
 				   ' OPTIONS (schema_name %L, table_name %L, async_capable ''true'', batch_size ''1000'')',
 				   incoming, columns, to_server, d.remote_schema, slot_name);
@@ -2300,6 +2409,8 @@ REVOKE ALL ON FUNCTION ws._shard_cleanup_one() FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws._drop_old_copies(boolean) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.rebalance(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._undistribute(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._columns_added(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._default_is_volatile(regclass, smallint) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.undistribute_table(regclass, bigint) FROM PUBLIC;
 
 ------------------------------------------------------------------------------

@@ -1407,6 +1407,80 @@ is("$truncate_failed $tick_count", '0 0', 'and the TRUNCATE then goes on') or di
 $mover->quit;
 $truncator->quit;
 
+# --- ALTER TABLE ... ADD COLUMN ----------------------------------------------
+
+# Added columns reach every slot table on the shards; the rows stored get a
+# default's value, the view gets the default; rows moved by a rebalance, and
+# slot tables made on a new shard, have the columns too.  What a shard
+# cannot hold, or PostgreSQL could not give every stored row, is refused.
+$coord->safe_psql('postgres', q{
+	SELECT ws.create_shard_map('m3', vnodes => 8);
+	SELECT ws.add_shard('m3', s) FROM unnest(ARRAY['s1', 's2']) s;
+	CREATE TABLE moods.grown (id int PRIMARY KEY, note text);
+	SELECT ws.distribute_table('moods.grown', 'id', 'm3');
+	INSERT INTO moods.grown SELECT i, 'g' || i FROM generate_series(1, 400) i;
+});
+is($coord->safe_psql('postgres', q{
+	ALTER TABLE moods.grown ADD COLUMN amount numeric(12,2) NOT NULL DEFAULT 1.5,
+		ADD COLUMN tag text COLLATE "C";
+	SELECT count(*) || ' ' || sum(amount) || ' ' || count(tag) FROM moods.grown}),
+	'400 600.00 0', 'ALTER TABLE ... ADD COLUMN on a distributed table: the stored rows get the default');
+for my $server (qw(s1 s2))
+{
+	is($shard{$server}->safe_psql('postgres', q{
+		SELECT count(*) FILTER (WHERE a.attnotnull AND NOT a.atthasdef) || ' ' || count(*)
+		FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = 'moods' AND c.relname LIKE 'grown%' AND a.attname = 'amount'}),
+		'5 5', "$server: every slot table, and the table of slots, has the column, NOT NULL and no default of its own");
+}
+$coord->safe_psql('postgres', q{
+	INSERT INTO moods.grown (id, note, tag) VALUES (401, 'single', 'x');
+	INSERT INTO moods.grown (id, note, amount, tag) SELECT i, 'g' || i, 2, 't' || i FROM generate_series(402, 1500) i;
+});
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(amount || ':' || count, ' ' ORDER BY amount)
+	FROM (SELECT amount, count(*) FROM moods.grown GROUP BY amount) x}),
+	'1.50:401 2.00:1099', 'new rows take the view\'s default or their own value');
+($ret, $out, $err) = $coord->psql('postgres', q{ALTER TABLE moods.grown ADD COLUMN at timestamptz DEFAULT clock_timestamp()});
+like($err, qr/ERROR:  cannot add column "at" with a volatile default to distributed table "grown"/,
+	'a volatile default is refused: each stored row would need its own value');
+($ret, $out, $err) = $coord->psql('postgres', q{ALTER TABLE moods.grown ADD COLUMN checked int CHECK (checked > 0)});
+like($err, qr/ERROR:  cannot add column "checked" with a constraint to distributed table "grown"/, 'so is a constraint');
+($ret, $out, $err) = $coord->psql('postgres', q{ALTER TABLE moods.grown ADD COLUMN x int, DROP COLUMN note});
+like($err, qr/ERROR:  ALTER TABLE on distributed table "grown" can only add columns/, 'and any other subcommand');
+($ret, $out, $err) = $coord->psql('postgres', q{ALTER TABLE moods.grown ADD COLUMN required int NOT NULL});
+like($err, qr/column "required" of relation "grown_s\d+" contains null values/,
+	'NOT NULL without a default fails on the shards, whose rows would be null');
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute
+	WHERE attrelid = 'moods.grown'::regclass AND attnum > 0 AND NOT attisdropped}),
+	'id,note,amount,tag', 'and the refused columns are nowhere');
+is($shard{s1}->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_attribute WHERE attrelid = 'moods.grown_shard'::regclass AND attname IN ('at', 'checked', 'x', 'required')}),
+	'0', 'not on the shards either');
+
+$coord->safe_psql('postgres', q{SELECT ws.add_shard('m3', 's3'); CALL ws.rebalance('m3');});
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) || ' ' || sum(amount) || ' ' || count(tag)
+	FROM moods.grown WHERE tag IS NULL OR tag = 't' || id OR (id = 401 AND tag = 'x')}),
+	'1500 2799.50 1100', 'after a rebalance to a new shard, every row reads back with its new columns');
+isnt($shard{s3}->safe_psql('postgres', q{SELECT count(*) FROM moods.grown_shard}), '0', 'the rebalance moved rows to s3');
+is($shard{s3}->safe_psql('postgres', q{SELECT count(*) || ' ' || sum(amount) FROM moods.grown_shard})
+	  . ' ' . $coord->safe_psql('postgres', q{
+	SELECT count(*) || ' ' || sum(amount) FROM moods.grown WHERE ws.shard_for('m3', id::text) = 's3'}),
+	join(' ', ($coord->safe_psql('postgres', q{
+	SELECT count(*) || ' ' || sum(amount) FROM moods.grown WHERE ws.shard_for('m3', id::text) = 's3'})) x 2),
+	'the new shard holds its rows, new columns and all');
+is($coord->safe_psql('postgres', q{CALL ws.undistribute_table('moods.grown')}), '1500',
+	'a distributed table with added columns is taken back');
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(attname || ':' || format_type(atttypid, atttypmod) || ':' || attnotnull, ',' ORDER BY attnum)
+	FROM pg_attribute WHERE attrelid = 'moods.grown'::regclass AND attnum > 0 AND NOT attisdropped}),
+	'id:integer:true,note:text:false,amount:numeric(12,2):true,tag:text:false',
+	'with its added columns, NOT NULL where they were');
+is($coord->safe_psql('postgres', q{INSERT INTO moods.grown (id) VALUES (0) RETURNING amount}), '1.50',
+	'and their defaults');
+
 # --- undistributing ----------------------------------------------------------
 
 # A table's grants and collations hold for the distributed table.  Taken
