@@ -37,6 +37,9 @@ UPDATE accounts SET balance = balance + 5 WHERE id = 42;
 UPDATE accounts SET id = 42000 WHERE id = 42;
 \set ON_ERROR_STOP 1
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+-- A new column reaches every shard; the stored rows get its default.
+ALTER TABLE accounts ADD COLUMN currency text NOT NULL DEFAULT 'EUR';
+SELECT currency, count(*) FROM accounts GROUP BY currency;
 
 -- A third server: it takes over a third of the slots, and only their rows move.
 SELECT ws.add_shard('accounts', 'shard_c');
