@@ -1604,6 +1604,21 @@ AS $$
 	LEFT JOIN pg_roles g ON g.oid = x.grantee
 $$;
 
+-- The COMMENT statements that give target (a qualified name of a relation
+-- of kind, 'TABLE' or 'VIEW') the comments on source and on its columns.
+CREATE FUNCTION ws._comment_commands(source regclass, target text, kind text)
+RETURNS SETOF text
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN d.objsubid = 0 THEN format('COMMENT ON %s %s IS %L', kind, target, d.description)
+				ELSE format('COMMENT ON COLUMN %s.%I IS %L', target, a.attname, d.description) END
+	FROM pg_description d
+	LEFT JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
+	WHERE d.objoid = source AND d.classoid = 'pg_class'::regclass
+	  AND (d.objsubid = 0 OR NOT a.attisdropped)
+$$;
+
 CREATE FUNCTION ws.distribute_table(table_name regclass, key_column name, map text)
 RETURNS void
 LANGUAGE plpgsql
@@ -1866,8 +1881,10 @@ BEGIN
 	EXECUTE format('CREATE VIEW %I.%I AS SELECT %s FROM %s', nsp, rel.relname, column_names, parent);
 	EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', nsp, rel.relname, owner_name);
 	EXECUTE format('ALTER TABLE %s OWNER TO %I', parent, owner_name);
-	-- Whoever could use the table can use the view.
-	FOR s IN SELECT ws._grant_commands(table_name, format('%I.%I', nsp, rel.relname)) AS command LOOP
+	-- Whoever could use the table can use the view; its comments go too.
+	FOR s IN SELECT ws._grant_commands(table_name, format('%I.%I', nsp, rel.relname)) AS command
+			 UNION ALL
+			 SELECT ws._comment_commands(table_name, format('%I.%I', nsp, rel.relname), 'VIEW') LOOP
 		EXECUTE s.command;
 	END LOOP;
 	FOR s IN SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) AS expr
@@ -2301,7 +2318,8 @@ BEGIN
 		later := later || format('ALTER TABLE %I.%I ALTER COLUMN %I SET DEFAULT %s',
 								 nsp, rel.relname, s.attname, s.expr);
 	END LOOP;
-	later := later || ARRAY(SELECT ws._grant_commands(p_table, format('%I.%I', nsp, rel.relname)));
+	later := later || ARRAY(SELECT ws._grant_commands(p_table, format('%I.%I', nsp, rel.relname)))
+		|| ARRAY(SELECT ws._comment_commands(p_table, format('%I.%I', nsp, rel.relname), 'TABLE'));
 	-- The serials' sequences, where ALTER SEQUENCE allows it still.
 	later := later || ARRAY(
 		SELECT format('ALTER SEQUENCE %s OWNED BY %I.%I.%I', q.sequence, nsp, rel.relname, q.column_name)

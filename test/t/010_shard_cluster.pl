@@ -1492,6 +1492,8 @@ $coord->safe_psql('postgres', q{
 	CREATE TABLE moods.kept (id int PRIMARY KEY, noted date NOT NULL DEFAULT '2026-01-01',
 		note text COLLATE "C" CONSTRAINT note_given CHECK (note <> ''), line serial);
 	GRANT SELECT ON moods.kept TO kept_reader;
+	COMMENT ON TABLE moods.kept IS 'kept rows';
+	COMMENT ON COLUMN moods.kept.note IS 'a note';
 	SELECT ws.distribute_table('moods.kept', 'id', 'm2');
 	GRANT UPDATE (note) ON moods.kept TO kept_reader;
 	ALTER DEFAULT PRIVILEGES IN SCHEMA moods GRANT DELETE ON TABLES TO kept_reader;
@@ -1502,6 +1504,9 @@ is($coord->safe_psql('postgres', q{
 		   (SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
 			WHERE a.attrelid = 'moods.kept'::regclass AND a.attname = 'note')}),
 	'true C', 'a distributed table keeps the grants and collations of the table it was');
+is($coord->safe_psql('postgres', q{
+	SELECT obj_description('moods.kept'::regclass, 'pg_class') || ' ' || col_description('moods.kept'::regclass, 3)}),
+	'kept rows a note', 'and its comments, and those of its columns');
 is($coord->safe_psql('postgres', q{
 	SELECT (SELECT sequence || ' ' || column_name FROM ws.distributed_sequences
 			WHERE table_name = 'moods.kept'::regclass) || ' ' ||
@@ -1554,6 +1559,9 @@ is($coord->safe_psql('postgres', q{
 	SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
 	WHERE a.attrelid = 'moods.kept'::regclass AND a.attname = 'note'}),
 	'C', 'and its columns keep their collations');
+is($coord->safe_psql('postgres', q{
+	SELECT obj_description('moods.kept'::regclass, 'pg_class') || ' ' || col_description('moods.kept'::regclass, 3)}),
+	'kept rows a note', 'and the comments on it and on its columns');
 is($coord->safe_psql('postgres', q{
 	SELECT (to_regclass('ws_dist.kept') IS NULL)::text || ' ' ||
 		   (SELECT count(*) FROM ws.distributed_tables WHERE remote_table = 'kept') || ' ' ||
