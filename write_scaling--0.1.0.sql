@@ -1936,6 +1936,11 @@ CREATE FUNCTION ws._columns_added(p_table regclass)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- A stored value travels as text, read there as postgres_fdw's sessions
+-- read values: these settings make a text form that any server reads back.
+SET datestyle = 'ISO, YMD'
+SET intervalstyle = 'postgres'
+SET extra_float_digits = 3
 AS $$
 DECLARE
 	d ws.distributed_tables;
@@ -1984,14 +1989,17 @@ BEGIN
 		RETURN;
 	END IF;
 
-	-- The shards: every server that holds a slot of the table, or an old
-	-- copy of one that waits to be dropped (a slot moving back uses it
-	-- again).  Stored rows get the default; new rows come with every column.
+	-- The shards: every server that holds a slot of the table, or may hold
+	-- an old copy of one (a slot moving back uses it again): the map's
+	-- servers and those with copies waiting to be dropped.  Stored rows get
+	-- the default; new rows come with every column.
 	remote_table := format('%I.%I', d.remote_schema, ws._shard_table(d.remote_table));
 	FOR server IN SELECT s.srvname
 				  FROM pg_inherits i JOIN pg_foreign_table f ON f.ftrelid = i.inhrelid
 				  JOIN pg_foreign_server s ON s.oid = f.ftserver
 				  WHERE i.inhparent = d.partitioned
+				  UNION SELECT y.placed_on FROM ws.shard_slots y WHERE y.map = d.map AND y.placed_on IS NOT NULL
+				  UNION SELECT y.owner FROM ws.shard_slots y WHERE y.map = d.map AND y.owner IS NOT NULL
 				  UNION
 				  SELECT c.server FROM ws.shard_cleanup c
 				  WHERE c.remote_schema = d.remote_schema
@@ -2007,7 +2015,11 @@ BEGIN
 	IF dropped_defaults <> '' THEN
 		EXECUTE format('ALTER TABLE %s %s', d.partitioned, substr(dropped_defaults, 3));
 	END IF;
-	EXECUTE format('CREATE OR REPLACE VIEW %s AS SELECT %s FROM %s', p_table,
+	-- With its options (security_barrier, check_option...), which CREATE OR
+	-- REPLACE VIEW would otherwise reset.
+	EXECUTE format('CREATE OR REPLACE VIEW %s%s AS SELECT %s FROM %s', p_table,
+				   (SELECT ' WITH (' || array_to_string(c.reloptions, ', ') || ')'
+					FROM pg_class c WHERE c.oid = p_table),
 				   (SELECT string_agg(format('%I', c.attname), ', ' ORDER BY c.attnum)
 					FROM pg_attribute c WHERE c.attrelid = d.partitioned AND c.attnum > 0 AND NOT c.attisdropped),
 				   d.partitioned);

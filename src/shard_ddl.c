@@ -10,12 +10,11 @@
  * it back everywhere (a failed commit may not: there is no two-phase
  * commit).
  *
- * TRUNCATE truncates ws_dist.<table> in place of the view: postgres_fdw
- * sends each shard one TRUNCATE of its slot tables.  Privileges are the
- * view's: the caller needs TRUNCATE on it, and the partitioned table is
- * truncated as the view's owner (who owns it), as an UPDATE or DELETE
- * through the view reaches it as that owner.  RESTART IDENTITY restarts
- * the sequences the table's serial columns owned before it was distributed
+ * TRUNCATE truncates ws_dist.<table> and its slots in place of the view:
+ * postgres_fdw sends each shard one TRUNCATE of its slot tables, under the
+ * caller's user mapping, as routed rows go.  The privilege checked is the
+ * view's: TRUNCATE on it.  RESTART IDENTITY restarts the sequences the
+ * table's serial columns owned before it was distributed
  * (ws.distributed_sequences), which no column owns now.
  *
  * ALTER TABLE ... ADD COLUMN (its only subcommand) adds the columns to
@@ -30,21 +29,21 @@
  * its partitions.  To move in rebalance's order, not against it, TRUNCATE
  * locks the view (keeping writers out, which lock it first too), then
  * every slot, then lets TRUNCATE lock the partitioned table: a rebalance
- * in the middle of a slot's move finishes it first.  ADD COLUMN locks the
- * view, then waits for the rebalance's current slot as ws.undistribute_table
- * does (the map's row in ws.shard_maps), and no slot moves until it ends.
+ * in the middle of a slot's move finishes it first.  ADD COLUMN waits for
+ * the rebalance's current slot (the map's row in ws.shard_maps), then locks
+ * the view, as ws.undistribute_table does; no slot moves until it ends.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/relation.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
-#include "access/xact.h"
 #include "commands/tablecmds.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -55,6 +54,7 @@
 #include "storage/lmgr.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
+#include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
@@ -80,6 +80,29 @@ check_truncate_privilege(const RangeVar *relation, Oid relid, Oid oldrelid, void
 }
 
 /*
+ * distributed_view_of returns the distributed table's view that rv names,
+ * open and locked in AccessExclusiveLock once callback has checked the
+ * user's rights, or NULL if rv names no distributed table.
+ */
+static Relation
+distributed_view_of(RangeVar *rv, RangeVarGetRelidCallback callback)
+{
+	Oid			relid = RangeVarGetRelid(rv, NoLock, true);
+	Relation	view;
+
+	if (!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_VIEW)
+		return NULL;
+	relid = RangeVarGetRelidExtended(rv, AccessExclusiveLock, RVR_MISSING_OK, callback, NULL);
+	if (!OidIsValid(relid))
+		return NULL;
+	view = relation_open(relid, NoLock);
+	if (ws_shard_routes(view))
+		return view;
+	relation_close(view, NoLock);
+	return NULL;
+}
+
+/*
  * distributed_sequences returns the sequences that the serial columns of a
  * distributed table owned, each checked to be the user's and locked, as
  * TRUNCATE ... RESTART IDENTITY checks and locks a table's sequences.
@@ -94,7 +117,9 @@ distributed_sequences(Oid view)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT sequence::oid FROM ws.distributed_sequences WHERE table_name = $1",
+	if (SPI_execute_with_args("SELECT q.sequence::oid FROM ws.distributed_sequences q"
+							  " JOIN pg_catalog.pg_class c ON c.oid = q.sequence"
+							  " WHERE q.table_name = $1",
 							  1, (Oid[]) {OIDOID}, &arg, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read ws.distributed_sequences");
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -119,45 +144,82 @@ distributed_sequences(Oid view)
 	return sequences;
 }
 
+static int
+compare_relids(const ListCell *a, const ListCell *b)
+{
+	Oid			oid_a = RelationGetRelid((Relation) lfirst(a));
+	Oid			oid_b = RelationGetRelid((Relation) lfirst(b));
+
+	return oid_a < oid_b ? -1 : oid_a > oid_b ? 1 : 0;
+}
+
 /*
- * truncate_distributed truncates a distributed table, whose view the caller
+ * truncate_distributed truncates distributed tables, whose views the caller
  * has locked in AccessExclusiveLock after checking the user's privilege.
+ * It closes the views.
+ *
+ * The truncation is TRUNCATE's own (ExecuteTruncateGuts) on each table's
+ * partitioned table and slots, as the user, whose user mappings routed
+ * rows use too: a transaction's inserts and its TRUNCATE share a remote
+ * session on each shard.  TRUNCATE's privilege checks on those tables are
+ * left out: the user's right is the one on the view.
  */
 static void
-truncate_distributed(Relation view, bool restart_seqs, DropBehavior behavior)
+truncate_distributed(List *views, bool restart_seqs, DropBehavior behavior)
 {
-	Oid			partitioned = ws_shard_partitioned_table(view);
-	Oid			owner = view->rd_rel->relowner;
-	List	   *sequences = restart_seqs ? distributed_sequences(RelationGetRelid(view)) : NIL;
-	TruncateStmt *truncate = makeNode(TruncateStmt);
-	Oid			save_userid;
-	int			save_sec_context;
+	List	   *rels = NIL;
+	List	   *relids = NIL;
+	List	   *sequences = NIL;
 	ListCell   *lc;
 
-	/* The slots first, as ws.rebalance locks them (see the file header). */
-	foreach(lc, find_inheritance_children(partitioned, NoLock))
-		LockRelationOid(lfirst_oid(lc), AccessExclusiveLock);
+	/*
+	 * In ws.rebalance's order (see the file header): the tables by OID, and
+	 * every slot before any partitioned table.
+	 */
+	list_sort(views, compare_relids);
+	foreach(lc, views)
+	{
+		Relation	view = lfirst(lc);
+		ListCell   *slot;
 
-	truncate->relations = list_make1(makeRangeVar(get_namespace_name(get_rel_namespace(partitioned)),
-												  get_rel_name(partitioned), -1));
-	truncate->restart_seqs = false;
-	truncate->behavior = behavior;
-	/* An error restores the user with the (sub)transaction's abort. */
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	ExecuteTruncate(truncate);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+		foreach(slot, find_inheritance_children(ws_shard_partitioned_table(view), NoLock))
+			LockRelationOid(lfirst_oid(slot), AccessExclusiveLock);
+		if (restart_seqs)
+			sequences = list_concat(sequences, distributed_sequences(RelationGetRelid(view)));
+	}
+	foreach(lc, views)
+	{
+		Relation	view = lfirst(lc);
+		ListCell   *member;
 
+		/* "TRUNCATE t, t" truncates t once. */
+		if (list_member_oid(relids, ws_shard_partitioned_table(view)))
+			continue;
+		foreach(member, find_all_inheritors(ws_shard_partitioned_table(view), AccessExclusiveLock, NULL))
+		{
+			Relation	rel = relation_open(lfirst_oid(member), NoLock);
+
+			CheckTableNotInUse(rel, "TRUNCATE");
+			rels = lappend(rels, rel);
+			relids = lappend_oid(relids, RelationGetRelid(rel));
+		}
+	}
+	ExecuteTruncateGuts(rels, relids, NIL, behavior, false);
 	foreach(lc, sequences)
 		ResetSequence(lfirst_oid(lc));
+	foreach(lc, rels)
+		relation_close(lfirst(lc), NoLock);
+	foreach(lc, views)
+		relation_close(lfirst(lc), NoLock);
 }
 
 /*
  * check_column_definition raises an error unless the column added by cmd
- * is one that a distributed table can hold.
+ * is one that a distributed table can hold.  cmd is a raw parse tree, whose
+ * identity and generated columns are still constraints.
  */
 static void
-check_column_definition(Relation view, AlterTableCmd *cmd)
+check_column_definition(const char *table, AlterTableCmd *cmd)
 {
 	ColumnDef  *column = (ColumnDef *) cmd->def;
 	ListCell   *lc;
@@ -165,15 +227,13 @@ check_column_definition(Relation view, AlterTableCmd *cmd)
 	if (cmd->subtype != AT_AddColumn)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("ALTER TABLE on distributed table \"%s\" can only add columns",
-						RelationGetRelationName(view)),
+				 errmsg("ALTER TABLE on distributed table \"%s\" can only add columns", table),
 				 errhint("To make other changes, take the table back with ws.undistribute_table, alter it and distribute it again.")));
-	if (column->identity || column->generated)
+	if (strcmp(column->colname, "ws_slot") == 0)
 		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot add identity or generated column \"%s\" to distributed table \"%s\"",
-						column->colname, RelationGetRelationName(view)),
-				 errhint("Use a DEFAULT: defaults are evaluated on the coordinator.")));
+				(errcode(ERRCODE_DUPLICATE_COLUMN),
+				 errmsg("cannot add column \"ws_slot\" to distributed table \"%s\"", table),
+				 errdetail("The slot tables on the shards have a column of that name.")));
 	foreach(lc, column->constraints)
 	{
 		Constraint *constraint = lfirst(lc);
@@ -181,10 +241,16 @@ check_column_definition(Relation view, AlterTableCmd *cmd)
 		if (constraint->contype == CONSTR_NULL || constraint->contype == CONSTR_NOTNULL ||
 			constraint->contype == CONSTR_DEFAULT)
 			continue;
+		if (constraint->contype == CONSTR_IDENTITY || constraint->contype == CONSTR_GENERATED)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot add identity or generated column \"%s\" to distributed table \"%s\"",
+							column->colname, table),
+					 errhint("Use a DEFAULT: defaults are evaluated on the coordinator.")));
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("cannot add column \"%s\" with a constraint to distributed table \"%s\"",
-						column->colname, RelationGetRelationName(view)),
+						column->colname, table),
 				 errdetail("A column added to a distributed table can have NOT NULL and a default only."),
 				 errhint("To add a constraint, take the table back with ws.undistribute_table, alter it and distribute it again.")));
 	}
@@ -200,47 +266,77 @@ Datum
 write_scaling_default_is_volatile(PG_FUNCTION_ARGS)
 {
 	Relation	rel = relation_open(PG_GETARG_OID(0), AccessShareLock);
-	Node	   *expr = build_column_default(rel, PG_GETARG_INT16(1));
+	AttrNumber	attnum = PG_GETARG_INT16(1);
+	Node	   *expr;
 
+	if (attnum < 1 || attnum > RelationGetNumberOfAttributes(rel))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("relation \"%s\" has no column %d", RelationGetRelationName(rel), attnum)));
+	expr = build_column_default(rel, attnum);
 	relation_close(rel, AccessShareLock);
 	PG_RETURN_BOOL(expr != NULL && contain_volatile_functions(expr));
 }
 
 /*
- * run_sql runs a query of the extension's with a relation as its parameter.
+ * distributed_map returns the shard map of a distributed table, or NULL if
+ * relid is not one.  Reads without a lock on relid.
  */
-static void
-run_sql(const char *sql, Datum arg)
+static char *
+distributed_map(Oid relid)
 {
+	Datum		arg = ObjectIdGetDatum(relid);
+	MemoryContext caller_context = CurrentMemoryContext;
+	char	   *map = NULL;
+
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args(sql, 1, (Oid[]) {REGCLASSOID}, &arg, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not run \"%s\"", sql);
+	if (SPI_execute_with_args("SELECT map FROM ws.distributed_tables WHERE table_name = $1",
+							  1, (Oid[]) {OIDOID}, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read ws.distributed_tables");
+	if (SPI_processed == 1)
+		map = MemoryContextStrdup(caller_context,
+								  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	SPI_finish();
+	return map;
 }
 
 /*
- * add_columns adds columns to a distributed table whose view the caller has
- * locked, after checking its ownership: to ws_dist.<table>, through ALTER
- * TABLE itself, then everywhere else (see the file header).  It closes the
- * view, which CREATE OR REPLACE VIEW must find unused; the lock stays.
+ * add_columns adds columns to the distributed table relid, which alter
+ * names: to ws_dist.<table>, through ALTER TABLE itself, then everywhere
+ * else (see the file header).  Like ws.undistribute_table, it waits for
+ * the map's row before it locks the view.
  */
 static void
-add_columns(Relation view, PlannedStmt *pstmt, const char *queryString,
+add_columns(Oid relid, const char *map, PlannedStmt *pstmt, const char *queryString,
 			ProcessUtilityContext context, ParamListInfo params,
 			QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
-	Oid			partitioned = ws_shard_partitioned_table(view);
-	Datum		arg = ObjectIdGetDatum(RelationGetRelid(view));
-	AlterTableStmt *alter;
+	AlterTableStmt *alter = (AlterTableStmt *) pstmt->utilityStmt;
+	Datum		arg = CStringGetTextDatum(map);
+	Relation	view;
+	Oid			partitioned;
 	ListCell   *lc;
 
-	foreach(lc, ((AlterTableStmt *) pstmt->utilityStmt)->cmds)
-		check_column_definition(view, lfirst(lc));
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, alter->relation->relname);
+	foreach(lc, alter->cmds)
+		check_column_definition(alter->relation->relname, lfirst(lc));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT FROM ws.shard_maps WHERE map = $1 FOR UPDATE",
+							  1, (Oid[]) {TEXTOID}, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock the shard map");
+	SPI_finish();
+	view = distributed_view_of(alter->relation, RangeVarCallbackOwnsRelation);
+	if (view == NULL || RelationGetRelid(view) != relid)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("distributed table \"%s\" was changed meanwhile", alter->relation->relname)));
+	partitioned = ws_shard_partitioned_table(view);
+	/* CREATE OR REPLACE VIEW must find it unused; the lock stays. */
 	relation_close(view, NoLock);
-	run_sql("SELECT FROM ws.shard_maps m"
-			" WHERE m.map = (SELECT d.map FROM ws.distributed_tables d WHERE d.table_name = $1)"
-			" FOR UPDATE", arg);
 
 	pstmt = copyObject(pstmt);
 	alter = (AlterTableStmt *) pstmt->utilityStmt;
@@ -251,42 +347,37 @@ add_columns(Relation view, PlannedStmt *pstmt, const char *queryString,
 	else
 		standard_ProcessUtility(pstmt, queryString, false, context, params, queryEnv, dest, qc);
 	CommandCounterIncrement();
-	run_sql("SELECT ws._columns_added($1)", arg);
+
+	arg = ObjectIdGetDatum(relid);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT ws._columns_added($1)",
+							  1, (Oid[]) {REGCLASSOID}, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not add the columns to the shards");
+	SPI_finish();
 }
 
 /*
- * distributed_view_of returns the distributed table's view that rv names,
- * open and locked in AccessExclusiveLock once callback has checked the
- * user's rights, or NULL if rv names no distributed table.
+ * ddl_process_utility takes TRUNCATE and ALTER TABLE ... ADD COLUMN of
+ * distributed tables (see the file header) and passes on everything else.
  */
-static Relation
-distributed_view_of(RangeVar *rv, RangeVarGetRelidCallback callback)
-{
-	Oid			relid = RangeVarGetRelid(rv, NoLock, true);
-	Relation	view;
-
-	if (!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_VIEW)
-		return NULL;
-	relid = RangeVarGetRelidExtended(rv, AccessExclusiveLock, 0, callback, NULL);
-	view = relation_open(relid, NoLock);
-	if (ws_shard_routes(view))
-		return view;
-	relation_close(view, NoLock);
-	return NULL;
-}
-
 static void
 ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
-						 ProcessUtilityContext context, ParamListInfo params,
-						 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+					ProcessUtilityContext context, ParamListInfo params,
+					QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
-	if (IsA(pstmt->utilityStmt, TruncateStmt))
+	Node	   *statement = pstmt->utilityStmt;
+
+	if (IsA(statement, TruncateStmt))
 	{
-		TruncateStmt *stmt = (TruncateStmt *) pstmt->utilityStmt;
+		TruncateStmt *stmt = (TruncateStmt *) statement;
 		List	   *others = NIL;
 		List	   *views = NIL;
 		ListCell   *lc;
 
+		/* As PostgreSQL does for TRUNCATE, before any lock. */
+		PreventCommandIfReadOnly("TRUNCATE TABLE");
+		PreventCommandIfParallelMode("TRUNCATE TABLE");
 		foreach(lc, stmt->relations)
 		{
 			Relation	view = distributed_view_of(lfirst(lc), check_truncate_privilege);
@@ -296,47 +387,50 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 			else
 				others = lappend(others, lfirst(lc));
 		}
-
 		if (views != NIL)
 		{
-			PreventCommandIfReadOnly("TRUNCATE TABLE");
-			PreventCommandIfParallelMode("TRUNCATE TABLE");
-			foreach(lc, views)
+			/* The other tables first: their checks come before remote work. */
+			if (others != NIL)
 			{
-				Relation	view = lfirst(lc);
-
-				truncate_distributed(view, stmt->restart_seqs, stmt->behavior);
-				relation_close(view, NoLock);
+				pstmt = copyObject(pstmt);
+				((TruncateStmt *) pstmt->utilityStmt)->relations = others;
+				if (prev_process_utility != NULL)
+					prev_process_utility(pstmt, queryString, false, context, params,
+										 queryEnv, dest, qc);
+				else
+					standard_ProcessUtility(pstmt, queryString, false, context, params,
+											queryEnv, dest, qc);
 			}
-			if (others == NIL)
-			{
-				if (qc)
-					SetQueryCompletion(qc, CMDTAG_TRUNCATE_TABLE, 0);
-				return;
-			}
-			/* The other tables, as TRUNCATE would have them. */
-			pstmt = copyObject(pstmt);
-			((TruncateStmt *) pstmt->utilityStmt)->relations = others;
-			readOnlyTree = false;
+			truncate_distributed(views, stmt->restart_seqs, stmt->behavior);
+			if (qc)
+				SetQueryCompletion(qc, CMDTAG_TRUNCATE_TABLE, 0);
+			return;
 		}
 	}
-	else if (IsA(pstmt->utilityStmt, AlterTableStmt) &&
-			 ((AlterTableStmt *) pstmt->utilityStmt)->objtype == OBJECT_TABLE)
+	else if (IsA(statement, AlterTableStmt) &&
+			 ((AlterTableStmt *) statement)->objtype == OBJECT_TABLE)
 	{
-		AlterTableStmt *alter = (AlterTableStmt *) pstmt->utilityStmt;
+		AlterTableStmt *alter = (AlterTableStmt *) statement;
 		bool		adds_column = false;
-		Relation	view = NULL;
 		ListCell   *lc;
 
 		/* Other subcommands on a view are PostgreSQL's to take or refuse. */
 		foreach(lc, alter->cmds)
 			adds_column |= ((AlterTableCmd *) lfirst(lc))->subtype == AT_AddColumn;
 		if (adds_column)
-			view = distributed_view_of(alter->relation, RangeVarCallbackOwnsRelation);
-		if (view != NULL)
 		{
-			add_columns(view, pstmt, queryString, context, params, queryEnv, dest, qc);
-			return;
+			Oid			relid = RangeVarGetRelid(alter->relation, NoLock, true);
+			char	   *map = NULL;
+
+			if (OidIsValid(relid) && get_rel_relkind(relid) == RELKIND_VIEW)
+				map = distributed_map(relid);
+			if (map != NULL)
+			{
+				PreventCommandIfReadOnly("ALTER TABLE");
+				PreventCommandIfParallelMode("ALTER TABLE");
+				add_columns(relid, map, pstmt, queryString, context, params, queryEnv, dest, qc);
+				return;
+			}
 		}
 	}
 	if (prev_process_utility != NULL)
@@ -348,8 +442,7 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 }
 
 /*
- * ws_shard_ddl_register installs the utility hook; called from
- * _PG_init.
+ * ws_shard_ddl_register installs the utility hook; called from _PG_init.
  */
 void
 ws_shard_ddl_register(void)

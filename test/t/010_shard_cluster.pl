@@ -1361,6 +1361,9 @@ $coord->safe_psql('postgres', q{
 	CREATE ROLE ticker;
 	GRANT USAGE ON SCHEMA moods TO ticker;
 });
+# Its TRUNCATE reaches the shards under its user mapping, as its inserts would.
+$coord->safe_psql('postgres', join '', map {
+	"CREATE USER MAPPING FOR ticker SERVER $_ OPTIONS (user 'postgres', password_required 'false');" } qw(s1 s2 s3));
 my $tick_before = tick_rows_on_shards();
 unlike($tick_before, qr/\b0\b/, "moods.tick has rows on every shard ($tick_before)");
 is($coord->safe_psql('postgres', q{BEGIN; TRUNCATE moods.tick; SELECT count(*) FROM moods.tick; ROLLBACK;}),
@@ -1387,8 +1390,15 @@ is($coord->safe_psql('postgres', q{
 
 # ws.rebalance locks a slot, then the partitioned table to switch it: a
 # TRUNCATE that comes meanwhile waits for that slot before it locks the
-# partitioned table, so neither deadlocks.  The first session plays the
-# rebalance's part.
+# partitioned table, so neither deadlocks, and then truncates the slot
+# where the move put it.  The first session moves slot 3 as ws.rebalance
+# does (the map is left as it was).
+$coord->safe_psql('postgres', q{INSERT INTO moods.tick (note) SELECT 'moved' FROM generate_series(1, 200)});
+my $tick_from = $coord->safe_psql('postgres', q{
+	SELECT s.srvname FROM pg_foreign_table f JOIN pg_foreign_server s ON s.oid = f.ftserver
+	WHERE f.ftrelid = 'ws_dist.tick_s003'::regclass});
+my ($tick_to) = grep { $_ ne $tick_from } qw(s1 s2 s3);
+isnt($coord->safe_psql('postgres', q{SELECT count(*) FROM ws_dist.tick_s003}), '0', 'slot 3 of moods.tick has rows');
 my $mover = $coord->background_psql('postgres', on_error_stop => 0);
 $mover->query_safe(q{BEGIN; SELECT ws._lock_slot('ws_dist.tick_s003');});
 my $truncator = $coord->background_psql('postgres', on_error_stop => 0);
@@ -1400,10 +1410,14 @@ ok($coord->poll_query_until('postgres', qq{
 	SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $truncator_pid AND NOT granted
 				   AND relation = 'ws_dist.tick_s003'::regclass)}),
 	'a TRUNCATE waits for a slot that a rebalance holds');
-my ($mover_out, $mover_failed) = $mover->query('ALTER TABLE ws_dist.tick DETACH PARTITION ws_dist.tick_s003; ROLLBACK;');
-is($mover_failed, 0, 'the rebalance switches the slot meanwhile') or diag($mover->{stderr});
+my ($mover_out, $mover_failed) = $mover->query(qq{
+	SELECT ws._move_slot(d, 3, '$tick_to') > 0 FROM ws.distributed_tables d WHERE d.table_name = 'moods.tick'::regclass;
+	COMMIT;});
+is("$mover_failed $mover_out", '0 t', "the rebalance moves the slot meanwhile, to $tick_to") or diag($mover->{stderr});
 my ($tick_count, $truncate_failed) = $truncator->query('SELECT count(*) FROM moods.tick');
 is("$truncate_failed $tick_count", '0 0', 'and the TRUNCATE then goes on') or diag($truncator->{stderr});
+is($shard{$tick_to}->safe_psql('postgres', 'SELECT count(*) FROM moods.tick_s003'), '0',
+	'it truncated the slot where the move put it');
 $mover->quit;
 $truncator->quit;
 
@@ -1433,6 +1447,18 @@ for my $server (qw(s1 s2))
 		WHERE n.nspname = 'moods' AND c.relname LIKE 'grown%' AND a.attname = 'amount'}),
 		'5 5', "$server: every slot table, and the table of slots, has the column, NOT NULL and no default of its own");
 }
+# A stored value is written for any server to read: a date default under
+# a DateStyle that writes the day first arrives as that date.  The view
+# keeps its options.
+is($coord->safe_psql('postgres', q{
+	ALTER VIEW moods.grown SET (security_barrier = true);
+	SET datestyle = 'SQL, DMY';
+	ALTER TABLE moods.grown ADD COLUMN since date NOT NULL DEFAULT '2026-01-02';
+	RESET datestyle;
+	SELECT count(*) FILTER (WHERE since = '2026-01-02') || ' ' ||
+		   (SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'moods.grown'::regclass)
+	FROM moods.grown}),
+	'400 security_barrier=true', 'a date default reaches the stored rows as that date; the view keeps its options');
 $coord->safe_psql('postgres', q{
 	INSERT INTO moods.grown (id, note, tag) VALUES (401, 'single', 'x');
 	INSERT INTO moods.grown (id, note, amount, tag) SELECT i, 'g' || i, 2, 't' || i FROM generate_series(402, 1500) i;
@@ -1446,6 +1472,10 @@ like($err, qr/ERROR:  cannot add column "at" with a volatile default to distribu
 	'a volatile default is refused: each stored row would need its own value');
 ($ret, $out, $err) = $coord->psql('postgres', q{ALTER TABLE moods.grown ADD COLUMN checked int CHECK (checked > 0)});
 like($err, qr/ERROR:  cannot add column "checked" with a constraint to distributed table "grown"/, 'so is a constraint');
+($ret, $out, $err) = $coord->psql('postgres', q{ALTER TABLE moods.grown ADD COLUMN n int GENERATED ALWAYS AS IDENTITY});
+like($err, qr/ERROR:  cannot add identity or generated column "n" to distributed table "grown"/, 'an identity column');
+($ret, $out, $err) = $coord->psql('postgres', q{ALTER TABLE moods.grown ADD COLUMN ws_slot int});
+like($err, qr/ERROR:  cannot add column "ws_slot" to distributed table "grown"/, 'and a column named as the slot tables\' own');
 ($ret, $out, $err) = $coord->psql('postgres', q{ALTER TABLE moods.grown ADD COLUMN x int, DROP COLUMN note});
 like($err, qr/ERROR:  ALTER TABLE on distributed table "grown" can only add columns/, 'and any other subcommand');
 ($ret, $out, $err) = $coord->psql('postgres', q{ALTER TABLE moods.grown ADD COLUMN required int NOT NULL});
@@ -1454,10 +1484,10 @@ like($err, qr/column "required" of relation "grown_s\d+" contains null values/,
 is($coord->safe_psql('postgres', q{
 	SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute
 	WHERE attrelid = 'moods.grown'::regclass AND attnum > 0 AND NOT attisdropped}),
-	'id,note,amount,tag', 'and the refused columns are nowhere');
-is($shard{s1}->safe_psql('postgres', q{
-	SELECT count(*) FROM pg_attribute WHERE attrelid = 'moods.grown_shard'::regclass AND attname IN ('at', 'checked', 'x', 'required')}),
-	'0', 'not on the shards either');
+	'id,note,amount,tag,since', 'and the refused columns are nowhere');
+is(join(' ', map { $shard{$_}->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_attribute WHERE attrelid = 'moods.grown_shard'::regclass AND attname IN ('at', 'checked', 'x', 'required')}) } qw(s1 s2)),
+	'0 0', 'not on the shards either');
 
 $coord->safe_psql('postgres', q{SELECT ws.add_shard('m3', 's3'); CALL ws.rebalance('m3');});
 is($coord->safe_psql('postgres', q{
@@ -1476,7 +1506,7 @@ is($coord->safe_psql('postgres', q{CALL ws.undistribute_table('moods.grown')}), 
 is($coord->safe_psql('postgres', q{
 	SELECT string_agg(attname || ':' || format_type(atttypid, atttypmod) || ':' || attnotnull, ',' ORDER BY attnum)
 	FROM pg_attribute WHERE attrelid = 'moods.grown'::regclass AND attnum > 0 AND NOT attisdropped}),
-	'id:integer:true,note:text:false,amount:numeric(12,2):true,tag:text:false',
+	'id:integer:true,note:text:false,amount:numeric(12,2):true,tag:text:false,since:date:true',
 	'with its added columns, NOT NULL where they were');
 is($coord->safe_psql('postgres', q{INSERT INTO moods.grown (id) VALUES (0) RETURNING amount}), '1.50',
 	'and their defaults');
