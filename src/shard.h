@@ -30,6 +30,7 @@ extern void ws_shard_rethrow_write_error(int nrows, const char *table, Oid serve
 extern bool ws_shard_routes_only(Relation view);
 extern bool ws_shard_routes(Relation view);
 extern Oid	ws_shard_partitioned_table(Relation view);
+extern Oid	ws_shard_mapping_user(Relation view);
 extern RouteStream *ws_route_stream_begin(Relation view);
 extern void ws_route_stream_row(RouteStream *stream, Datum *values, bool *nulls);
 extern void ws_route_stream_send(RouteStream *stream);
@@ -54,8 +55,8 @@ extern void ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int np
 							   const char *const *values);
 
 /* shard_defer.c */
-extern bool ws_defer_may_wait(Oid serverid);
-extern void ws_defer_single_row(Oid serverid, const char *sql, const char *literals,
+extern bool ws_defer_may_wait(Oid serverid, Oid userid);
+extern void ws_defer_single_row(Oid serverid, Oid userid, const char *sql, const char *literals,
 								int nvalues, const char *const *values, const char *table,
 								int slot, const char *remote_table);
 extern void ws_defer_flush(void);

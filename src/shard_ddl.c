@@ -12,8 +12,8 @@
  *
  * TRUNCATE truncates ws_dist.<table> and its slots in place of the view:
  * postgres_fdw sends each shard one TRUNCATE of its slot tables, under the
- * caller's user mapping, as routed rows go.  The privilege checked is the
- * view's: TRUNCATE on it.  RESTART IDENTITY restarts the sequences the
+ * user mapping routed rows and the view's reads use.  The privilege
+ * checked is the view's: TRUNCATE on it.  RESTART IDENTITY restarts the sequences the
  * table's serial columns owned before it was distributed
  * (ws.distributed_sequences), which no column owns now.
  *
@@ -158,23 +158,26 @@ compare_relids(const ListCell *a, const ListCell *b)
  * has locked in AccessExclusiveLock after checking the user's privilege.
  * It closes the views.
  *
- * The truncation is TRUNCATE's own (ExecuteTruncateGuts) on each table's
- * partitioned table and slots, as the user, whose user mappings routed
- * rows use too: a transaction's inserts and its TRUNCATE share a remote
- * session on each shard.  TRUNCATE's privilege checks on those tables are
+ * Each table's partitioned table and slots are truncated by TRUNCATE's own
+ * ExecuteTruncateGuts, as the role whose user mappings the table's rows
+ * travel under (ws_shard_mapping_user: postgres_fdw's for the view), so
+ * that a transaction's inserts, reads and TRUNCATE share one remote
+ * session per shard.  TRUNCATE's privilege checks on those tables are
  * left out: the user's right is the one on the view.
  */
 static void
 truncate_distributed(List *views, bool restart_seqs, DropBehavior behavior)
 {
-	List	   *rels = NIL;
-	List	   *relids = NIL;
+	List	   *partitioned = NIL;
+	List	   *truncated = NIL;
 	List	   *sequences = NIL;
 	ListCell   *lc;
+	ListCell   *lc2;
 
 	/*
 	 * In ws.rebalance's order (see the file header): the tables by OID, and
-	 * every slot before any partitioned table.
+	 * every slot before any partitioned table.  "TRUNCATE t, t" truncates t
+	 * once.
 	 */
 	list_sort(views, compare_relids);
 	foreach(lc, views)
@@ -184,18 +187,23 @@ truncate_distributed(List *views, bool restart_seqs, DropBehavior behavior)
 
 		foreach(slot, find_inheritance_children(ws_shard_partitioned_table(view), NoLock))
 			LockRelationOid(lfirst_oid(slot), AccessExclusiveLock);
-		if (restart_seqs)
+		if (restart_seqs && !list_member_oid(partitioned, ws_shard_partitioned_table(view)))
 			sequences = list_concat(sequences, distributed_sequences(RelationGetRelid(view)));
+		partitioned = lappend_oid(partitioned, ws_shard_partitioned_table(view));
 	}
-	foreach(lc, views)
+	forboth(lc, views, lc2, partitioned)
 	{
 		Relation	view = lfirst(lc);
+		List	   *rels = NIL;
+		List	   *relids = NIL;
 		ListCell   *member;
+		Oid			save_userid;
+		int			save_sec_context;
 
-		/* "TRUNCATE t, t" truncates t once. */
-		if (list_member_oid(relids, ws_shard_partitioned_table(view)))
+		if (list_member_oid(truncated, lfirst_oid(lc2)))
 			continue;
-		foreach(member, find_all_inheritors(ws_shard_partitioned_table(view), AccessExclusiveLock, NULL))
+		truncated = lappend_oid(truncated, lfirst_oid(lc2));
+		foreach(member, find_all_inheritors(lfirst_oid(lc2), AccessExclusiveLock, NULL))
 		{
 			Relation	rel = relation_open(lfirst_oid(member), NoLock);
 
@@ -203,12 +211,18 @@ truncate_distributed(List *views, bool restart_seqs, DropBehavior behavior)
 			rels = lappend(rels, rel);
 			relids = lappend_oid(relids, RelationGetRelid(rel));
 		}
+		/* An error restores the user with the (sub)transaction's abort. */
+		GetUserIdAndSecContext(&save_userid, &save_sec_context);
+		SetUserIdAndSecContext(ws_shard_mapping_user(view),
+							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
+		ExecuteTruncateGuts(rels, relids, NIL, behavior, false);
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+		foreach(member, rels)
+			relation_close(lfirst(member), NoLock);
 	}
-	ExecuteTruncateGuts(rels, relids, NIL, behavior, false);
 	foreach(lc, sequences)
 		ResetSequence(lfirst_oid(lc));
-	foreach(lc, rels)
-		relation_close(lfirst(lc), NoLock);
 	foreach(lc, views)
 		relation_close(lfirst(lc), NoLock);
 }

@@ -53,7 +53,7 @@
 typedef struct DeferredRow
 {
 	Oid			serverid;
-	Oid			userid;			/* who inserted it: whose user mapping */
+	Oid			userid;			/* whose user mapping (ws_shard_mapping_user) */
 	char	   *sql;			/* with parameters, to send alone */
 	char	   *literals;		/* with the values, for postgres_fdw */
 	int			nvalues;
@@ -95,25 +95,26 @@ ws_defer_note_fdw_use(void)
 
 /*
  * ws_defer_may_wait tells whether the single row of the statement ending
- * now, for serverid, may wait for the commit (see the file header).
+ * now, for serverid under userid's user mapping, may wait for the commit
+ * (see the file header).
  */
 bool
-ws_defer_may_wait(Oid serverid)
+ws_defer_may_wait(Oid serverid, Oid userid)
 {
 	return ws_shard_one_round_trip && preloaded && !committing &&
 		!ws_bulk_flushing_at_commit() && waiting == NULL && sent == NULL &&
 		!fdw_used && nesting == 1 && statements == 1 && !IsTransactionBlock() &&
 		GetCurrentTransactionNestLevel() == 1 && !ws_bulk_has_rows() &&
-		ws_shard_can_run_alone(serverid, GetUserId());
+		ws_shard_can_run_alone(serverid, userid);
 }
 
 /*
  * ws_defer_single_row holds back the single row of an INSERT, which
- * ws_defer_may_wait allowed.  sql takes the values as parameters; literals
- * has them written in.
+ * ws_defer_may_wait allowed, to go under userid's user mapping.  sql takes
+ * the values as parameters; literals has them written in.
  */
 void
-ws_defer_single_row(Oid serverid, const char *sql, const char *literals,
+ws_defer_single_row(Oid serverid, Oid userid, const char *sql, const char *literals,
 					int nvalues, const char *const *values, const char *table,
 					int slot, const char *remote_table)
 {
@@ -123,7 +124,7 @@ ws_defer_single_row(Oid serverid, const char *sql, const char *literals,
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	row = palloc(sizeof(DeferredRow));
 	row->serverid = serverid;
-	row->userid = GetUserId();
+	row->userid = userid;
 	row->sql = pstrdup(sql);
 	row->literals = pstrdup(literals);
 	row->nvalues = nvalues;

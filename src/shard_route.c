@@ -122,6 +122,8 @@ typedef struct DistEntry
 	MemoryContext context;		/* holds all of the entry below */
 	Oid			partitioned;
 	char	   *name;			/* for messages */
+	Oid			owner;			/* of the view */
+	bool		invoker;		/* the view has security_invoker */
 	AttrNumber	key_attnum;
 	Oid			key_type;
 	int			nslots;
@@ -516,6 +518,8 @@ fill_entry(DistEntry *entry, Relation view)
 	old = MemoryContextSwitchTo(fresh.context);
 	fresh.partitioned = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	fresh.name = pstrdup(RelationGetRelationName(view));
+	fresh.owner = view->rd_rel->relowner;
+	fresh.invoker = RelationHasSecurityInvoker(view);
 	fresh.key_attnum = attnameAttNum(view, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), false);
 	fresh.key_type = TupleDescAttr(desc, fresh.key_attnum - 1)->atttypid;
 	fresh.nslots = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
@@ -665,6 +669,28 @@ ws_shard_is_distributed(Relation view)
 }
 
 /*
+ * mapping_user returns the role whose user mappings a distributed table's
+ * rows travel under: the one postgres_fdw uses for the view's reads,
+ * updates and deletes (its owner, or the current user if the view has
+ * security_invoker), so that they all share one remote session per shard
+ * and a transaction reads what it wrote.
+ */
+static Oid
+mapping_user(DistEntry *dist)
+{
+	return dist->invoker ? GetUserId() : dist->owner;
+}
+
+/*
+ * ws_shard_mapping_user returns mapping_user of a distributed table.
+ */
+Oid
+ws_shard_mapping_user(Relation view)
+{
+	return mapping_user(open_dist(view));
+}
+
+/*
  * ws_shard_partitioned_table returns the partitioned table of a distributed
  * table's slots, ws_dist.<table>.
  */
@@ -687,7 +713,7 @@ ws_shard_open_connections(Relation view)
 
 	for (int s = 0; s < dist->nslots; s++)
 		if (OidIsValid(dist->slots[s].serverid))
-			(void) connection(dist->slots[s].serverid);
+			(void) connection_as(dist->slots[s].serverid, mapping_user(dist));
 }
 
 /* --- buffers -------------------------------------------------------------- */
@@ -912,7 +938,7 @@ send_buffer(SlotBuffer *buf)
 
 		PG_TRY();
 		{
-			remote_command(connection(slot->serverid), sql);
+			remote_command(connection_as(slot->serverid, mapping_user(buf->dist)), sql);
 		}
 		PG_CATCH();
 		{
@@ -956,7 +982,8 @@ defer_row(SlotBuffer *buf)
 	char	   *sql;
 	char	   *literals;
 
-	if (from == NULL || from->rows != 0 || buf->rows != 1 || !ws_defer_may_wait(slot->serverid))
+	if (from == NULL || from->rows != 0 || buf->rows != 1 ||
+		!ws_defer_may_wait(slot->serverid, mapping_user(buf->dist)))
 		return false;
 	values = palloc(sizeof(char *) * buf->dist->ncolumns);
 	for (int i = 0; i < buf->dist->ncolumns; i++)
@@ -966,7 +993,7 @@ defer_row(SlotBuffer *buf)
 				   buf->dist->column_list, buf->dist->parameters);
 	literals = psprintf("INSERT INTO %s (%s) VALUES %s", slot->remote_table,
 						buf->dist->column_list, first_row_literals(buf));
-	ws_defer_single_row(slot->serverid, sql, literals, buf->dist->ncolumns, values,
+	ws_defer_single_row(slot->serverid, mapping_user(buf->dist), sql, literals, buf->dist->ncolumns, values,
 						buf->dist->name, buf->slot, slot->remote_table);
 	rows_sent(buf, from, index);
 	return true;
@@ -1497,6 +1524,7 @@ struct RouteStream
 	SubTransactionId subid;		/* where it began: where it is sent */
 	MemoryContext context;		/* under TopTransactionContext */
 	char	   *sql;			/* the COPY each server runs */
+	Oid			userid;			/* whose user mappings: mapping_user */
 	bool		binary;
 	List	   *servers;		/* ServerStreams */
 	ServerStream *full;			/* one whose rows are due to go */
@@ -1536,6 +1564,7 @@ stream_begin(DistEntry *dist, const char *table)
 	copy_command(&sql, dist, dist->shard_table);
 	stream->sql = sql.data;
 	stream->binary = dist->binary;
+	stream->userid = mapping_user(dist);
 	MemoryContextSwitchTo(old);
 	dlist_push_tail(&live_streams, &stream->live);
 	stream->listed = true;
@@ -1762,7 +1791,7 @@ stream_send(RouteStream *stream, ServerStream *server)
 	{
 		if (server->conn == NULL)
 		{
-			PGconn	   *conn = connection(server->serverid);
+			PGconn	   *conn = connection_as(server->serverid, stream->userid);
 
 			/* postgres_fdw registers its callbacks with its first connection. */
 			stream_callbacks_ahead_of_fdw();

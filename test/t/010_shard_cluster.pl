@@ -1361,7 +1361,8 @@ $coord->safe_psql('postgres', q{
 	CREATE ROLE ticker;
 	GRANT USAGE ON SCHEMA moods TO ticker;
 });
-# Its TRUNCATE reaches the shards under its user mapping, as its inserts would.
+# It has user mappings of its own; the table's rows still travel under its
+# owner's (below).
 $coord->safe_psql('postgres', join '', map {
 	"CREATE USER MAPPING FOR ticker SERVER $_ OPTIONS (user 'postgres', password_required 'false');" } qw(s1 s2 s3));
 my $tick_before = tick_rows_on_shards();
@@ -1381,6 +1382,32 @@ is($coord->safe_psql('postgres', 'SELECT count(*) FROM moods.tick') . ' ' . tick
 is($ret, 0, 'with the privilege on the distributed table alone, TRUNCATE succeeds') or diag($err);
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM moods.tick') . ' ' . tick_rows_on_shards(), '0 0 0 0',
 	'and every shard\'s slot tables are empty');
+# A role other than the owner, with user mappings of its own, reads and
+# updates what it inserted in its transaction, and truncates after it: its
+# rows travel under the user mapping that postgres_fdw uses for the view
+# (the owner's), in the same remote session as the reads.
+$coord->safe_psql('postgres', q{
+	GRANT SELECT, INSERT, UPDATE ON moods.tick TO ticker;
+	GRANT USAGE ON SEQUENCE moods.tick_id_seq TO ticker});
+is($coord->safe_psql('postgres', q{
+	SET ROLE ticker;
+	BEGIN;
+	INSERT INTO moods.tick (note) SELECT 'mine' FROM generate_series(1, 20);
+	INSERT INTO moods.tick (note) VALUES ('one');
+	UPDATE moods.tick SET note = 'changed' WHERE note IN ('mine', 'one');
+	SELECT count(*) FROM moods.tick WHERE note = 'changed';
+	ROLLBACK;}),
+	'21', 'a role that is not the owner reads and updates the rows it inserted, in its transaction');
+$coord->safe_psql('postgres', q{SET ROLE ticker; INSERT INTO moods.tick (note) VALUES ('alone')});
+is($coord->safe_psql('postgres', q{
+	SET ROLE ticker;
+	SET statement_timeout = '30s';
+	BEGIN;
+	INSERT INTO moods.tick (note) VALUES ('x'), ('y');
+	TRUNCATE moods.tick;
+	COMMIT;
+	SELECT count(*) FROM moods.tick;}),
+	'0', 'and truncates after its inserts in one transaction');
 $coord->safe_psql('postgres', q{INSERT INTO moods.tick (note) SELECT 'again' FROM generate_series(1, 10)});
 is($coord->safe_psql('postgres', q{
 	TRUNCATE moods.tick, moods.tock RESTART IDENTITY;
