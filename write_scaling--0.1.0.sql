@@ -2034,6 +2034,36 @@ BEGIN
 	WHERE x.table_name = p_table;
 END
 $$;
+COMMENT ON FUNCTION ws._columns_added(regclass) IS
+	'Internal: takes columns added to a distributed table''s partitioned table to its shards, its view and ws.distributed_tables';
+
+-- ALTER TABLE (or VIEW) ... OWNER TO on a distributed table (shard_ddl.c):
+-- its partitioned table of slots, the slots' foreign tables and its
+-- serials' sequences follow the view's new owner, as a table's sequences
+-- follow it; the view's reads reach the slots as its owner.
+CREATE FUNCTION ws._owner_changed(p_table regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d ws.distributed_tables;
+	owner_name name;
+	r record;
+BEGIN
+	SELECT * INTO d FROM ws.distributed_tables x WHERE x.table_name = p_table;
+	SELECT a.rolname INTO owner_name FROM pg_class c JOIN pg_roles a ON a.oid = c.relowner WHERE c.oid = p_table;
+	EXECUTE format('ALTER TABLE %s OWNER TO %I', d.partitioned, owner_name);
+	FOR r IN SELECT i.inhrelid::regclass AS slot FROM pg_inherits i WHERE i.inhparent = d.partitioned LOOP
+		EXECUTE format('ALTER FOREIGN TABLE %s OWNER TO %I', r.slot, owner_name);
+	END LOOP;
+	FOR r IN SELECT q.sequence FROM ws.distributed_sequences q WHERE q.table_name = p_table LOOP
+		EXECUTE format('ALTER SEQUENCE %s OWNER TO %I', r.sequence, owner_name);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION ws._owner_changed(regclass) IS
+	'Internal: gives a distributed table''s partitioned table, slots and sequences the owner of its view';
 
 -- Moves one slot of one distributed table to to_server: copies its rows,
 -- checks both sides count the same, and switches the slot's foreign table,

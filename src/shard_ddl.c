@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * shard_ddl.c
- *	  TRUNCATE and ALTER TABLE ... ADD COLUMN on a distributed table.
+ *	  TRUNCATE, ALTER TABLE ... ADD COLUMN and OWNER TO on a distributed
+ *	  table, and the renames it refuses.
  *
- * A distributed table is a view, which both commands refuse.  Its rows
+ * A distributed table is a view, which TRUNCATE and ADD COLUMN refuse.  Its rows
  * live in the slot tables on the shards, behind ws_dist.<table>, a
  * partitioned table of postgres_fdw foreign tables, one per slot.  Remote
  * work happens in postgres_fdw's remote transactions, so a rollback takes
@@ -16,6 +17,11 @@
  * checked is the view's: TRUNCATE on it.  RESTART IDENTITY restarts the sequences the
  * table's serial columns owned before it was distributed
  * (ws.distributed_sequences), which no column owns now.
+ *
+ * A new owner of the view (ALTER TABLE or ALTER VIEW ... OWNER TO) becomes
+ * the owner of ws_dist.<table>, its slots and its serials' sequences too:
+ * the view's reads reach them as its owner.  A column of the view cannot
+ * be renamed: the slot tables keep their names.
  *
  * ALTER TABLE ... ADD COLUMN (its only subcommand) adds the columns to
  * ws_dist.<table>, which adds them to every slot's foreign table, and then
@@ -372,6 +378,41 @@ add_columns(Oid relid, const char *map, PlannedStmt *pstmt, const char *queryStr
 }
 
 /*
+ * distributed_relid returns the OID of the view rv names, without a lock,
+ * or InvalidOid if rv names no view: a distributed table is one.
+ */
+static Oid
+distributed_relid(RangeVar *rv)
+{
+	Oid			relid = RangeVarGetRelid(rv, NoLock, true);
+
+	return OidIsValid(relid) && get_rel_relkind(relid) == RELKIND_VIEW ? relid : InvalidOid;
+}
+
+/*
+ * call_with_relid passes the statement on, then runs sql, a query of the
+ * extension's, with relid as its parameter.
+ */
+static void
+call_with_relid(const char *sql, PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+				ProcessUtilityContext context, ParamListInfo params,
+				QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc, Oid relid)
+{
+	Datum		arg = ObjectIdGetDatum(relid);
+
+	if (prev_process_utility != NULL)
+		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	CommandCounterIncrement();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args(sql, 1, (Oid[]) {REGCLASSOID}, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not run \"%s\"", sql);
+	SPI_finish();
+}
+
+/*
  * ddl_process_utility takes TRUNCATE and ALTER TABLE ... ADD COLUMN of
  * distributed tables (see the file header) and passes on everything else.
  */
@@ -422,30 +463,53 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 		}
 	}
 	else if (IsA(statement, AlterTableStmt) &&
-			 ((AlterTableStmt *) statement)->objtype == OBJECT_TABLE)
+			 (((AlterTableStmt *) statement)->objtype == OBJECT_TABLE ||
+			  ((AlterTableStmt *) statement)->objtype == OBJECT_VIEW))
 	{
 		AlterTableStmt *alter = (AlterTableStmt *) statement;
 		bool		adds_column = false;
+		bool		changes_owner = false;
 		ListCell   *lc;
 
 		/* Other subcommands on a view are PostgreSQL's to take or refuse. */
 		foreach(lc, alter->cmds)
-			adds_column |= ((AlterTableCmd *) lfirst(lc))->subtype == AT_AddColumn;
-		if (adds_column)
 		{
-			Oid			relid = RangeVarGetRelid(alter->relation, NoLock, true);
-			char	   *map = NULL;
+			adds_column |= ((AlterTableCmd *) lfirst(lc))->subtype == AT_AddColumn;
+			changes_owner |= ((AlterTableCmd *) lfirst(lc))->subtype == AT_ChangeOwner;
+		}
+		if (adds_column || changes_owner)
+		{
+			Oid			relid = distributed_relid(alter->relation);
+			char	   *map = OidIsValid(relid) ? distributed_map(relid) : NULL;
 
-			if (OidIsValid(relid) && get_rel_relkind(relid) == RELKIND_VIEW)
-				map = distributed_map(relid);
-			if (map != NULL)
+			if (map != NULL && adds_column && alter->objtype == OBJECT_TABLE)
 			{
 				PreventCommandIfReadOnly("ALTER TABLE");
 				PreventCommandIfParallelMode("ALTER TABLE");
 				add_columns(relid, map, pstmt, queryString, context, params, queryEnv, dest, qc);
 				return;
 			}
+			if (map != NULL && changes_owner)
+			{
+				call_with_relid("SELECT ws._owner_changed($1)", pstmt, queryString, readOnlyTree,
+								context, params, queryEnv, dest, qc, relid);
+				return;
+			}
 		}
+	}
+	else if (IsA(statement, RenameStmt) &&
+			 ((RenameStmt *) statement)->renameType == OBJECT_COLUMN &&
+			 ((RenameStmt *) statement)->relation != NULL)
+	{
+		RenameStmt *rename = (RenameStmt *) statement;
+		Oid			relid = distributed_relid(rename->relation);
+
+		if (OidIsValid(relid) && distributed_map(relid) != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot rename a column of distributed table \"%s\"", rename->relation->relname),
+					 errdetail("The slot tables on the shards keep their columns' names."),
+					 errhint("Take the table back with ws.undistribute_table, rename the column and distribute it again.")));
 	}
 	if (prev_process_utility != NULL)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context, params,

@@ -1448,6 +1448,22 @@ is($shard{$tick_to}->safe_psql('postgres', 'SELECT count(*) FROM moods.tick_s003
 $mover->quit;
 $truncator->quit;
 
+# A new owner of the distributed table owns what lies behind it too, so the
+# table's reads, which reach the slots as its owner, go on.  Its columns
+# cannot be renamed: the slot tables keep their names.
+is($coord->safe_psql('postgres', q{
+	ALTER TABLE moods.tick OWNER TO ticker;
+	INSERT INTO moods.tick (note) VALUES ('owned');
+	SELECT count(*) FROM moods.tick;
+	SELECT string_agg(DISTINCT r.rolname, ',') FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
+	WHERE c.oid IN (SELECT 'ws_dist.tick'::regclass UNION ALL SELECT inhrelid FROM pg_inherits WHERE inhparent = 'ws_dist.tick'::regclass
+					UNION ALL SELECT 'moods.tick_id_seq'::regclass)}),
+	"1\nticker", 'ALTER TABLE ... OWNER TO gives the table\'s slots and sequence the new owner, and it reads on');
+($ret, $out, $err) = $coord->psql('postgres', q{ALTER TABLE moods.tick RENAME COLUMN note TO remark});
+like($err, qr/ERROR:  cannot rename a column of distributed table "tick"/, 'renaming a column is refused');
+is($coord->safe_psql('postgres', q{INSERT INTO moods.tick (note) VALUES ('after') RETURNING note}), 'after',
+	'and the table takes rows as before');
+
 # --- ALTER TABLE ... ADD COLUMN ----------------------------------------------
 
 # Added columns reach every slot table on the shards; the rows stored get a
