@@ -2065,6 +2065,50 @@ $$;
 COMMENT ON FUNCTION ws._owner_changed(regclass) IS
 	'Internal: gives a distributed table''s partitioned table, slots and sequences the owner of its view';
 
+-- DROP TABLE (or VIEW) of a distributed table (shard_ddl.c): the view, its
+-- partitioned table of slots and its serials' sequences go, as a table's
+-- owned sequences go with it; the tables on the shards are queued in
+-- ws.shard_cleanup, dropped by the next ws.rebalance of any map once the
+-- drop has committed (dropping them now could not be taken back).
+CREATE FUNCTION ws._drop_distributed(p_table regclass, p_cascade boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d ws.distributed_tables;
+	s record;
+	behavior text := CASE WHEN p_cascade THEN ' CASCADE' ELSE '' END;
+BEGIN
+	-- Serialised with ws.rebalance, as ws.undistribute_table is.
+	PERFORM FROM ws.shard_maps m
+	WHERE m.map = (SELECT x.map FROM ws.distributed_tables x WHERE x.table_name = p_table) FOR UPDATE;
+	EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p_table);
+	SELECT * INTO d FROM ws.distributed_tables x WHERE x.table_name = p_table;
+	INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
+	SELECT DISTINCT x.server, d.remote_schema, ws._shard_table(d.remote_table)
+	FROM (SELECT srv.srvname AS server
+		  FROM pg_inherits i
+		  JOIN pg_foreign_table ft ON ft.ftrelid = i.inhrelid
+		  JOIN pg_foreign_server srv ON srv.oid = ft.ftserver
+		  WHERE i.inhparent = d.partitioned
+		  UNION SELECT y.placed_on FROM ws.shard_slots y WHERE y.map = d.map AND y.placed_on IS NOT NULL
+		  UNION SELECT y.owner FROM ws.shard_slots y WHERE y.map = d.map AND y.owner IS NOT NULL) x
+	ON CONFLICT DO NOTHING;
+	DELETE FROM ws.distributed_tables x WHERE x.table_name = p_table;
+	EXECUTE format('DROP VIEW %s%s', p_table, behavior);
+	EXECUTE format('DROP TABLE %s', d.partitioned);
+	FOR s IN DELETE FROM ws.distributed_sequences q WHERE q.table_name = p_table RETURNING q.sequence LOOP
+		EXECUTE format('DROP SEQUENCE %s%s', s.sequence, behavior);
+	END LOOP;
+	PERFORM ws._shard_maps_changed();
+	RAISE NOTICE 'the tables of "%" on its shards are dropped by the next ws.rebalance', d.remote_table
+		USING DETAIL = 'ws.shard_cleanup lists them.';
+END
+$$;
+COMMENT ON FUNCTION ws._drop_distributed(regclass, boolean) IS
+	'Internal: drops a distributed table here and queues its tables on the shards for ws.rebalance to drop';
+
 -- Moves one slot of one distributed table to to_server: copies its rows,
 -- checks both sides count the same, and switches the slot's foreign table,
 -- all in the caller's transaction, which has already locked the slot of
@@ -2470,6 +2514,7 @@ REVOKE ALL ON PROCEDURE ws._drop_old_copies(boolean) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.rebalance(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._undistribute(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._columns_added(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._drop_distributed(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._default_is_volatile(regclass, smallint) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.undistribute_table(regclass, bigint) FROM PUBLIC;
 

@@ -1,10 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * shard_ddl.c
- *	  TRUNCATE, ALTER TABLE ... ADD COLUMN and OWNER TO on a distributed
- *	  table, and the renames it refuses.
+ *	  TRUNCATE, DROP, ALTER TABLE ... ADD COLUMN and OWNER TO on a
+ *	  distributed table, and the renames it refuses.
  *
- * A distributed table is a view, which TRUNCATE and ADD COLUMN refuse.  Its rows
+ * A distributed table is a view, which TRUNCATE and ADD COLUMN refuse,
+ * and which DROP would drop alone.  Its rows
  * live in the slot tables on the shards, behind ws_dist.<table>, a
  * partitioned table of postgres_fdw foreign tables, one per slot.  Remote
  * work happens in postgres_fdw's remote transactions, so a rollback takes
@@ -17,6 +18,10 @@
  * checked is the view's: TRUNCATE on it.  RESTART IDENTITY restarts the sequences the
  * table's serial columns owned before it was distributed
  * (ws.distributed_sequences), which no column owns now.
+ *
+ * DROP TABLE (or VIEW) of a distributed table drops the view, ws_dist.<table>
+ * and its serials' sequences, and queues the tables on the shards in
+ * ws.shard_cleanup: ws.rebalance drops them, after the drop committed.
  *
  * A new owner of the view (ALTER TABLE or ALTER VIEW ... OWNER TO) becomes
  * the owner of ws_dist.<table>, its slots and its serials' sequences too:
@@ -46,6 +51,7 @@
 #include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
@@ -413,6 +419,22 @@ call_with_relid(const char *sql, PlannedStmt *pstmt, const char *queryString, bo
 }
 
 /*
+ * drop_distributed drops a distributed table (ws._drop_distributed).
+ */
+static void
+drop_distributed(Oid relid, bool cascade)
+{
+	Datum		args[2] = {ObjectIdGetDatum(relid), BoolGetDatum(cascade)};
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT ws._drop_distributed($1, $2)", 2, (Oid[]) {REGCLASSOID, BOOLOID},
+							  args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not drop distributed table");
+	SPI_finish();
+}
+
+/*
  * ddl_process_utility takes TRUNCATE and ALTER TABLE ... ADD COLUMN of
  * distributed tables (see the file header) and passes on everything else.
  */
@@ -495,6 +517,50 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 								context, params, queryEnv, dest, qc, relid);
 				return;
 			}
+		}
+	}
+	else if (IsA(statement, DropStmt) &&
+			 (((DropStmt *) statement)->removeType == OBJECT_TABLE ||
+			  ((DropStmt *) statement)->removeType == OBJECT_VIEW))
+	{
+		DropStmt   *drop = (DropStmt *) statement;
+		List	   *others = NIL;
+		List	   *tables = NIL;
+		ListCell   *lc;
+
+		foreach(lc, drop->objects)
+		{
+			RangeVar   *rv = makeRangeVarFromNameList(lfirst(lc));
+			Oid			relid = distributed_relid(rv);
+
+			if (OidIsValid(relid) && distributed_map(relid) != NULL)
+			{
+				if (!pg_class_ownercheck(relid, GetUserId()) &&
+					!pg_namespace_ownercheck(get_rel_namespace(relid), GetUserId()))
+					aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, rv->relname);
+				tables = list_append_unique_oid(tables, relid);
+			}
+			else
+				others = lappend(others, lfirst(lc));
+		}
+		if (tables != NIL)
+		{
+			PreventCommandIfReadOnly(drop->removeType == OBJECT_TABLE ? "DROP TABLE" : "DROP VIEW");
+			PreventCommandIfParallelMode(drop->removeType == OBJECT_TABLE ? "DROP TABLE" : "DROP VIEW");
+			if (others != NIL)
+			{
+				pstmt = copyObject(pstmt);
+				((DropStmt *) pstmt->utilityStmt)->objects = others;
+				if (prev_process_utility != NULL)
+					prev_process_utility(pstmt, queryString, false, context, params, queryEnv, dest, qc);
+				else
+					standard_ProcessUtility(pstmt, queryString, false, context, params, queryEnv, dest, qc);
+			}
+			foreach(lc, tables)
+				drop_distributed(lfirst_oid(lc), drop->behavior == DROP_CASCADE);
+			if (qc)
+				SetQueryCompletion(qc, drop->removeType == OBJECT_TABLE ? CMDTAG_DROP_TABLE : CMDTAG_DROP_VIEW, 0);
+			return;
 		}
 	}
 	else if (IsA(statement, RenameStmt) &&

@@ -1675,4 +1675,33 @@ is($coord->safe_psql('postgres', q{
 	FROM moods.busy}),
 	'r 200', 'then takes the table back with the writer\'s rows');
 
+# --- dropping ------------------------------------------------------------------
+
+# DROP TABLE of a distributed table drops what lies behind it too: its
+# partitioned table of slots and its serial's sequence here, and (queued,
+# after the commit) its tables on the shards, which the next ws.rebalance
+# drops.  Other tables in the statement go as usual.
+$coord->safe_psql('postgres', q{
+	CREATE TABLE moods.gone (id bigserial PRIMARY KEY, note text);
+	SELECT ws.distribute_table('moods.gone', 'id', 'm2');
+	INSERT INTO moods.gone (note) SELECT 'g' FROM generate_series(1, 100);
+	CREATE TABLE moods.gone_too (n int);
+});
+($ret, $out, $err) = $coord->psql('postgres', q{DROP TABLE moods.gone, moods.gone_too});
+is($ret, 0, 'DROP TABLE drops a distributed table with another table') or diag($err);
+like($err, qr/NOTICE:  the tables of "gone" on its shards are dropped by the next ws\.rebalance/, 'and says when its shards\' tables go');
+is($coord->safe_psql('postgres', q{
+	SELECT (to_regclass('moods.gone') IS NULL AND to_regclass('moods.gone_too') IS NULL
+			AND to_regclass('ws_dist.gone') IS NULL AND to_regclass('moods.gone_id_seq') IS NULL)::text || ' ' ||
+		   (SELECT count(*) FROM ws.distributed_tables WHERE remote_table = 'gone') || ' ' ||
+		   (SELECT count(*) FROM ws.distributed_sequences WHERE sequence::text LIKE '%gone%') || ' ' ||
+		   (SELECT count(*) FROM ws.shard_cleanup WHERE remote_table = 'gone_shard')}),
+	'true 0 0 3', 'the view, its partitioned table, its sequence and its catalog rows are gone; its shards\' tables are queued');
+is($shard{s1}->safe_psql('postgres', q{SELECT count(*) FROM moods.gone_shard}) > 0 ? 'kept' : 'empty', 'kept',
+	'the rows stay on the shards until the drop has committed and a rebalance runs');
+$coord->safe_psql('postgres', q{CALL ws.rebalance('m2')});
+is(join(' ', map { $shard{$_}->safe_psql('postgres', q{SELECT count(*) FROM pg_class WHERE relname LIKE 'gone%'}) } qw(s1 s2 s3))
+	  . ' ' . $coord->safe_psql('postgres', q{SELECT count(*) FROM ws.shard_cleanup WHERE remote_table = 'gone_shard'}),
+	'0 0 0 0', 'ws.rebalance drops them on every shard');
+
 done_testing();
