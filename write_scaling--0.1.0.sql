@@ -1464,12 +1464,19 @@ COMMENT ON TABLE ws.rebalance_log IS
 	'Every slot ws.rebalance moved: which table, from and to which server, how many rows';
 GRANT SELECT ON ws.rebalance_log TO PUBLIC;
 
-CREATE FUNCTION ws._shard_exec(server name, command text)
+CREATE FUNCTION ws._shard_exec(server name, command text, as_user oid DEFAULT 0)
 RETURNS void
 LANGUAGE c STRICT
 AS 'MODULE_PATHNAME', 'write_scaling_shard_exec';
-COMMENT ON FUNCTION ws._shard_exec(name, text) IS
-	'Internal: runs a command on a shard server in this transaction''s postgres_fdw remote transaction';
+COMMENT ON FUNCTION ws._shard_exec(name, text, oid) IS
+	'Internal: runs a command on a shard server in this transaction''s postgres_fdw remote transaction, under the user mapping of as_user (0: the current user)';
+
+CREATE FUNCTION ws._mapping_user(table_name regclass)
+RETURNS oid
+LANGUAGE c STRICT
+AS 'MODULE_PATHNAME', 'write_scaling_mapping_user';
+COMMENT ON FUNCTION ws._mapping_user(regclass) IS
+	'Internal: the role whose user mappings a distributed table''s rows travel under: its owner, or the current user if it has security_invoker';
 
 CREATE FUNCTION ws._lock_slot(slot regclass)
 RETURNS void
@@ -1864,10 +1871,11 @@ BEGIN
 	RETURNING * INTO dist;
 	FOR s IN SELECT x.slot, x.placed_on FROM ws.shard_slots x WHERE x.map = m.map ORDER BY x.slot LOOP
 		IF s.placed_on <> ALL (servers_ready) THEN
-			PERFORM ws._shard_exec(s.placed_on, ws._create_schema_command(nsp));
+			PERFORM ws._shard_exec(s.placed_on, ws._create_schema_command(nsp), rel.relowner);
 			servers_ready := servers_ready || s.placed_on;
 		END IF;
-		PERFORM ws._shard_exec(s.placed_on, ws._create_slot_table_command(dist, s.slot, false));
+		-- Under the owner's user mapping, which the view's writes will use.
+		PERFORM ws._shard_exec(s.placed_on, ws._create_slot_table_command(dist, s.slot, false), rel.relowner);
 		EXECUTE format('CREATE FOREIGN TABLE ws_dist.%I PARTITION OF %s'
 					   ' FOR VALUES WITH (MODULUS %s, REMAINDER %s) SERVER %I'
 					   ' OPTIONS (schema_name %L, table_name %L, async_capable ''true'', batch_size ''1000'')',
@@ -1989,7 +1997,8 @@ BEGIN
 		RETURN;
 	END IF;
 
-	-- The shards: every server that holds a slot of the table, or may hold
+	-- The shards, in the remote session the table's writes use: every
+	-- server that holds a slot of the table, or may hold
 	-- an old copy of one (a slot moving back uses it again): the map's
 	-- servers and those with copies waiting to be dropped.  Stored rows get
 	-- the default; new rows come with every column.
@@ -2008,7 +2017,8 @@ BEGIN
 		PERFORM ws._shard_exec(server, format('DO %L', format(
 			'BEGIN IF to_regclass(%L) IS NOT NULL THEN ALTER TABLE %s %s; %s END IF; END',
 			remote_table, remote_table, substr(added, 3),
-			CASE WHEN dropped_defaults <> '' THEN format('ALTER TABLE %s %s;', remote_table, substr(dropped_defaults, 3)) ELSE '' END)));
+			CASE WHEN dropped_defaults <> '' THEN format('ALTER TABLE %s %s;', remote_table, substr(dropped_defaults, 3)) ELSE '' END)),
+			ws._mapping_user(p_table));
 	END LOOP;
 
 	-- Here: the defaults go to the view, which gets the new columns.
@@ -2036,34 +2046,6 @@ END
 $$;
 COMMENT ON FUNCTION ws._columns_added(regclass) IS
 	'Internal: takes columns added to a distributed table''s partitioned table to its shards, its view and ws.distributed_tables';
-
--- ALTER TABLE (or VIEW) ... OWNER TO on a distributed table (shard_ddl.c):
--- its partitioned table of slots, the slots' foreign tables and its
--- serials' sequences follow the view's new owner, as a table's sequences
--- follow it; the view's reads reach the slots as its owner.
-CREATE FUNCTION ws._owner_changed(p_table regclass)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	d ws.distributed_tables;
-	owner_name name;
-	r record;
-BEGIN
-	SELECT * INTO d FROM ws.distributed_tables x WHERE x.table_name = p_table;
-	SELECT a.rolname INTO owner_name FROM pg_class c JOIN pg_roles a ON a.oid = c.relowner WHERE c.oid = p_table;
-	EXECUTE format('ALTER TABLE %s OWNER TO %I', d.partitioned, owner_name);
-	FOR r IN SELECT i.inhrelid::regclass AS slot FROM pg_inherits i WHERE i.inhparent = d.partitioned LOOP
-		EXECUTE format('ALTER FOREIGN TABLE %s OWNER TO %I', r.slot, owner_name);
-	END LOOP;
-	FOR r IN SELECT q.sequence FROM ws.distributed_sequences q WHERE q.table_name = p_table LOOP
-		EXECUTE format('ALTER SEQUENCE %s OWNER TO %I', r.sequence, owner_name);
-	END LOOP;
-END
-$$;
-COMMENT ON FUNCTION ws._owner_changed(regclass) IS
-	'Internal: gives a distributed table''s partitioned table, slots and sequences the owner of its view';
 
 -- DROP TABLE (or VIEW) of a distributed table (shard_ddl.c): the view, its
 -- partitioned table of slots and its serials' sequences go, as a table's
@@ -2503,7 +2485,7 @@ COMMENT ON VIEW ws.stat_rebalance IS
 	'Per shard map: slots waiting for ws.rebalance, slots and rows moved so far, and old slot tables still to drop';
 GRANT SELECT ON ws.stat_rebalance TO PUBLIC;
 
-REVOKE ALL ON FUNCTION ws._shard_exec(name, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._shard_exec(name, text, oid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._lock_slot(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws.distribute_table(regclass, name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._grant_commands(regclass, text) FROM PUBLIC;

@@ -116,11 +116,12 @@ distributed_view_of(RangeVar *rv, RangeVarGetRelidCallback callback)
 
 /*
  * distributed_sequences returns the sequences that the serial columns of a
- * distributed table owned, each checked to be the user's and locked, as
- * TRUNCATE ... RESTART IDENTITY checks and locks a table's sequences.
+ * distributed table owned, each locked and, to be restarted, checked to be
+ * the user's, as TRUNCATE ... RESTART IDENTITY checks and locks a table's
+ * sequences.
  */
 static List *
-distributed_sequences(Oid view)
+distributed_sequences(Oid view, bool to_restart)
 {
 	Datum		arg = ObjectIdGetDatum(view);
 	MemoryContext caller_context = CurrentMemoryContext;
@@ -149,7 +150,7 @@ distributed_sequences(Oid view)
 	{
 		Oid			sequence = lfirst_oid(lc);
 
-		if (!pg_class_ownercheck(sequence, GetUserId()))
+		if (to_restart && !pg_class_ownercheck(sequence, GetUserId()))
 			aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_SEQUENCE, get_rel_name(sequence));
 		LockRelationOid(sequence, AccessExclusiveLock);
 	}
@@ -200,7 +201,7 @@ truncate_distributed(List *views, bool restart_seqs, DropBehavior behavior)
 		foreach(slot, find_inheritance_children(ws_shard_partitioned_table(view), NoLock))
 			LockRelationOid(lfirst_oid(slot), AccessExclusiveLock);
 		if (restart_seqs && !list_member_oid(partitioned, ws_shard_partitioned_table(view)))
-			sequences = list_concat(sequences, distributed_sequences(RelationGetRelid(view)));
+			sequences = list_concat(sequences, distributed_sequences(RelationGetRelid(view), true));
 		partitioned = lappend_oid(partitioned, ws_shard_partitioned_table(view));
 	}
 	forboth(lc, views, lc2, partitioned)
@@ -396,26 +397,29 @@ distributed_relid(RangeVar *rv)
 }
 
 /*
- * call_with_relid passes the statement on, then runs sql, a query of the
- * extension's, with relid as its parameter.
+ * owner_changed gives a distributed table's partitioned table, slots and
+ * serials' sequences the owner of its view, which ALTER ... OWNER TO just
+ * changed (and checked the user's right to): the view's reads reach them
+ * as its owner.  Slots are locked before the partitioned table, in
+ * ws.rebalance's order.
  */
 static void
-call_with_relid(const char *sql, PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
-				ProcessUtilityContext context, ParamListInfo params,
-				QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc, Oid relid)
+owner_changed(Oid relid)
 {
-	Datum		arg = ObjectIdGetDatum(relid);
+	Relation	view = relation_open(relid, NoLock);
+	Oid			owner = view->rd_rel->relowner;
+	Oid			partitioned = ws_shard_partitioned_table(view);
+	List	   *slots = find_inheritance_children(partitioned, NoLock);
+	ListCell   *lc;
 
-	if (prev_process_utility != NULL)
-		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
-	CommandCounterIncrement();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args(sql, 1, (Oid[]) {REGCLASSOID}, &arg, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not run \"%s\"", sql);
-	SPI_finish();
+	foreach(lc, slots)
+		LockRelationOid(lfirst_oid(lc), AccessExclusiveLock);
+	ATExecChangeOwner(partitioned, owner, true, AccessExclusiveLock);
+	foreach(lc, find_inheritance_children(partitioned, AccessExclusiveLock))
+		ATExecChangeOwner(lfirst_oid(lc), owner, true, AccessExclusiveLock);
+	foreach(lc, distributed_sequences(relid, false))
+		ATExecChangeOwner(lfirst_oid(lc), owner, true, AccessExclusiveLock);
+	relation_close(view, NoLock);
 }
 
 /*
@@ -513,8 +517,14 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 			}
 			if (map != NULL && changes_owner)
 			{
-				call_with_relid("SELECT ws._owner_changed($1)", pstmt, queryString, readOnlyTree,
-								context, params, queryEnv, dest, qc, relid);
+				if (prev_process_utility != NULL)
+					prev_process_utility(pstmt, queryString, readOnlyTree, context, params,
+										 queryEnv, dest, qc);
+				else
+					standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+											queryEnv, dest, qc);
+				CommandCounterIncrement();
+				owner_changed(relid);
 				return;
 			}
 		}

@@ -209,6 +209,7 @@ static MemoryContext row_context = NULL;
 PG_FUNCTION_INFO_V1(write_scaling_route_insert);
 PG_FUNCTION_INFO_V1(write_scaling_route_flush);
 PG_FUNCTION_INFO_V1(write_scaling_shard_exec);
+PG_FUNCTION_INFO_V1(write_scaling_mapping_user);
 PG_FUNCTION_INFO_V1(write_scaling_lock_slot);
 PG_FUNCTION_INFO_V1(write_scaling_shard_stats);
 
@@ -361,11 +362,6 @@ connection_as(Oid serverid, Oid userid)
 	return conn;
 }
 
-static PGconn *
-connection(Oid serverid)
-{
-	return connection_as(serverid, GetUserId());
-}
 
 /*
  * wait_result waits, interruptibly, for conn's next result: that a COPY
@@ -406,17 +402,36 @@ remote_command(PGconn *conn, const char *sql)
 }
 
 /*
- * ws._shard_exec(server, sql) runs a command on a shard server inside this
- * transaction's remote transaction.
+ * ws._shard_exec(server, sql, as_user) runs a command on a shard server
+ * inside this transaction's remote transaction: the one of as_user's user
+ * mapping, or the current user's if as_user is 0.  Work on a distributed
+ * table that its writes in the same transaction must see passes the
+ * table's mapping user (ws._mapping_user).
  */
 Datum
 write_scaling_shard_exec(PG_FUNCTION_ARGS)
 {
 	Name		server = PG_GETARG_NAME(0);
 	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Oid			userid = PG_GETARG_OID(2);
 
-	remote_command(connection(GetForeignServerByName(NameStr(*server), false)->serverid), sql);
+	remote_command(connection_as(GetForeignServerByName(NameStr(*server), false)->serverid,
+								 OidIsValid(userid) ? userid : GetUserId()), sql);
 	PG_RETURN_VOID();
+}
+
+/*
+ * ws._mapping_user(table regclass) returns the role whose user mappings a
+ * distributed table's rows travel under (mapping_user).
+ */
+Datum
+write_scaling_mapping_user(PG_FUNCTION_ARGS)
+{
+	Relation	view = relation_open(PG_GETARG_OID(0), AccessShareLock);
+	Oid			userid = ws_shard_mapping_user(view);
+
+	relation_close(view, AccessShareLock);
+	PG_RETURN_OID(userid);
 }
 
 /*

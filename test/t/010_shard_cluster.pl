@@ -1464,6 +1464,39 @@ like($err, qr/ERROR:  cannot rename a column of distributed table "tick"/, 'rena
 is($coord->safe_psql('postgres', q{INSERT INTO moods.tick (note) VALUES ('after') RETURNING note}), 'after',
 	'and the table takes rows as before');
 
+# A superuser distributes a table with rows that another role owns: the
+# slot tables are made in the remote session the owner's user mapping
+# opens, which the rows then take.  Adding a column and inserting in one
+# transaction share that session too.  The owner, no superuser, can give
+# the table away.
+$coord->safe_psql('postgres', q{
+	CREATE ROLE tab_owner;
+	GRANT USAGE, CREATE ON SCHEMA moods TO tab_owner, ticker;
+	GRANT ticker TO tab_owner;
+	CREATE TABLE moods.owned (id int PRIMARY KEY, note text);
+	ALTER TABLE moods.owned OWNER TO tab_owner;
+	INSERT INTO moods.owned SELECT i, 'o' || i FROM generate_series(1, 300) i;
+} . join('', map {
+	"CREATE USER MAPPING FOR tab_owner SERVER $_ OPTIONS (user 'postgres', password_required 'false');" } qw(s1 s2 s3)));
+($ret, $out, $err) = $coord->psql('postgres', q{SELECT ws.distribute_table('moods.owned', 'id', 'm2')});
+is($ret, 0, 'a superuser distributes a table with rows that another role owns') or diag($err);
+is($coord->safe_psql('postgres', q{
+	SET statement_timeout = '30s';
+	BEGIN;
+	ALTER TABLE moods.owned ADD COLUMN tag text NOT NULL DEFAULT 'old';
+	INSERT INTO moods.owned VALUES (301, 'o301', 'new');
+	SELECT string_agg(tag || ':' || n, ' ' ORDER BY tag) FROM (SELECT tag, count(*) AS n FROM moods.owned GROUP BY tag) x;
+	COMMIT;}),
+	'new:1 old:300', 'and adds a column and a row in one transaction');
+($ret, $out, $err) = $coord->psql('postgres', q{SET ROLE tab_owner; ALTER TABLE moods.owned OWNER TO ticker;});
+is($ret, 0, 'its owner, no superuser, gives it to another role') or diag($err);
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) || ' ' || (SELECT string_agg(DISTINCT r.rolname, ',') FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
+							  WHERE c.oid IN (SELECT 'ws_dist.owned'::regclass UNION ALL
+											  SELECT inhrelid FROM pg_inherits WHERE inhparent = 'ws_dist.owned'::regclass))
+	FROM moods.owned}),
+	'301 ticker', 'which then owns its slots, and reads it');
+
 # --- ALTER TABLE ... ADD COLUMN ----------------------------------------------
 
 # Added columns reach every slot table on the shards; the rows stored get a
