@@ -14,8 +14,9 @@
  * the user mapping's libpq options, and the same session settings, so
  * values read back the same.  postgres_fdw lets a non-superuser connect
  * only with a password that the server asked for (a local server trusting
- * the OS user would otherwise be open to everyone); we follow the same
- * rule, and where it is not met, return no connection, so the caller takes
+ * the OS user would otherwise be open to everyone), unless a superuser gave
+ * the mapping password_required 'false'; we follow the same rule, and
+ * where it is not met, return no connection, so the caller takes
  * postgres_fdw's path, which then reports the problem.
  *
  * The connections live in a hash by user mapping (and whether its user is a
@@ -174,6 +175,7 @@ open_connection(OwnConnection *entry, UserMapping *user)
 	const char **keywords = palloc((list_length(options) + 3) * sizeof(char *));
 	const char **values = palloc((list_length(options) + 3) * sizeof(char *));
 	bool		has_password = false;
+	bool		password_required = true;
 	int			n = 0;
 	ListCell   *lc;
 	PGconn	   *conn;
@@ -184,6 +186,9 @@ open_connection(OwnConnection *entry, UserMapping *user)
 	{
 		DefElem    *option = lfirst(lc);
 
+		/* A superuser may have let the mapping go without (postgres_fdw). */
+		if (strcmp(option->defname, "password_required") == 0)
+			password_required = defGetBoolean(option);
 		if (!is_libpq_option(option->defname))
 			continue;
 		keywords[n] = option->defname;
@@ -198,7 +203,7 @@ open_connection(OwnConnection *entry, UserMapping *user)
 	values[n++] = GetDatabaseEncodingName();
 	keywords[n] = values[n] = NULL;
 
-	entry->refused = !entry->key.superuser && !has_password;
+	entry->refused = !entry->key.superuser && password_required && !has_password;
 	if (entry->refused)
 		return;
 	if (!AcquireExternalFD())
@@ -208,7 +213,7 @@ open_connection(OwnConnection *entry, UserMapping *user)
 	}
 	conn = PQconnectdbParams(keywords, values, false);
 	if (conn == NULL || PQstatus(conn) != CONNECTION_OK ||
-		(!entry->key.superuser && !PQconnectionUsedPassword(conn)))
+		(!entry->key.superuser && password_required && !PQconnectionUsedPassword(conn)))
 	{
 		entry->refused = conn != NULL && PQstatus(conn) == CONNECTION_OK;
 		strlcpy(connect_error, conn ? pchomp(PQerrorMessage(conn)) : "out of memory",

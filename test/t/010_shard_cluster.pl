@@ -18,6 +18,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use IPC::Run;
+use List::Util qw(sum);
 use Test::More;
 
 my $vnodes = 32;
@@ -1496,6 +1497,14 @@ is($coord->safe_psql('postgres', q{
 											  SELECT inhrelid FROM pg_inherits WHERE inhparent = 'ws_dist.owned'::regclass))
 	FROM moods.owned}),
 	'301 ticker', 'which then owns its slots, and reads it');
+# Its user mappings need no password (password_required 'false', which a
+# superuser set), so an autocommit single row goes alone on a connection of
+# write_scaling's, under the new owner's mapping, as postgres_fdw would.
+my $alone = $coord->background_psql('postgres');
+$alone->query_safe(q{INSERT INTO moods.owned VALUES (302, 'alone', 'x')});
+is(sum(map { own_connections($_, q{query LIKE 'INSERT INTO moods.owned_s%'}) } qw(s1 s2 s3)), 1,
+	'a non-superuser owner\'s mapping with password_required \'false\' serves the single-row path');
+$alone->quit;
 
 # --- ALTER TABLE ... ADD COLUMN ----------------------------------------------
 
