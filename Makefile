@@ -20,7 +20,7 @@ OBJS = \
 	src/shard_conn.o \
 	src/shard_defer.o \
 	src/shard_guard.o \
-	src/shard_ddl.o \
+	src/shard_utility.o \
 	src/shard_stream.o \
 	src/shard_route.o \
 	src/bulk.o \

@@ -1933,7 +1933,7 @@ AS 'MODULE_PATHNAME', 'write_scaling_default_is_volatile';
 COMMENT ON FUNCTION ws._default_is_volatile(regclass, smallint) IS
 	'Internal: whether a column''s default calls a volatile function';
 
--- ALTER TABLE ... ADD COLUMN on a distributed table (shard_ddl.c): the
+-- ALTER TABLE ... ADD COLUMN on a distributed table (shard_utility.c): the
 -- columns were added to its partitioned table of slots (and so to every
 -- slot's foreign table), which the caller locked after the view and the
 -- map's row.  Here they go to the shards' tables, to the view and to
@@ -2047,7 +2047,7 @@ $$;
 COMMENT ON FUNCTION ws._columns_added(regclass) IS
 	'Internal: takes columns added to a distributed table''s partitioned table to its shards, its view and ws.distributed_tables';
 
--- DROP TABLE (or VIEW) of a distributed table (shard_ddl.c): the view, its
+-- DROP TABLE (or VIEW) of a distributed table (shard_utility.c): the view, its
 -- partitioned table of slots and its serials' sequences go, as a table's
 -- owned sequences go with it; the tables on the shards are queued in
 -- ws.shard_cleanup, dropped by the next ws.rebalance of any map once the

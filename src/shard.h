@@ -41,8 +41,8 @@ extern void ws_route_stream_statement_end(void);
 /* shard_guard.c */
 extern void ws_shard_guard_register(void);
 
-/* shard_ddl.c */
-extern void ws_shard_ddl_register(void);
+/* shard_utility.c */
+extern void ws_shard_utility_register(void);
 
 /* shard_stream.c */
 extern void ws_shard_stream_register(void);

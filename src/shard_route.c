@@ -2384,7 +2384,7 @@ ws_shard_register_callbacks(void)
 {
 	/* Callbacks run newest first: the check of unsent rows before the wait. */
 	ws_shard_stream_register();	/* before shard_defer.c's hooks, inside them */
-	ws_shard_ddl_register();
+	ws_shard_utility_register();
 	ws_defer_register();
 	ws_shard_guard_register();
 	RegisterXactCallback(route_xact_callback, NULL);

@@ -1506,6 +1506,13 @@ is(sum(map { own_connections($_, q{query LIKE 'INSERT INTO moods.owned_s%'}) } q
 	'a non-superuser owner\'s mapping with password_required \'false\' serves the single-row path');
 $alone->quit;
 
+# COPY ... TO copies a distributed table as it would a table.
+my $copied = $coord->safe_psql('postgres', q{COPY moods.owned TO STDOUT});
+is(scalar(split /\n/, $copied) . ' ' . ($copied =~ /^302\talone\tx$/m ? 'has 302' : 'lacks 302'), '302 has 302',
+	'COPY ... TO STDOUT of a distributed table copies every row');
+is($coord->safe_psql('postgres', q{COPY moods.owned (tag, id) TO STDOUT (FORMAT csv)}) =~ /^new,301$/m ? 'columns' : 'no',
+	'columns', 'and the columns it names, in their order');
+
 # --- ALTER TABLE ... ADD COLUMN ----------------------------------------------
 
 # Added columns reach every slot table on the shards; the rows stored get a

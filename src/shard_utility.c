@@ -1,13 +1,13 @@
 /*-------------------------------------------------------------------------
  *
- * shard_ddl.c
- *	  TRUNCATE, DROP, ALTER TABLE ... ADD COLUMN and OWNER TO on a
- *	  distributed table, and the renames it refuses.
+ * shard_utility.c
+ *	  Utility commands on a distributed table: TRUNCATE, DROP, COPY ... TO,
+ *	  ALTER TABLE ... ADD COLUMN and OWNER TO, and the renames it refuses.
  *
- * A distributed table is a view, which TRUNCATE and ADD COLUMN refuse,
- * and which DROP would drop alone.  Its rows
- * live in the slot tables on the shards, behind ws_dist.<table>, a
- * partitioned table of postgres_fdw foreign tables, one per slot.  Remote
+ * A distributed table is a view, which TRUNCATE, COPY ... TO and ADD
+ * COLUMN refuse, and which DROP would drop alone.  Its rows live in the
+ * slot tables on the shards, behind ws_dist.<table>, a partitioned table of
+ * postgres_fdw foreign tables, one per slot.  Remote
  * work happens in postgres_fdw's remote transactions, so a rollback takes
  * it back everywhere (a failed commit may not: there is no two-phase
  * commit).
@@ -18,6 +18,9 @@
  * checked is the view's: TRUNCATE on it.  RESTART IDENTITY restarts the sequences the
  * table's serial columns owned before it was distributed
  * (ws.distributed_sequences), which no column owns now.
+ *
+ * COPY ... TO of a distributed table copies from SELECT of its columns, as
+ * PostgreSQL does for a view only when asked with COPY (SELECT ...) TO.
  *
  * DROP TABLE (or VIEW) of a distributed table drops the view, ws_dist.<table>
  * and its serials' sequences, and queues the tables on the shards in
@@ -423,6 +426,33 @@ owner_changed(Oid relid)
 }
 
 /*
+ * select_columns returns the raw parse tree of SELECT columns FROM rv, or
+ * of SELECT * if columns (names, as COPY's column list has them) is empty.
+ */
+static SelectStmt *
+select_columns(RangeVar *rv, List *columns)
+{
+	SelectStmt *select = makeNode(SelectStmt);
+	ListCell   *lc;
+
+	if (columns == NIL)
+		columns = list_make1(NULL);
+	foreach(lc, columns)
+	{
+		ColumnRef  *column = makeNode(ColumnRef);
+		ResTarget  *target = makeNode(ResTarget);
+
+		column->fields = list_make1(lfirst(lc) != NULL ? copyObject(lfirst(lc)) : (Node *) makeNode(A_Star));
+		column->location = -1;
+		target->val = (Node *) column;
+		target->location = -1;
+		select->targetList = lappend(select->targetList, target);
+	}
+	select->fromClause = list_make1(copyObject(rv));
+	return select;
+}
+
+/*
  * drop_distributed drops a distributed table (ws._drop_distributed).
  */
 static void
@@ -573,6 +603,22 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 			return;
 		}
 	}
+	else if (IsA(statement, CopyStmt) && !((CopyStmt *) statement)->is_from &&
+			 ((CopyStmt *) statement)->relation != NULL)
+	{
+		CopyStmt   *copy = (CopyStmt *) statement;
+		Oid			relid = distributed_relid(copy->relation);
+
+		if (OidIsValid(relid) && distributed_map(relid) != NULL)
+		{
+			pstmt = copyObject(pstmt);
+			copy = (CopyStmt *) pstmt->utilityStmt;
+			copy->query = (Node *) select_columns(copy->relation, copy->attlist);
+			copy->relation = NULL;
+			copy->attlist = NIL;
+			readOnlyTree = false;
+		}
+	}
 	else if (IsA(statement, RenameStmt) &&
 			 ((RenameStmt *) statement)->renameType == OBJECT_COLUMN &&
 			 ((RenameStmt *) statement)->relation != NULL)
@@ -596,10 +642,10 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 }
 
 /*
- * ws_shard_ddl_register installs the utility hook; called from _PG_init.
+ * ws_shard_utility_register installs the utility hook; called from _PG_init.
  */
 void
-ws_shard_ddl_register(void)
+ws_shard_utility_register(void)
 {
 	prev_process_utility = ProcessUtility_hook;
 	ProcessUtility_hook = ddl_process_utility;
