@@ -2047,49 +2047,63 @@ $$;
 COMMENT ON FUNCTION ws._columns_added(regclass) IS
 	'Internal: takes columns added to a distributed table''s partitioned table to its shards, its view and ws.distributed_tables';
 
--- DROP TABLE (or VIEW) of a distributed table (shard_utility.c): the view, its
--- partitioned table of slots and its serials' sequences go, as a table's
--- owned sequences go with it; the tables on the shards are queued in
--- ws.shard_cleanup, dropped by the next ws.rebalance of any map once the
--- drop has committed (dropping them now could not be taken back).
-CREATE FUNCTION ws._drop_distributed(p_table regclass, p_cascade boolean)
-RETURNS void
+-- A distributed table's view dropped, however (DROP TABLE or DROP VIEW of
+-- it, DROP SCHEMA ... CASCADE, DROP OWNED): what lies behind it goes too.
+-- Its partitioned table of slots goes, and its serials' sequences unless
+-- another default uses them (a table's owned sequences go with it); its
+-- tables on the shards are queued in ws.shard_cleanup, dropped by the next
+-- ws.rebalance of any map once the drop has committed (dropping them now
+-- could not be taken back).  PostgreSQL checked the right to drop the view;
+-- the rest is the extension's, so this runs as its owner.
+CREATE FUNCTION ws._distributed_view_dropped()
+RETURNS event_trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	o record;
 	d ws.distributed_tables;
-	s record;
-	behavior text := CASE WHEN p_cascade THEN ' CASCADE' ELSE '' END;
+	q record;
 BEGIN
-	-- Serialised with ws.rebalance, as ws.undistribute_table is.
-	PERFORM FROM ws.shard_maps m
-	WHERE m.map = (SELECT x.map FROM ws.distributed_tables x WHERE x.table_name = p_table) FOR UPDATE;
-	EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p_table);
-	SELECT * INTO d FROM ws.distributed_tables x WHERE x.table_name = p_table;
-	INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
-	SELECT DISTINCT x.server, d.remote_schema, ws._shard_table(d.remote_table)
-	FROM (SELECT srv.srvname AS server
-		  FROM pg_inherits i
-		  JOIN pg_foreign_table ft ON ft.ftrelid = i.inhrelid
-		  JOIN pg_foreign_server srv ON srv.oid = ft.ftserver
-		  WHERE i.inhparent = d.partitioned
-		  UNION SELECT y.placed_on FROM ws.shard_slots y WHERE y.map = d.map AND y.placed_on IS NOT NULL
-		  UNION SELECT y.owner FROM ws.shard_slots y WHERE y.map = d.map AND y.owner IS NOT NULL) x
-	ON CONFLICT DO NOTHING;
-	DELETE FROM ws.distributed_tables x WHERE x.table_name = p_table;
-	EXECUTE format('DROP VIEW %s%s', p_table, behavior);
-	EXECUTE format('DROP TABLE %s', d.partitioned);
-	FOR s IN DELETE FROM ws.distributed_sequences q WHERE q.table_name = p_table RETURNING q.sequence LOOP
-		EXECUTE format('DROP SEQUENCE %s%s', s.sequence, behavior);
+	FOR o IN SELECT x.objid FROM pg_event_trigger_dropped_objects() x
+			 WHERE x.classid = 'pg_class'::regclass AND x.objsubid = 0 AND x.object_type = 'view' LOOP
+		SELECT * INTO d FROM ws.distributed_tables t WHERE t.table_name::oid = o.objid;
+		CONTINUE WHEN NOT FOUND;
+		-- Serialised with ws.rebalance, as ws.undistribute_table is.
+		PERFORM FROM ws.shard_maps m WHERE m.map = d.map FOR UPDATE;
+		INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
+		SELECT DISTINCT x.server, d.remote_schema, ws._shard_table(d.remote_table)
+		FROM (SELECT srv.srvname AS server
+			  FROM pg_inherits i
+			  JOIN pg_foreign_table ft ON ft.ftrelid = i.inhrelid
+			  JOIN pg_foreign_server srv ON srv.oid = ft.ftserver
+			  WHERE i.inhparent = d.partitioned
+			  UNION SELECT y.placed_on FROM ws.shard_slots y WHERE y.map = d.map AND y.placed_on IS NOT NULL
+			  UNION SELECT y.owner FROM ws.shard_slots y WHERE y.map = d.map AND y.owner IS NOT NULL) x
+		ON CONFLICT DO NOTHING;
+		DELETE FROM ws.distributed_tables t WHERE t.table_name::oid = o.objid;
+		EXECUTE format('DROP TABLE %s', d.partitioned);
+		FOR q IN DELETE FROM ws.distributed_sequences x WHERE x.table_name::oid = o.objid
+				 RETURNING x.sequence::oid AS seq LOOP
+			IF EXISTS (SELECT FROM pg_class c WHERE c.oid = q.seq)
+			   AND NOT EXISTS (SELECT FROM pg_depend p
+							   WHERE p.refclassid = 'pg_class'::regclass AND p.refobjid = q.seq
+								 AND p.classid = 'pg_attrdef'::regclass) THEN
+				EXECUTE format('DROP SEQUENCE %s', q.seq::regclass);
+			END IF;
+		END LOOP;
+		PERFORM ws._shard_maps_changed();
+		RAISE NOTICE 'the tables of distributed table "%" on its shards are dropped by the next ws.rebalance',
+			d.remote_table
+			USING DETAIL = 'ws.shard_cleanup lists them.';
 	END LOOP;
-	PERFORM ws._shard_maps_changed();
-	RAISE NOTICE 'the tables of "%" on its shards are dropped by the next ws.rebalance', d.remote_table
-		USING DETAIL = 'ws.shard_cleanup lists them.';
 END
 $$;
-COMMENT ON FUNCTION ws._drop_distributed(regclass, boolean) IS
-	'Internal: drops a distributed table here and queues its tables on the shards for ws.rebalance to drop';
+COMMENT ON FUNCTION ws._distributed_view_dropped() IS
+	'Internal: when a distributed table''s view is dropped, drops what lies behind it and queues its tables on the shards for ws.rebalance to drop';
+CREATE EVENT TRIGGER ws_distributed_view_dropped ON sql_drop
+	EXECUTE FUNCTION ws._distributed_view_dropped();
 
 -- Moves one slot of one distributed table to to_server: copies its rows,
 -- checks both sides count the same, and switches the slot's foreign table,
@@ -2496,7 +2510,7 @@ REVOKE ALL ON PROCEDURE ws._drop_old_copies(boolean) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.rebalance(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._undistribute(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._columns_added(regclass) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ws._drop_distributed(regclass, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._distributed_view_dropped() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._default_is_volatile(regclass, smallint) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.undistribute_table(regclass, bigint) FROM PUBLIC;
 

@@ -4,8 +4,8 @@
  *	  Utility commands on a distributed table: TRUNCATE, DROP, COPY ... TO,
  *	  ALTER TABLE ... ADD COLUMN and OWNER TO, and the renames it refuses.
  *
- * A distributed table is a view, which TRUNCATE, COPY ... TO and ADD
- * COLUMN refuse, and which DROP would drop alone.  Its rows live in the
+ * A distributed table is a view, which TRUNCATE, COPY ... TO, ADD COLUMN
+ * and DROP TABLE refuse.  Its rows live in the
  * slot tables on the shards, behind ws_dist.<table>, a partitioned table of
  * postgres_fdw foreign tables, one per slot.  Remote
  * work happens in postgres_fdw's remote transactions, so a rollback takes
@@ -22,9 +22,9 @@
  * COPY ... TO of a distributed table copies from SELECT of its columns, as
  * PostgreSQL does for a view only when asked with COPY (SELECT ...) TO.
  *
- * DROP TABLE (or VIEW) of a distributed table drops the view, ws_dist.<table>
- * and its serials' sequences, and queues the tables on the shards in
- * ws.shard_cleanup: ws.rebalance drops them, after the drop committed.
+ * DROP TABLE of a distributed table drops its view, as DROP VIEW would; an
+ * event trigger (ws._distributed_view_dropped) drops what lies behind a
+ * distributed table's view however it goes.
  *
  * A new owner of the view (ALTER TABLE or ALTER VIEW ... OWNER TO) becomes
  * the owner of ws_dist.<table>, its slots and its serials' sequences too:
@@ -76,6 +76,21 @@
 #include "shard.h"
 
 static ProcessUtility_hook_type prev_process_utility = NULL;
+
+/*
+ * pass_on runs a statement of ours, made from the user's, through the
+ * hooks after this one.
+ */
+static void
+pass_on(PlannedStmt *pstmt, const char *queryString, ProcessUtilityContext context,
+		ParamListInfo params, QueryEnvironment *queryEnv, DestReceiver *dest,
+		QueryCompletion *qc)
+{
+	if (prev_process_utility != NULL)
+		prev_process_utility(pstmt, queryString, false, context, params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, false, context, params, queryEnv, dest, qc);
+}
 
 /*
  * check_truncate_privilege checks, before the relation is locked, that the
@@ -372,10 +387,7 @@ add_columns(Oid relid, const char *map, PlannedStmt *pstmt, const char *queryStr
 	alter = (AlterTableStmt *) pstmt->utilityStmt;
 	alter->relation = makeRangeVar(get_namespace_name(get_rel_namespace(partitioned)),
 								   get_rel_name(partitioned), -1);
-	if (prev_process_utility != NULL)
-		prev_process_utility(pstmt, queryString, false, context, params, queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, false, context, params, queryEnv, dest, qc);
+	pass_on(pstmt, queryString, context, params, queryEnv, dest, qc);
 	CommandCounterIncrement();
 
 	arg = ObjectIdGetDatum(relid);
@@ -453,22 +465,6 @@ select_columns(RangeVar *rv, List *columns)
 }
 
 /*
- * drop_distributed drops a distributed table (ws._drop_distributed).
- */
-static void
-drop_distributed(Oid relid, bool cascade)
-{
-	Datum		args[2] = {ObjectIdGetDatum(relid), BoolGetDatum(cascade)};
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT ws._drop_distributed($1, $2)", 2, (Oid[]) {REGCLASSOID, BOOLOID},
-							  args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not drop distributed table");
-	SPI_finish();
-}
-
-/*
  * ddl_process_utility takes TRUNCATE and ALTER TABLE ... ADD COLUMN of
  * distributed tables (see the file header) and passes on everything else.
  */
@@ -505,12 +501,7 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 			{
 				pstmt = copyObject(pstmt);
 				((TruncateStmt *) pstmt->utilityStmt)->relations = others;
-				if (prev_process_utility != NULL)
-					prev_process_utility(pstmt, queryString, false, context, params,
-										 queryEnv, dest, qc);
-				else
-					standard_ProcessUtility(pstmt, queryString, false, context, params,
-											queryEnv, dest, qc);
+				pass_on(pstmt, queryString, context, params, queryEnv, dest, qc);
 			}
 			truncate_distributed(views, stmt->restart_seqs, stmt->behavior);
 			if (qc)
@@ -559,47 +550,37 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 			}
 		}
 	}
-	else if (IsA(statement, DropStmt) &&
-			 (((DropStmt *) statement)->removeType == OBJECT_TABLE ||
-			  ((DropStmt *) statement)->removeType == OBJECT_VIEW))
+	else if (IsA(statement, DropStmt) && ((DropStmt *) statement)->removeType == OBJECT_TABLE)
 	{
 		DropStmt   *drop = (DropStmt *) statement;
-		List	   *others = NIL;
 		List	   *tables = NIL;
+		List	   *views = NIL;
 		ListCell   *lc;
 
 		foreach(lc, drop->objects)
 		{
-			RangeVar   *rv = makeRangeVarFromNameList(lfirst(lc));
-			Oid			relid = distributed_relid(rv);
+			Oid			relid = distributed_relid(makeRangeVarFromNameList(lfirst(lc)));
 
 			if (OidIsValid(relid) && distributed_map(relid) != NULL)
-			{
-				if (!pg_class_ownercheck(relid, GetUserId()) &&
-					!pg_namespace_ownercheck(get_rel_namespace(relid), GetUserId()))
-					aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, rv->relname);
-				tables = list_append_unique_oid(tables, relid);
-			}
+				views = lappend(views, lfirst(lc));
 			else
-				others = lappend(others, lfirst(lc));
+				tables = lappend(tables, lfirst(lc));
 		}
-		if (tables != NIL)
+		if (views != NIL)
 		{
-			PreventCommandIfReadOnly(drop->removeType == OBJECT_TABLE ? "DROP TABLE" : "DROP VIEW");
-			PreventCommandIfParallelMode(drop->removeType == OBJECT_TABLE ? "DROP TABLE" : "DROP VIEW");
-			if (others != NIL)
+			/* The tables, then the views: an event trigger does the rest. */
+			pstmt = copyObject(pstmt);
+			drop = (DropStmt *) pstmt->utilityStmt;
+			if (tables != NIL)
 			{
-				pstmt = copyObject(pstmt);
-				((DropStmt *) pstmt->utilityStmt)->objects = others;
-				if (prev_process_utility != NULL)
-					prev_process_utility(pstmt, queryString, false, context, params, queryEnv, dest, qc);
-				else
-					standard_ProcessUtility(pstmt, queryString, false, context, params, queryEnv, dest, qc);
+				drop->objects = tables;
+				pass_on(pstmt, queryString, context, params, queryEnv, dest, qc);
 			}
-			foreach(lc, tables)
-				drop_distributed(lfirst_oid(lc), drop->behavior == DROP_CASCADE);
+			drop->objects = views;
+			drop->removeType = OBJECT_VIEW;
+			pass_on(pstmt, queryString, context, params, queryEnv, dest, qc);
 			if (qc)
-				SetQueryCompletion(qc, drop->removeType == OBJECT_TABLE ? CMDTAG_DROP_TABLE : CMDTAG_DROP_VIEW, 0);
+				SetQueryCompletion(qc, CMDTAG_DROP_TABLE, 0);
 			return;
 		}
 	}

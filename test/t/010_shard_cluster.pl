@@ -1738,7 +1738,8 @@ $coord->safe_psql('postgres', q{
 });
 ($ret, $out, $err) = $coord->psql('postgres', q{DROP TABLE moods.gone, moods.gone_too});
 is($ret, 0, 'DROP TABLE drops a distributed table with another table') or diag($err);
-like($err, qr/NOTICE:  the tables of "gone" on its shards are dropped by the next ws\.rebalance/, 'and says when its shards\' tables go');
+like($err, qr/NOTICE:  the tables of distributed table "gone" on its shards are dropped by the next ws\.rebalance/,
+	'and says when its shards\' tables go');
 is($coord->safe_psql('postgres', q{
 	SELECT (to_regclass('moods.gone') IS NULL AND to_regclass('moods.gone_too') IS NULL
 			AND to_regclass('ws_dist.gone') IS NULL AND to_regclass('moods.gone_id_seq') IS NULL)::text || ' ' ||
@@ -1748,9 +1749,28 @@ is($coord->safe_psql('postgres', q{
 	'true 0 0 3', 'the view, its partitioned table, its sequence and its catalog rows are gone; its shards\' tables are queued');
 is($shard{s1}->safe_psql('postgres', q{SELECT count(*) FROM moods.gone_shard}) > 0 ? 'kept' : 'empty', 'kept',
 	'the rows stay on the shards until the drop has committed and a rebalance runs');
+
+# However its view goes: a non-superuser owner's DROP TABLE, and DROP
+# SCHEMA ... CASCADE, take what lies behind it too.
+($ret, $out, $err) = $coord->psql('postgres', q{SET ROLE ticker; DROP TABLE moods.owned;});
+is($ret, 0, 'the owner of a distributed table, no superuser, drops it') or diag($err);
+$coord->safe_psql('postgres', q{
+	CREATE SCHEMA scratch;
+	CREATE TABLE scratch.temp (id int PRIMARY KEY);
+	SELECT ws.distribute_table('scratch.temp', 'id', 'm2');
+	INSERT INTO scratch.temp SELECT generate_series(1, 50);
+	DROP SCHEMA scratch CASCADE;
+});
+is($coord->safe_psql('postgres', q{
+	SELECT (to_regclass('ws_dist.owned') IS NULL AND to_regclass('ws_dist.temp') IS NULL)::text || ' ' ||
+		   (SELECT count(*) FROM ws.distributed_tables WHERE remote_table IN ('owned', 'temp')) || ' ' ||
+		   (SELECT count(*) FROM ws.shard_cleanup WHERE remote_table IN ('owned_shard', 'temp_shard'))}),
+	'true 0 6', 'as DROP SCHEMA ... CASCADE does for one in the schema');
+
 $coord->safe_psql('postgres', q{CALL ws.rebalance('m2')});
-is(join(' ', map { $shard{$_}->safe_psql('postgres', q{SELECT count(*) FROM pg_class WHERE relname LIKE 'gone%'}) } qw(s1 s2 s3))
-	  . ' ' . $coord->safe_psql('postgres', q{SELECT count(*) FROM ws.shard_cleanup WHERE remote_table = 'gone_shard'}),
-	'0 0 0 0', 'ws.rebalance drops them on every shard');
+is(join(' ', map { $shard{$_}->safe_psql('postgres', q{
+		SELECT count(*) FROM pg_class WHERE relname LIKE 'gone%' OR relname LIKE 'owned%' OR relname LIKE 'temp%'}) } qw(s1 s2 s3))
+	  . ' ' . $coord->safe_psql('postgres', q{SELECT count(*) FROM ws.shard_cleanup WHERE remote_table IN ('gone_shard', 'owned_shard', 'temp_shard')}),
+	'0 0 0 0', 'ws.rebalance drops their tables on every shard');
 
 done_testing();
