@@ -2047,14 +2047,17 @@ $$;
 COMMENT ON FUNCTION ws._columns_added(regclass) IS
 	'Internal: takes columns added to a distributed table''s partitioned table to its shards, its view and ws.distributed_tables';
 
--- A distributed table's view dropped, however (DROP TABLE or DROP VIEW of
--- it, DROP SCHEMA ... CASCADE, DROP OWNED): what lies behind it goes too.
--- Its partitioned table of slots goes, and its serials' sequences unless
--- another default uses them (a table's owned sequences go with it); its
--- tables on the shards are queued in ws.shard_cleanup, dropped by the next
--- ws.rebalance of any map once the drop has committed (dropping them now
--- could not be taken back).  PostgreSQL checked the right to drop the view;
--- the rest is the extension's, so this runs as its owner.
+-- A distributed table's view dropped by DROP TABLE or DROP VIEW of it, by
+-- DROP OWNED, or with its schema: what lies behind it goes too, as a
+-- table's storage would.  Its partitioned table of slots goes, and its
+-- serials' sequences unless something else uses them (a table's owned
+-- sequences go with it); its tables on the shards are queued in
+-- ws.shard_cleanup, dropped by the next ws.rebalance of any map once the
+-- drop has committed (dropping them now could not be taken back).  A view
+-- dropped as a dependent of something else (DROP TYPE ... CASCADE), where a
+-- table would lose a column, not its rows, is refused.  PostgreSQL checked
+-- the right to drop the view; the rest is the extension's, so this runs as
+-- its owner.
 CREATE FUNCTION ws._distributed_view_dropped()
 RETURNS event_trigger
 LANGUAGE plpgsql
@@ -2064,12 +2067,25 @@ AS $$
 DECLARE
 	o record;
 	d ws.distributed_tables;
+	owner oid;
 	q record;
 BEGIN
-	FOR o IN SELECT x.objid FROM pg_event_trigger_dropped_objects() x
+	-- Sequences dropped on their own leave no row behind.
+	DELETE FROM ws.distributed_sequences x
+	WHERE x.sequence::oid IN (SELECT y.objid FROM pg_event_trigger_dropped_objects() y
+							  WHERE y.classid = 'pg_class'::regclass AND y.object_type = 'sequence');
+	FOR o IN SELECT x.objid, x.original, x.schema_name, x.object_identity FROM pg_event_trigger_dropped_objects() x
 			 WHERE x.classid = 'pg_class'::regclass AND x.objsubid = 0 AND x.object_type = 'view' LOOP
 		SELECT * INTO d FROM ws.distributed_tables t WHERE t.table_name::oid = o.objid;
 		CONTINUE WHEN NOT FOUND;
+		IF NOT o.original AND NOT EXISTS (SELECT FROM pg_event_trigger_dropped_objects() y
+										  WHERE y.object_type = 'schema' AND y.object_name = o.schema_name) THEN
+			RAISE EXCEPTION 'cannot drop distributed table "%" because something it depends on is dropped',
+				o.object_identity
+				USING ERRCODE = 'dependent_objects_still_exist',
+					  DETAIL = 'A table would lose a column; a distributed table would lose its rows.',
+					  HINT = 'Drop the distributed table first, or take it back with ws.undistribute_table.';
+		END IF;
 		-- Serialised with ws.rebalance, as ws.undistribute_table is.
 		PERFORM FROM ws.shard_maps m WHERE m.map = d.map FOR UPDATE;
 		INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
@@ -2083,13 +2099,17 @@ BEGIN
 			  UNION SELECT y.owner FROM ws.shard_slots y WHERE y.map = d.map AND y.owner IS NOT NULL) x
 		ON CONFLICT DO NOTHING;
 		DELETE FROM ws.distributed_tables t WHERE t.table_name::oid = o.objid;
-		EXECUTE format('DROP TABLE %s', d.partitioned);
+		-- DROP OWNED drops it with the view: its owner owns both.
+		SELECT c.relowner INTO owner FROM pg_class c WHERE c.oid = d.partitioned::oid;
+		IF FOUND THEN
+			EXECUTE format('DROP TABLE %s', d.partitioned);
+		END IF;
 		FOR q IN DELETE FROM ws.distributed_sequences x WHERE x.table_name::oid = o.objid
 				 RETURNING x.sequence::oid AS seq LOOP
-			IF EXISTS (SELECT FROM pg_class c WHERE c.oid = q.seq)
+			IF EXISTS (SELECT FROM pg_class c WHERE c.oid = q.seq AND c.relkind = 'S' AND c.relowner = owner)
 			   AND NOT EXISTS (SELECT FROM pg_depend p
 							   WHERE p.refclassid = 'pg_class'::regclass AND p.refobjid = q.seq
-								 AND p.classid = 'pg_attrdef'::regclass) THEN
+								 AND p.deptype = 'n') THEN
 				EXECUTE format('DROP SEQUENCE %s', q.seq::regclass);
 			END IF;
 		END LOOP;
@@ -2104,6 +2124,8 @@ COMMENT ON FUNCTION ws._distributed_view_dropped() IS
 	'Internal: when a distributed table''s view is dropped, drops what lies behind it and queues its tables on the shards for ws.rebalance to drop';
 CREATE EVENT TRIGGER ws_distributed_view_dropped ON sql_drop
 	EXECUTE FUNCTION ws._distributed_view_dropped();
+-- With session_replication_role = replica too: nothing may be left behind.
+ALTER EVENT TRIGGER ws_distributed_view_dropped ENABLE ALWAYS;
 
 -- Moves one slot of one distributed table to to_server: copies its rows,
 -- checks both sides count the same, and switches the slot's foreign table,
@@ -2511,6 +2533,7 @@ REVOKE ALL ON PROCEDURE ws.rebalance(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._undistribute(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._columns_added(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._distributed_view_dropped() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._mapping_user(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._default_is_volatile(regclass, smallint) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.undistribute_table(regclass, bigint) FROM PUBLIC;
 

@@ -58,6 +58,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
+#include "commands/copy.h"
 #include "commands/sequence.h"
 #include "commands/tablecmds.h"
 #include "executor/spi.h"
@@ -439,14 +440,18 @@ owner_changed(Oid relid)
 
 /*
  * select_columns returns the raw parse tree of SELECT columns FROM rv, or
- * of SELECT * if columns (names, as COPY's column list has them) is empty.
+ * of SELECT * if columns (names, as COPY's column list has them) is empty,
+ * after COPY's own checks of the list on the view relid.
  */
 static SelectStmt *
-select_columns(RangeVar *rv, List *columns)
+select_columns(RangeVar *rv, Oid relid, List *columns)
 {
 	SelectStmt *select = makeNode(SelectStmt);
+	Relation	view = relation_open(relid, AccessShareLock);
 	ListCell   *lc;
 
+	(void) CopyGetAttnums(RelationGetDescr(view), view, columns);
+	relation_close(view, NoLock);
 	if (columns == NIL)
 		columns = list_make1(NULL);
 	foreach(lc, columns)
@@ -454,7 +459,10 @@ select_columns(RangeVar *rv, List *columns)
 		ColumnRef  *column = makeNode(ColumnRef);
 		ResTarget  *target = makeNode(ResTarget);
 
-		column->fields = list_make1(lfirst(lc) != NULL ? copyObject(lfirst(lc)) : (Node *) makeNode(A_Star));
+		/* Qualified: a column named as the table is not the whole row. */
+		column->fields = lfirst(lc) != NULL ?
+			list_make2(makeString(rv->relname), copyObject(lfirst(lc))) :
+			list_make1(makeNode(A_Star));
 		column->location = -1;
 		target->val = (Node *) column;
 		target->location = -1;
@@ -594,7 +602,7 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 		{
 			pstmt = copyObject(pstmt);
 			copy = (CopyStmt *) pstmt->utilityStmt;
-			copy->query = (Node *) select_columns(copy->relation, copy->attlist);
+			copy->query = (Node *) select_columns(copy->relation, relid, copy->attlist);
 			copy->relation = NULL;
 			copy->attlist = NIL;
 			readOnlyTree = false;

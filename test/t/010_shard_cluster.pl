@@ -1512,6 +1512,10 @@ is(scalar(split /\n/, $copied) . ' ' . ($copied =~ /^302\talone\tx$/m ? 'has 302
 	'COPY ... TO STDOUT of a distributed table copies every row');
 is($coord->safe_psql('postgres', q{COPY moods.owned (tag, id) TO STDOUT (FORMAT csv)}) =~ /^new,301$/m ? 'columns' : 'no',
 	'columns', 'and the columns it names, in their order');
+($ret, $out, $err) = $coord->psql('postgres', q{COPY moods.owned (note, note) TO STDOUT});
+like($err, qr/ERROR:  column "note" specified more than once/, 'a column named twice is refused, as COPY refuses it');
+($ret, $out, $err) = $coord->psql('postgres', q{COPY moods.owned (owned) TO STDOUT});
+like($err, qr/ERROR:  column "owned" of relation "owned" does not exist/, 'and a column the table lacks, even named as the table');
 
 # --- ALTER TABLE ... ADD COLUMN ----------------------------------------------
 
@@ -1767,10 +1771,38 @@ is($coord->safe_psql('postgres', q{
 		   (SELECT count(*) FROM ws.shard_cleanup WHERE remote_table IN ('owned_shard', 'temp_shard'))}),
 	'true 0 6', 'as DROP SCHEMA ... CASCADE does for one in the schema');
 
+# DROP OWNED BY its owner drops a distributed table and its partitioned
+# table in one go.
+$coord->safe_psql('postgres', q{
+	CREATE ROLE leaver;
+	GRANT USAGE, CREATE ON SCHEMA moods TO leaver;
+	CREATE TABLE moods.left_behind (id int PRIMARY KEY);
+	ALTER TABLE moods.left_behind OWNER TO leaver;
+} . join('', map {
+	"CREATE USER MAPPING FOR leaver SERVER $_ OPTIONS (user 'postgres', password_required 'false');" } qw(s1 s2 s3)) . q{
+	SELECT ws.distribute_table('moods.left_behind', 'id', 'm2');
+	INSERT INTO moods.left_behind SELECT generate_series(1, 30);
+});
+($ret, $out, $err) = $coord->psql('postgres', q{DROP OWNED BY leaver});
+is($ret, 0, 'DROP OWNED BY the owner of a distributed table drops it') or diag($err);
+is($coord->safe_psql('postgres', q{
+	SELECT (to_regclass('moods.left_behind') IS NULL AND to_regclass('ws_dist.left_behind') IS NULL)::text || ' ' ||
+		   (SELECT count(*) FROM ws.distributed_tables WHERE remote_table = 'left_behind') || ' ' ||
+		   (SELECT count(*) FROM ws.shard_cleanup WHERE remote_table = 'left_behind_shard')}),
+	'true 0 3', 'with what lies behind it, its shards\' tables queued');
+
+# Dropped as a dependent of something else, a table would lose a column; a
+# distributed table would lose its rows: refused.
+($ret, $out, $err) = $coord->psql('postgres', q{DROP TYPE moods.mood CASCADE});
+like($err, qr/ERROR:  cannot drop distributed table "moods.feelings" because something it depends on is dropped/,
+	'DROP TYPE ... CASCADE of a type a distributed table uses is refused');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM moods.feelings}), '1001', 'and the table keeps its rows');
+
 $coord->safe_psql('postgres', q{CALL ws.rebalance('m2')});
 is(join(' ', map { $shard{$_}->safe_psql('postgres', q{
-		SELECT count(*) FROM pg_class WHERE relname LIKE 'gone%' OR relname LIKE 'owned%' OR relname LIKE 'temp%'}) } qw(s1 s2 s3))
-	  . ' ' . $coord->safe_psql('postgres', q{SELECT count(*) FROM ws.shard_cleanup WHERE remote_table IN ('gone_shard', 'owned_shard', 'temp_shard')}),
+		SELECT count(*) FROM pg_class WHERE relname ~ '^(gone|owned|temp|left_behind)_'}) } qw(s1 s2 s3))
+	  . ' ' . $coord->safe_psql('postgres', q{
+		SELECT count(*) FROM ws.shard_cleanup WHERE remote_table IN ('gone_shard', 'owned_shard', 'temp_shard', 'left_behind_shard')}),
 	'0 0 0 0', 'ws.rebalance drops their tables on every shard');
 
 done_testing();
