@@ -79,18 +79,31 @@
 static ProcessUtility_hook_type prev_process_utility = NULL;
 
 /*
- * pass_on runs a statement of ours, made from the user's, through the
+ * pass_on runs a statement, the user's or one made from it, through the
  * hooks after this one.
  */
 static void
-pass_on(PlannedStmt *pstmt, const char *queryString, ProcessUtilityContext context,
-		ParamListInfo params, QueryEnvironment *queryEnv, DestReceiver *dest,
-		QueryCompletion *qc)
+pass_on(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+		ProcessUtilityContext context, ParamListInfo params,
+		QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
 	if (prev_process_utility != NULL)
-		prev_process_utility(pstmt, queryString, false, context, params, queryEnv, dest, qc);
+		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 	else
-		standard_ProcessUtility(pstmt, queryString, false, context, params, queryEnv, dest, qc);
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+}
+
+/*
+ * run_query runs a query of the extension's with one parameter.
+ */
+static void
+run_query(const char *sql, Oid type, Datum arg)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args(sql, 1, &type, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not run \"%s\"", sql);
+	SPI_finish();
 }
 
 /*
@@ -359,7 +372,6 @@ add_columns(Oid relid, const char *map, PlannedStmt *pstmt, const char *queryStr
 			QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
 	AlterTableStmt *alter = (AlterTableStmt *) pstmt->utilityStmt;
-	Datum		arg = CStringGetTextDatum(map);
 	Relation	view;
 	Oid			partitioned;
 	ListCell   *lc;
@@ -369,12 +381,7 @@ add_columns(Oid relid, const char *map, PlannedStmt *pstmt, const char *queryStr
 	foreach(lc, alter->cmds)
 		check_column_definition(alter->relation->relname, lfirst(lc));
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT FROM ws.shard_maps WHERE map = $1 FOR UPDATE",
-							  1, (Oid[]) {TEXTOID}, &arg, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not lock the shard map");
-	SPI_finish();
+	run_query("SELECT FROM ws.shard_maps WHERE map = $1 FOR UPDATE", TEXTOID, CStringGetTextDatum(map));
 	view = distributed_view_of(alter->relation, RangeVarCallbackOwnsRelation);
 	if (view == NULL || RelationGetRelid(view) != relid)
 		ereport(ERROR,
@@ -388,16 +395,10 @@ add_columns(Oid relid, const char *map, PlannedStmt *pstmt, const char *queryStr
 	alter = (AlterTableStmt *) pstmt->utilityStmt;
 	alter->relation = makeRangeVar(get_namespace_name(get_rel_namespace(partitioned)),
 								   get_rel_name(partitioned), -1);
-	pass_on(pstmt, queryString, context, params, queryEnv, dest, qc);
+	pass_on(pstmt, queryString, false, context, params, queryEnv, dest, qc);
 	CommandCounterIncrement();
 
-	arg = ObjectIdGetDatum(relid);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT ws._columns_added($1)",
-							  1, (Oid[]) {REGCLASSOID}, &arg, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not add the columns to the shards");
-	SPI_finish();
+	run_query("SELECT ws._columns_added($1)", REGCLASSOID, ObjectIdGetDatum(relid));
 }
 
 /*
@@ -509,7 +510,7 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 			{
 				pstmt = copyObject(pstmt);
 				((TruncateStmt *) pstmt->utilityStmt)->relations = others;
-				pass_on(pstmt, queryString, context, params, queryEnv, dest, qc);
+				pass_on(pstmt, queryString, false, context, params, queryEnv, dest, qc);
 			}
 			truncate_distributed(views, stmt->restart_seqs, stmt->behavior);
 			if (qc)
@@ -546,12 +547,7 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 			}
 			if (map != NULL && changes_owner)
 			{
-				if (prev_process_utility != NULL)
-					prev_process_utility(pstmt, queryString, readOnlyTree, context, params,
-										 queryEnv, dest, qc);
-				else
-					standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
-											queryEnv, dest, qc);
+				pass_on(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 				CommandCounterIncrement();
 				owner_changed(relid);
 				return;
@@ -582,11 +578,11 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 			if (tables != NIL)
 			{
 				drop->objects = tables;
-				pass_on(pstmt, queryString, context, params, queryEnv, dest, qc);
+				pass_on(pstmt, queryString, false, context, params, queryEnv, dest, qc);
 			}
 			drop->objects = views;
 			drop->removeType = OBJECT_VIEW;
-			pass_on(pstmt, queryString, context, params, queryEnv, dest, qc);
+			pass_on(pstmt, queryString, false, context, params, queryEnv, dest, qc);
 			if (qc)
 				SetQueryCompletion(qc, CMDTAG_DROP_TABLE, 0);
 			return;
@@ -622,12 +618,7 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 					 errdetail("The slot tables on the shards keep their columns' names."),
 					 errhint("Take the table back with ws.undistribute_table, rename the column and distribute it again.")));
 	}
-	if (prev_process_utility != NULL)
-		prev_process_utility(pstmt, queryString, readOnlyTree, context, params,
-							 queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
-								queryEnv, dest, qc);
+	pass_on(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 }
 
 /*
