@@ -1926,6 +1926,41 @@ $$;
 COMMENT ON FUNCTION ws.distribute_table(regclass, name, text) IS
 	'Moves a table''s rows to the shards of a map: a slot table on each shard, a view in the table''s place that routes inserts and reads all shards or, for a fixed key, one';
 
+-- The servers that hold, or may hold, tables of a distributed table: those
+-- its slots' foreign tables name, and the map's (a move that failed can
+-- leave an old copy on either end).
+CREATE FUNCTION ws._table_servers(d ws.distributed_tables)
+RETURNS SETOF name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT srv.srvname
+	FROM pg_inherits i
+	JOIN pg_foreign_table ft ON ft.ftrelid = i.inhrelid
+	JOIN pg_foreign_server srv ON srv.oid = ft.ftserver
+	WHERE i.inhparent = d.partitioned
+	UNION SELECT y.placed_on FROM ws.shard_slots y WHERE y.map = d.map AND y.placed_on IS NOT NULL
+	UNION SELECT y.owner FROM ws.shard_slots y WHERE y.map = d.map AND y.owner IS NOT NULL
+$$;
+COMMENT ON FUNCTION ws._table_servers(ws.distributed_tables) IS
+	'Internal: the servers that hold or may hold tables of a distributed table';
+
+-- Queues the table of a distributed table's slots on each of its servers
+-- (ws._table_servers) for ws.shard_cleanup: dropping it drops its slot
+-- tables.
+CREATE FUNCTION ws._queue_shard_tables_drop(d ws.distributed_tables)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
+	SELECT x.server, d.remote_schema, ws._shard_table(d.remote_table)
+	FROM ws._table_servers(d) AS x (server)
+	ON CONFLICT DO NOTHING
+$$;
+COMMENT ON FUNCTION ws._queue_shard_tables_drop(ws.distributed_tables) IS
+	'Internal: queues the tables of a distributed table on its shards for ws.shard_cleanup';
+
 CREATE FUNCTION ws._default_is_volatile(rel regclass, attnum smallint)
 RETURNS boolean
 LANGUAGE c STRICT
@@ -2003,12 +2038,7 @@ BEGIN
 	-- servers and those with copies waiting to be dropped.  Stored rows get
 	-- the default; new rows come with every column.
 	remote_table := format('%I.%I', d.remote_schema, ws._shard_table(d.remote_table));
-	FOR server IN SELECT s.srvname
-				  FROM pg_inherits i JOIN pg_foreign_table f ON f.ftrelid = i.inhrelid
-				  JOIN pg_foreign_server s ON s.oid = f.ftserver
-				  WHERE i.inhparent = d.partitioned
-				  UNION SELECT y.placed_on FROM ws.shard_slots y WHERE y.map = d.map AND y.placed_on IS NOT NULL
-				  UNION SELECT y.owner FROM ws.shard_slots y WHERE y.map = d.map AND y.owner IS NOT NULL
+	FOR server IN SELECT x.server FROM ws._table_servers(d) AS x (server)
 				  UNION
 				  SELECT c.server FROM ws.shard_cleanup c
 				  WHERE c.remote_schema = d.remote_schema
@@ -2088,16 +2118,7 @@ BEGIN
 		END IF;
 		-- Serialised with ws.rebalance, as ws.undistribute_table is.
 		PERFORM FROM ws.shard_maps m WHERE m.map = d.map FOR UPDATE;
-		INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
-		SELECT DISTINCT x.server, d.remote_schema, ws._shard_table(d.remote_table)
-		FROM (SELECT srv.srvname AS server
-			  FROM pg_inherits i
-			  JOIN pg_foreign_table ft ON ft.ftrelid = i.inhrelid
-			  JOIN pg_foreign_server srv ON srv.oid = ft.ftserver
-			  WHERE i.inhparent = d.partitioned
-			  UNION SELECT y.placed_on FROM ws.shard_slots y WHERE y.map = d.map AND y.placed_on IS NOT NULL
-			  UNION SELECT y.owner FROM ws.shard_slots y WHERE y.map = d.map AND y.owner IS NOT NULL) x
-		ON CONFLICT DO NOTHING;
+		PERFORM ws._queue_shard_tables_drop(d);
 		DELETE FROM ws.distributed_tables t WHERE t.table_name::oid = o.objid;
 		-- DROP OWNED drops it with the view: its owner owns both.
 		SELECT c.relowner INTO owner FROM pg_class c WHERE c.oid = d.partitioned::oid;
@@ -2434,16 +2455,7 @@ BEGIN
 	-- On every server that holds or may hold a slot of it (an old copy that
 	-- a failed move left, say), the table of its slots, which goes with all
 	-- its slot tables.
-	INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
-	SELECT DISTINCT x.server, d.remote_schema, ws._shard_table(d.remote_table)
-	FROM (SELECT srv.srvname AS server
-		  FROM pg_inherits i
-		  JOIN pg_foreign_table ft ON ft.ftrelid = i.inhrelid
-		  JOIN pg_foreign_server srv ON srv.oid = ft.ftserver
-		  WHERE i.inhparent = d.partitioned
-		  UNION SELECT y.placed_on FROM ws.shard_slots y WHERE y.map = d.map AND y.placed_on IS NOT NULL
-		  UNION SELECT y.owner FROM ws.shard_slots y WHERE y.map = d.map AND y.owner IS NOT NULL) x
-	ON CONFLICT DO NOTHING;
+	PERFORM ws._queue_shard_tables_drop(d);
 
 	-- The table takes the view's place, under its name (and its
 	-- constraints' names), with the rows.
@@ -2534,6 +2546,7 @@ REVOKE ALL ON FUNCTION ws._undistribute(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._columns_added(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._distributed_view_dropped() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._mapping_user(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._queue_shard_tables_drop(ws.distributed_tables) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._default_is_volatile(regclass, smallint) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.undistribute_table(regclass, bigint) FROM PUBLIC;
 
