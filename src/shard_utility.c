@@ -5,19 +5,18 @@
  *	  ALTER TABLE ... ADD COLUMN and OWNER TO, and the renames it refuses.
  *
  * A distributed table is a view, which TRUNCATE, COPY ... TO, ADD COLUMN
- * and DROP TABLE refuse.  Its rows live in the
- * slot tables on the shards, behind ws_dist.<table>, a partitioned table of
- * postgres_fdw foreign tables, one per slot.  Remote
- * work happens in postgres_fdw's remote transactions, so a rollback takes
- * it back everywhere (a failed commit may not: there is no two-phase
- * commit).
+ * and DROP TABLE refuse.  Its rows live in the slot tables on the shards,
+ * behind ws_dist.<table>, a partitioned table of postgres_fdw foreign
+ * tables, one per slot.  Remote work happens in postgres_fdw's remote
+ * transactions, under the user mapping that routed rows and the view's
+ * reads use (ws_shard_mapping_user), so a rollback takes it back everywhere
+ * (a failed commit may not: there is no two-phase commit).
  *
  * TRUNCATE truncates ws_dist.<table> and its slots in place of the view:
- * postgres_fdw sends each shard one TRUNCATE of its slot tables, under the
- * user mapping routed rows and the view's reads use.  The privilege
- * checked is the view's: TRUNCATE on it.  RESTART IDENTITY restarts the sequences the
- * table's serial columns owned before it was distributed
- * (ws.distributed_sequences), which no column owns now.
+ * postgres_fdw sends each shard one TRUNCATE of its slot tables.  The
+ * privilege checked is the view's: TRUNCATE on it.  RESTART IDENTITY
+ * restarts the sequences the table's serial columns owned before it was
+ * distributed (ws.distributed_sequences), which no column owns now.
  *
  * COPY ... TO of a distributed table copies from SELECT of its columns, as
  * PostgreSQL does for a view only when asked with COPY (SELECT ...) TO.
@@ -39,13 +38,14 @@
  * and generated columns are refused.
  *
  * Locks: ws.rebalance locks a slot's foreign table, then the partitioned
- * table to switch the slot; TRUNCATE of a partitioned table locks it, then
- * its partitions.  To move in rebalance's order, not against it, TRUNCATE
- * locks the view (keeping writers out, which lock it first too), then
- * every slot, then lets TRUNCATE lock the partitioned table: a rebalance
- * in the middle of a slot's move finishes it first.  ADD COLUMN waits for
- * the rebalance's current slot (the map's row in ws.shard_maps), then locks
- * the view, as ws.undistribute_table does; no slot moves until it ends.
+ * table to switch the slot; TRUNCATE (and ALTER TABLE) of a partitioned
+ * table lock it, then its partitions.  To move in rebalance's order, not
+ * against it, TRUNCATE and OWNER TO lock the view (keeping writers out,
+ * which lock it first too), then every slot, then the partitioned table: a
+ * rebalance in the middle of a slot's move finishes it first.  ADD COLUMN
+ * waits for the rebalance's current slot (the map's row in ws.shard_maps),
+ * then locks the view, as ws.undistribute_table does; no slot moves until
+ * it ends.
  *
  *-------------------------------------------------------------------------
  */
@@ -54,11 +54,11 @@
 #include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
-#include "catalog/pg_namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "commands/copy.h"
+#include "commands/extension.h"
 #include "commands/sequence.h"
 #include "commands/tablecmds.h"
 #include "executor/spi.h"
@@ -348,6 +348,9 @@ distributed_map(Oid relid)
 	MemoryContext caller_context = CurrentMemoryContext;
 	char	   *map = NULL;
 
+	/* The library serves databases without the extension too. */
+	if (!OidIsValid(get_extension_oid("write_scaling", true)))
+		return NULL;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("SELECT map FROM ws.distributed_tables WHERE table_name = $1",

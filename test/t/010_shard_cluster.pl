@@ -867,6 +867,14 @@ is($coord->safe_psql('no_extension', q{
 	INSERT INTO ws_dist.p VALUES (1);
 	UPDATE ws_dist.p SET k = 2;
 	SELECT k FROM ws_dist.p;}), '2', 'and a schema of its own named ws_dist keeps its partition key updates');
+is($coord->safe_psql('no_extension', q{
+	CREATE ROLE view_keeper;
+	CREATE VIEW plain_view AS SELECT 1 AS a;
+	ALTER VIEW plain_view OWNER TO view_keeper;
+	ALTER TABLE plain_view RENAME COLUMN a TO b;
+	SELECT b FROM plain_view;
+	DROP VIEW plain_view;
+	DROP ROLE view_keeper;}), '1', 'and its views take OWNER TO, RENAME COLUMN and DROP as ever');
 $coord->safe_psql('postgres', 'DROP DATABASE no_extension');
 
 # PostgreSQL gives an INSTEAD OF trigger a copy of each row, made in the
