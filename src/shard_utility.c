@@ -23,7 +23,9 @@
  *
  * DROP TABLE of a distributed table drops its view, as DROP VIEW would; an
  * event trigger (ws._distributed_view_dropped) drops what lies behind a
- * distributed table's view however it goes.
+ * distributed table's view however it goes.  Both wait for the map's row
+ * first (wait_for_maps), as the trigger, ADD COLUMN and undistribute lock
+ * it before the table.
  *
  * A new owner of the view (ALTER TABLE or ALTER VIEW ... OWNER TO) becomes
  * the owner of ws_dist.<table>, its slots and its serials' sequences too:
@@ -73,6 +75,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 
 #include "shard.h"
 
@@ -363,6 +366,44 @@ distributed_map(Oid relid)
 	return map;
 }
 
+static int
+compare_names(const ListCell *a, const ListCell *b)
+{
+	return strcmp(strVal(lfirst(a)), strVal(lfirst(b)));
+}
+
+/*
+ * wait_for_maps waits for, and holds to the end of the transaction, the
+ * rows of the shard maps named in maps (String nodes), in name order: a
+ * rebalance's current slot finishes first, and ADD COLUMN, undistribute
+ * and the drop trigger, which wait for the map's row before they lock the
+ * table, find it in the same order.  The rows are locked as the owner of
+ * ws.shard_maps: the caller has checked the user's right to the table.
+ */
+static void
+wait_for_maps(List *maps)
+{
+	Oid			shard_maps = get_relname_relid("shard_maps", get_namespace_oid("ws", false));
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(shard_maps));
+	Oid			owner;
+	Oid			save_userid;
+	int			save_sec_context;
+	ListCell   *lc;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", shard_maps);
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	list_sort(maps, compare_names);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	foreach(lc, maps)
+		run_query("SELECT FROM ws.shard_maps WHERE map = $1 FOR UPDATE", TEXTOID,
+				  CStringGetTextDatum(strVal(lfirst(lc))));
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
 /*
  * add_columns adds columns to the distributed table relid, which alter
  * names: to ws_dist.<table>, through ALTER TABLE itself, then everywhere
@@ -384,7 +425,7 @@ add_columns(Oid relid, const char *map, PlannedStmt *pstmt, const char *queryStr
 	foreach(lc, alter->cmds)
 		check_column_definition(alter->relation->relname, lfirst(lc));
 
-	run_query("SELECT FROM ws.shard_maps WHERE map = $1 FOR UPDATE", TEXTOID, CStringGetTextDatum(map));
+	wait_for_maps(list_make1(makeString(pstrdup(map))));
 	view = distributed_view_of(alter->relation, RangeVarCallbackOwnsRelation);
 	if (view == NULL || RelationGetRelid(view) != relid)
 		ereport(ERROR,
@@ -557,24 +598,37 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 			}
 		}
 	}
-	else if (IsA(statement, DropStmt) && ((DropStmt *) statement)->removeType == OBJECT_TABLE)
+	else if (IsA(statement, DropStmt) &&
+			 (((DropStmt *) statement)->removeType == OBJECT_TABLE ||
+			  ((DropStmt *) statement)->removeType == OBJECT_VIEW))
 	{
 		DropStmt   *drop = (DropStmt *) statement;
 		List	   *tables = NIL;
 		List	   *views = NIL;
+		List	   *maps = NIL;
 		ListCell   *lc;
 
 		foreach(lc, drop->objects)
 		{
-			Oid			relid = distributed_relid(makeRangeVarFromNameList(lfirst(lc)));
+			RangeVar   *rv = makeRangeVarFromNameList(lfirst(lc));
+			Oid			relid = distributed_relid(rv);
+			char	   *map = OidIsValid(relid) ? distributed_map(relid) : NULL;
 
-			if (OidIsValid(relid) && distributed_map(relid) != NULL)
-				views = lappend(views, lfirst(lc));
-			else
+			if (map == NULL)
+			{
 				tables = lappend(tables, lfirst(lc));
+				continue;
+			}
+			/* DROP's own check, before anything waits on our behalf. */
+			if (!pg_class_ownercheck(relid, GetUserId()) &&
+				!pg_namespace_ownercheck(get_rel_namespace(relid), GetUserId()))
+				aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, rv->relname);
+			views = lappend(views, lfirst(lc));
+			maps = list_append_unique(maps, makeString(map));
 		}
 		if (views != NIL)
 		{
+			wait_for_maps(maps);
 			/* The tables, then the views: an event trigger does the rest. */
 			pstmt = copyObject(pstmt);
 			drop = (DropStmt *) pstmt->utilityStmt;
@@ -587,7 +641,8 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 			drop->removeType = OBJECT_VIEW;
 			pass_on(pstmt, queryString, false, context, params, queryEnv, dest, qc);
 			if (qc)
-				SetQueryCompletion(qc, CMDTAG_DROP_TABLE, 0);
+				SetQueryCompletion(qc, ((DropStmt *) statement)->removeType == OBJECT_TABLE ?
+								   CMDTAG_DROP_TABLE : CMDTAG_DROP_VIEW, 0);
 			return;
 		}
 	}

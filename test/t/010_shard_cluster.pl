@@ -1779,6 +1779,31 @@ is($coord->safe_psql('postgres', q{
 		   (SELECT count(*) FROM ws.shard_cleanup WHERE remote_table IN ('owned_shard', 'temp_shard'))}),
 	'true 0 6', 'as DROP SCHEMA ... CASCADE does for one in the schema');
 
+# A DROP waits for the map's row (held here as a rebalance holds it during
+# a slot's move) before it locks the table, as ADD COLUMN and undistribute
+# do: readers go on meanwhile, and the lock orders agree.
+$coord->safe_psql('postgres', q{
+	CREATE TABLE moods.waits (id int PRIMARY KEY);
+	SELECT ws.distribute_table('moods.waits', 'id', 'm2');
+	INSERT INTO moods.waits SELECT generate_series(1, 10);
+});
+my $map_holder = $coord->background_psql('postgres');
+$map_holder->query_safe(q{BEGIN; SELECT FROM ws.shard_maps WHERE map = 'm2' FOR UPDATE;});
+my $dropper = $coord->background_psql('postgres', on_error_stop => 0);
+my $dropper_pid = $dropper->query_safe('SET client_min_messages = warning; SELECT pg_backend_pid();');
+$dropper->query_until(qr/started/, q{\echo started
+DROP TABLE moods.waits;
+});
+ok($coord->poll_query_until('postgres', qq{SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $dropper_pid AND NOT granted)}),
+	'a DROP of a distributed table waits for its map\'s row');
+is($coord->safe_psql('postgres', q{SET lock_timeout = '5s'; SELECT count(*) FROM moods.waits}), '10',
+	'holding no lock on the table meanwhile: readers go on');
+$map_holder->query_safe('COMMIT');
+my ($drop_out, $drop_failed) = $dropper->query(q{SELECT to_regclass('moods.waits') IS NULL});
+is("$drop_failed $drop_out", '0 t', 'then drops it') or diag($dropper->{stderr});
+$map_holder->quit;
+$dropper->quit;
+
 # DROP OWNED BY its owner drops a distributed table and its partitioned
 # table in one go.
 $coord->safe_psql('postgres', q{
@@ -1808,9 +1833,10 @@ is($coord->safe_psql('postgres', q{SELECT count(*) FROM moods.feelings}), '1001'
 
 $coord->safe_psql('postgres', q{CALL ws.rebalance('m2')});
 is(join(' ', map { $shard{$_}->safe_psql('postgres', q{
-		SELECT count(*) FROM pg_class WHERE relname ~ '^(gone|owned|temp|left_behind)_'}) } qw(s1 s2 s3))
+		SELECT count(*) FROM pg_class WHERE relname ~ '^(gone|owned|temp|left_behind|waits)_'}) } qw(s1 s2 s3))
 	  . ' ' . $coord->safe_psql('postgres', q{
-		SELECT count(*) FROM ws.shard_cleanup WHERE remote_table IN ('gone_shard', 'owned_shard', 'temp_shard', 'left_behind_shard')}),
+		SELECT count(*) FROM ws.shard_cleanup
+		WHERE remote_table IN ('gone_shard', 'owned_shard', 'temp_shard', 'left_behind_shard', 'waits_shard')}),
 	'0 0 0 0', 'ws.rebalance drops their tables on every shard');
 
 done_testing();
