@@ -2546,7 +2546,6 @@ REVOKE ALL ON FUNCTION ws._undistribute(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._columns_added(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._distributed_view_dropped() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._mapping_user(regclass) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ws._queue_shard_tables_drop(ws.distributed_tables) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._default_is_volatile(regclass, smallint) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.undistribute_table(regclass, bigint) FROM PUBLIC;
 

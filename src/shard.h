@@ -31,6 +31,8 @@ extern bool ws_shard_routes_only(Relation view);
 extern bool ws_shard_routes(Relation view);
 extern Oid	ws_shard_partitioned_table(Relation view);
 extern Oid	ws_shard_mapping_user(Relation view);
+extern int	ws_shard_spi_connect(void);
+extern void ws_shard_spi_finish(int level);
 extern RouteStream *ws_route_stream_begin(Relation view);
 extern void ws_route_stream_row(RouteStream *stream, Datum *values, bool *nulls);
 extern void ws_route_stream_send(RouteStream *stream);

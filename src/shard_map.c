@@ -78,9 +78,8 @@ load_map(const char *name, MapEntry *entry)
 	Datum		arg = CStringGetTextDatum(name);
 	uint64		rows;
 	bool		isnull;
+	int			guc_level = ws_shard_spi_connect();
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	if (plan == NULL)
 	{
 		plan = SPI_prepare("SELECT m.vnodes, s.slot, s.placed_on FROM ws.shard_maps m"
@@ -118,7 +117,7 @@ load_map(const char *name, MapEntry *entry)
 		namestrcpy(&entry->placed_on[DatumGetInt32(slot)], NameStr(*DatumGetName(server)));
 		entry->nplaced++;
 	}
-	SPI_finish();
+	ws_shard_spi_finish(guc_level);
 }
 
 static MapEntry *

@@ -362,7 +362,6 @@ connection_as(Oid serverid, Oid userid)
 	return conn;
 }
 
-
 /*
  * wait_result waits, interruptibly, for conn's next result: that a COPY
  * just sent was accepted, say.  (pgfdw_get_result waits for the end of the
@@ -446,6 +445,32 @@ write_scaling_lock_slot(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * ws_shard_spi_connect connects to SPI for a query of the extension's, with
+ * a search_path where no caller can have planted a function or operator
+ * (the queries name their tables, but an operator is looked up on the
+ * path); returns the GUC nest level to give ws_shard_spi_finish.
+ */
+int
+ws_shard_spi_connect(void)
+{
+	int			level;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	level = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
+void
+ws_shard_spi_finish(int level)
+{
+	AtEOXact_GUC(false, level);
+	SPI_finish();
+}
+
 /* --- the cache of distributed tables ------------------------------------ */
 
 static void
@@ -511,14 +536,14 @@ fill_entry(DistEntry *entry, Relation view)
 	Datum		arg = ObjectIdGetDatum(RelationGetRelid(view));
 	StringInfoData columns;
 	bool		isnull;
+	int			guc_level;
 
 	memset(&fresh, 0, sizeof(fresh));
 	fresh.view = entry->view;
 	fresh.context = AllocSetContextCreate(CurrentMemoryContext, "write_scaling distributed table",
 										  ALLOCSET_SMALL_SIZES);
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	guc_level = ws_shard_spi_connect();
 	if (SPI_execute_with_args("SELECT d.partitioned::oid, d.key_column, m.vnodes,"
 							  " d.remote_schema, d.remote_table"
 							  " FROM ws.distributed_tables d JOIN ws.shard_maps m USING (map)"
@@ -599,7 +624,7 @@ fill_entry(DistEntry *entry, Relation view)
 	fresh.parameters = columns.data;
 	MemoryContextSwitchTo(old);
 
-	SPI_finish();
+	ws_shard_spi_finish(guc_level);
 
 	/*
 	 * The slots' foreign tables, from the partition descriptor: what the
@@ -672,14 +697,13 @@ ws_shard_is_distributed(Relation view)
 {
 	Datum		arg = ObjectIdGetDatum(RelationGetRelid(view));
 	bool		distributed;
+	int			guc_level = ws_shard_spi_connect();
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("SELECT FROM ws.distributed_tables WHERE table_name = $1",
 							  1, (Oid[]) {OIDOID}, &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read ws.distributed_tables");
 	distributed = SPI_processed > 0;
-	SPI_finish();
+	ws_shard_spi_finish(guc_level);
 	return distributed;
 }
 

@@ -24,8 +24,9 @@
  * DROP TABLE of a distributed table drops its view, as DROP VIEW would; an
  * event trigger (ws._distributed_view_dropped) drops what lies behind a
  * distributed table's view however it goes.  Both wait for the map's row
- * first (wait_for_maps), as the trigger, ADD COLUMN and undistribute lock
- * it before the table.
+ * before they lock the table (wait_for_maps), as ADD COLUMN and
+ * undistribute do; a view dropped with its schema or by DROP OWNED is
+ * locked before the trigger waits for that row.
  *
  * A new owner of the view (ALTER TABLE or ALTER VIEW ... OWNER TO) becomes
  * the owner of ws_dist.<table>, its slots and its serials' sequences too:
@@ -97,16 +98,17 @@ pass_on(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 }
 
 /*
- * run_query runs a query of the extension's with one parameter.
+ * run_query runs a query of the extension's with one parameter, on a safe
+ * search_path (ws_shard_spi_connect).
  */
 static void
 run_query(const char *sql, Oid type, Datum arg)
 {
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	int			guc_level = ws_shard_spi_connect();
+
 	if (SPI_execute_with_args(sql, 1, &type, &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not run \"%s\"", sql);
-	SPI_finish();
+	ws_shard_spi_finish(guc_level);
 }
 
 /*
@@ -162,9 +164,8 @@ distributed_sequences(Oid view, bool to_restart)
 	MemoryContext caller_context = CurrentMemoryContext;
 	List	   *sequences = NIL;
 	ListCell   *lc;
+	int			guc_level = ws_shard_spi_connect();
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("SELECT q.sequence::oid FROM ws.distributed_sequences q"
 							  " JOIN pg_catalog.pg_class c ON c.oid = q.sequence"
 							  " WHERE q.table_name = $1",
@@ -179,7 +180,7 @@ distributed_sequences(Oid view, bool to_restart)
 		sequences = lappend_oid(sequences, DatumGetObjectId(sequence));
 		MemoryContextSwitchTo(spi_context);
 	}
-	SPI_finish();
+	ws_shard_spi_finish(guc_level);
 
 	foreach(lc, sequences)
 	{
@@ -351,18 +352,19 @@ distributed_map(Oid relid)
 	MemoryContext caller_context = CurrentMemoryContext;
 	char	   *map = NULL;
 
+	int			guc_level;
+
 	/* The library serves databases without the extension too. */
-	if (!OidIsValid(get_extension_oid("write_scaling", true)))
+	if (creating_extension || !OidIsValid(get_extension_oid("write_scaling", true)))
 		return NULL;
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	guc_level = ws_shard_spi_connect();
 	if (SPI_execute_with_args("SELECT map FROM ws.distributed_tables WHERE table_name = $1",
 							  1, (Oid[]) {OIDOID}, &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read ws.distributed_tables");
 	if (SPI_processed == 1)
 		map = MemoryContextStrdup(caller_context,
 								  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
-	SPI_finish();
+	ws_shard_spi_finish(guc_level);
 	return map;
 }
 
@@ -375,10 +377,11 @@ compare_names(const ListCell *a, const ListCell *b)
 /*
  * wait_for_maps waits for, and holds to the end of the transaction, the
  * rows of the shard maps named in maps (String nodes), in name order: a
- * rebalance's current slot finishes first, and ADD COLUMN, undistribute
- * and the drop trigger, which wait for the map's row before they lock the
- * table, find it in the same order.  The rows are locked as the owner of
- * ws.shard_maps: the caller has checked the user's right to the table.
+ * rebalance's current slot finishes first, and ADD COLUMN and
+ * undistribute, which also wait for the map's row before they lock the
+ * table, take the locks in the same order.  The rows are locked as the
+ * owner of ws.shard_maps: the caller has checked the user's right to the
+ * table.
  */
 static void
 wait_for_maps(List *maps)
@@ -518,11 +521,11 @@ select_columns(RangeVar *rv, Oid relid, List *columns)
 }
 
 /*
- * ddl_process_utility takes TRUNCATE and ALTER TABLE ... ADD COLUMN of
- * distributed tables (see the file header) and passes on everything else.
+ * shard_process_utility takes the utility commands on distributed tables of
+ * the file header and passes on everything else.
  */
 static void
-ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+shard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 					ProcessUtilityContext context, ParamListInfo params,
 					QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
@@ -622,12 +625,14 @@ ddl_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 			/* DROP's own check, before anything waits on our behalf. */
 			if (!pg_class_ownercheck(relid, GetUserId()) &&
 				!pg_namespace_ownercheck(get_rel_namespace(relid), GetUserId()))
-				aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, rv->relname);
+				aclcheck_error(ACLCHECK_NOT_OWNER, drop->removeType, rv->relname);
 			views = lappend(views, lfirst(lc));
 			maps = list_append_unique(maps, makeString(map));
 		}
 		if (views != NIL)
 		{
+			PreventCommandIfReadOnly(drop->removeType == OBJECT_TABLE ? "DROP TABLE" : "DROP VIEW");
+			PreventCommandIfParallelMode(drop->removeType == OBJECT_TABLE ? "DROP TABLE" : "DROP VIEW");
 			wait_for_maps(maps);
 			/* The tables, then the views: an event trigger does the rest. */
 			pstmt = copyObject(pstmt);
@@ -686,5 +691,5 @@ void
 ws_shard_utility_register(void)
 {
 	prev_process_utility = ProcessUtility_hook;
-	ProcessUtility_hook = ddl_process_utility;
+	ProcessUtility_hook = shard_process_utility;
 }

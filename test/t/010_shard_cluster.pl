@@ -1736,6 +1736,26 @@ is($coord->safe_psql('postgres', q{
 	FROM moods.busy}),
 	'r 200', 'then takes the table back with the writer\'s rows');
 
+# The extension's own lookups never use an operator planted on the search
+# path: here operators that fail if called, first on the path of a
+# superuser who works on a distributed table.
+is($coord->safe_psql('postgres', q{
+	CREATE SCHEMA planted;
+	CREATE FUNCTION planted.fail(text, text) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'planted operator called'; END $$;
+	CREATE FUNCTION planted.fail(regclass, oid) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'planted operator called'; END $$;
+	CREATE OPERATOR planted.= (LEFTARG = text, RIGHTARG = text, FUNCTION = planted.fail);
+	CREATE OPERATOR planted.= (LEFTARG = regclass, RIGHTARG = oid, FUNCTION = planted.fail);
+	SET search_path = planted, pg_catalog, public;
+	ALTER VIEW moods.tick OWNER TO ticker;
+	ALTER TABLE moods.tick ADD COLUMN planted_test int;
+	TRUNCATE moods.tick;
+	INSERT INTO moods.tick (note) VALUES ('safe');
+	COPY moods.tick (note) TO STDOUT;
+	SELECT ws.shard_for('m2', '1') IS NOT NULL;
+	RESET search_path;
+	DROP SCHEMA planted CASCADE;}),
+	"safe\nt", 'operators planted on the search path are not called by the extension\'s lookups');
+
 # --- dropping ------------------------------------------------------------------
 
 # DROP TABLE of a distributed table drops what lies behind it too: its
