@@ -1504,6 +1504,16 @@ RETURNS name
 LANGUAGE sql IMMUTABLE STRICT
 AS $$ SELECT (base || '_s' || CASE WHEN slot < 1000 THEN lpad(slot::text, 3, '0') ELSE slot::text END)::name $$;
 
+-- Whether a table on a shard is a slot table of base (base_sNNN).
+CREATE FUNCTION ws._is_slot_table(remote_table name, base name)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT left(remote_table, length(base) + 2) = base || '_s'
+		   AND substr(remote_table, length(base) + 3) ~ '^[0-9]+$'
+$$;
+
 -- Commands for shard servers that emit no notice when there is nothing to
 -- do; the names travel as literals.
 CREATE FUNCTION ws._create_schema_command(nsp name)
@@ -1692,9 +1702,7 @@ BEGIN
 	-- dropped on a shard would be taken for this one's.
 	SELECT c.server INTO bad FROM ws.shard_cleanup c
 	WHERE c.remote_schema = nsp
-	  AND (c.remote_table = ws._shard_table(rel.relname)
-		   OR (left(c.remote_table, length(rel.relname) + 2) = rel.relname || '_s'
-			   AND substr(c.remote_table, length(rel.relname) + 3) ~ '^[0-9]+$'))
+	  AND (c.remote_table = ws._shard_table(rel.relname) OR ws._is_slot_table(c.remote_table, rel.relname))
 	LIMIT 1;
 	IF FOUND THEN
 		RAISE EXCEPTION 'cannot distribute "%": tables of its earlier distribution still wait to be dropped on server "%"',
@@ -2041,9 +2049,7 @@ BEGIN
 	FOR server IN SELECT x.server FROM ws._table_servers(d) AS x (server)
 				  UNION
 				  SELECT c.server FROM ws.shard_cleanup c
-				  WHERE c.remote_schema = d.remote_schema
-					AND left(c.remote_table, length(d.remote_table) + 2) = d.remote_table || '_s'
-					AND substr(c.remote_table, length(d.remote_table) + 3) ~ '^[0-9]+$' LOOP
+				  WHERE c.remote_schema = d.remote_schema AND ws._is_slot_table(c.remote_table, d.remote_table) LOOP
 		PERFORM ws._shard_exec(server, format('DO %L', format(
 			'BEGIN IF to_regclass(%L) IS NOT NULL THEN ALTER TABLE %s %s; %s END IF; END',
 			remote_table, remote_table, substr(added, 3),

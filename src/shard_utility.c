@@ -203,6 +203,20 @@ compare_relids(const ListCell *a, const ListCell *b)
 }
 
 /*
+ * lock_slots locks every slot of a distributed table's partitioned table,
+ * before the caller locks that table: ws.rebalance's order (see the file
+ * header).
+ */
+static void
+lock_slots(Oid partitioned)
+{
+	ListCell   *lc;
+
+	foreach(lc, find_inheritance_children(partitioned, NoLock))
+		LockRelationOid(lfirst_oid(lc), AccessExclusiveLock);
+}
+
+/*
  * truncate_distributed truncates distributed tables, whose views the caller
  * has locked in AccessExclusiveLock after checking the user's privilege.
  * It closes the views.
@@ -217,42 +231,37 @@ compare_relids(const ListCell *a, const ListCell *b)
 static void
 truncate_distributed(List *views, bool restart_seqs, DropBehavior behavior)
 {
-	List	   *partitioned = NIL;
-	List	   *truncated = NIL;
+	List	   *tables = NIL;	/* partitioned tables, one per distributed table */
+	List	   *users = NIL;	/* their mapping users */
 	List	   *sequences = NIL;
 	ListCell   *lc;
 	ListCell   *lc2;
 
-	/*
-	 * In ws.rebalance's order (see the file header): the tables by OID, and
-	 * every slot before any partitioned table.  "TRUNCATE t, t" truncates t
-	 * once.
-	 */
+	/* In ws.rebalance's order: the tables by OID, every slot first. */
 	list_sort(views, compare_relids);
 	foreach(lc, views)
 	{
 		Relation	view = lfirst(lc);
-		ListCell   *slot;
+		Oid			partitioned = ws_shard_partitioned_table(view);
 
-		foreach(slot, find_inheritance_children(ws_shard_partitioned_table(view), NoLock))
-			LockRelationOid(lfirst_oid(slot), AccessExclusiveLock);
-		if (restart_seqs && !list_member_oid(partitioned, ws_shard_partitioned_table(view)))
+		/* "TRUNCATE t, t" truncates t once. */
+		if (list_member_oid(tables, partitioned))
+			continue;
+		lock_slots(partitioned);
+		if (restart_seqs)
 			sequences = list_concat(sequences, distributed_sequences(RelationGetRelid(view), true));
-		partitioned = lappend_oid(partitioned, ws_shard_partitioned_table(view));
+		tables = lappend_oid(tables, partitioned);
+		users = lappend_oid(users, ws_shard_mapping_user(view));
 	}
-	forboth(lc, views, lc2, partitioned)
+	forboth(lc, tables, lc2, users)
 	{
-		Relation	view = lfirst(lc);
 		List	   *rels = NIL;
 		List	   *relids = NIL;
 		ListCell   *member;
 		Oid			save_userid;
 		int			save_sec_context;
 
-		if (list_member_oid(truncated, lfirst_oid(lc2)))
-			continue;
-		truncated = lappend_oid(truncated, lfirst_oid(lc2));
-		foreach(member, find_all_inheritors(lfirst_oid(lc2), AccessExclusiveLock, NULL))
+		foreach(member, find_all_inheritors(lfirst_oid(lc), AccessExclusiveLock, NULL))
 		{
 			Relation	rel = relation_open(lfirst_oid(member), NoLock);
 
@@ -262,7 +271,7 @@ truncate_distributed(List *views, bool restart_seqs, DropBehavior behavior)
 		}
 		/* An error restores the user with the (sub)transaction's abort. */
 		GetUserIdAndSecContext(&save_userid, &save_sec_context);
-		SetUserIdAndSecContext(ws_shard_mapping_user(view),
+		SetUserIdAndSecContext(lfirst_oid(lc2),
 							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 							   SECURITY_RESTRICTED_OPERATION);
 		ExecuteTruncateGuts(rels, relids, NIL, behavior, false);
@@ -473,11 +482,9 @@ owner_changed(Oid relid)
 	Relation	view = relation_open(relid, NoLock);
 	Oid			owner = view->rd_rel->relowner;
 	Oid			partitioned = ws_shard_partitioned_table(view);
-	List	   *slots = find_inheritance_children(partitioned, NoLock);
 	ListCell   *lc;
 
-	foreach(lc, slots)
-		LockRelationOid(lfirst_oid(lc), AccessExclusiveLock);
+	lock_slots(partitioned);
 	ATExecChangeOwner(partitioned, owner, true, AccessExclusiveLock);
 	foreach(lc, find_inheritance_children(partitioned, AccessExclusiveLock))
 		ATExecChangeOwner(lfirst_oid(lc), owner, true, AccessExclusiveLock);
