@@ -1492,6 +1492,13 @@ AS 'MODULE_PATHNAME', 'write_scaling_route_insert';
 COMMENT ON FUNCTION ws._route_insert() IS
 	'Internal: the INSTEAD OF INSERT trigger of a distributed table; buffers each row for its slot';
 
+CREATE FUNCTION ws._on_conflict(VARIADIC "any")
+RETURNS boolean
+LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', 'write_scaling_on_conflict';
+COMMENT ON FUNCTION ws._on_conflict("any") IS
+	'Internal: marks an INSERT ... ON CONFLICT into a distributed table in its plan, with the clause its shards run and the values computed for it; never called';
+
 CREATE FUNCTION ws._route_flush()
 RETURNS trigger
 LANGUAGE c

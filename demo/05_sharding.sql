@@ -37,6 +37,10 @@ UPDATE accounts SET balance = balance + 5 WHERE id = 42;
 UPDATE accounts SET id = 42000 WHERE id = 42;
 \set ON_ERROR_STOP 1
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+-- Upserts decide on the row's shard: 42 is stored and updated, 12001 new.
+INSERT INTO accounts (id, owner, balance) VALUES (42, 'ignored', 1), (12001, 'upserted', 1)
+ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + excluded.balance
+RETURNING id, owner, balance;
 -- A new column reaches every shard; the stored rows get its default.
 ALTER TABLE accounts ADD COLUMN currency text NOT NULL DEFAULT 'EUR';
 SELECT currency, count(*) FROM accounts GROUP BY currency;

@@ -10,6 +10,7 @@
 
 #include "postgres.h"
 
+#include "nodes/parsenodes.h"
 #include "utils/relcache.h"
 
 /* shard_hash.c */
@@ -31,6 +32,8 @@ extern bool ws_shard_routes_only(Relation view);
 extern bool ws_shard_routes(Relation view);
 extern Oid	ws_shard_partitioned_table(Relation view);
 extern Oid	ws_shard_mapping_user(Relation view);
+extern AttrNumber ws_shard_key_column(Relation view);
+extern int	ws_shard_transmission_modes(void);
 extern int	ws_shard_spi_connect(void);
 extern void ws_shard_spi_finish(int level);
 extern RouteStream *ws_route_stream_begin(Relation view);
@@ -39,6 +42,25 @@ extern void ws_route_stream_send(RouteStream *stream);
 extern uint64 ws_route_stream_end(RouteStream *stream);
 extern void ws_route_stream_abort(RouteStream *stream);
 extern void ws_route_stream_statement_end(void);
+
+struct QueryDesc;
+
+/* shard_upsert.c: an INSERT ... ON CONFLICT into a distributed table, running */
+typedef struct WsUpsert
+{
+	MemoryContext memory;		/* holds all of this */
+	struct QueryDesc *query;	/* whose ModifyTable inserts */
+	SubTransactionId subid;		/* where the query began */
+	Oid			view;			/* the distributed table */
+	char	   *clause;			/* " ON CONFLICT ...", for the shards */
+	int			nvalues;		/* its parameters after the row's columns */
+	char	  **values;			/* as text, NULL for NULL */
+	Oid		   *types;			/* InvalidOid where the shard infers it */
+} WsUpsert;
+
+extern void ws_upsert_plan(Query *query, Relation view);
+extern const WsUpsert *ws_upsert_running(Oid view);
+extern void ws_shard_upsert_register(void);
 
 /* shard_guard.c */
 extern void ws_shard_guard_register(void);

@@ -13,9 +13,10 @@
  * table (the view, rewritten into an UPDATE of ws_dist.<table>) or the
  * tables in ws_dist.  SET key = key changes nothing and passes.
  *
- * INSERT ... ON CONFLICT cannot keep its promise: the view's INSTEAD OF
- * trigger takes the rows, and they reach their shards without the clause,
- * so a conflict would fail the statement instead of being skipped.
+ * INSERT ... ON CONFLICT goes to the shards with its clause, which the hook
+ * takes off the query before PostgreSQL plans it (shard_upsert.c); such an
+ * INSERT must be its statement's only INSERT into the table, since the
+ * view's trigger cannot tell which of them a row comes from.
  *
  *-------------------------------------------------------------------------
  */
@@ -90,13 +91,38 @@ shard_key_of(RangeTblEntry *target, char **table)
 }
 
 /*
+ * inserts_into counts the INSERTs into relid in a query and its WITH
+ * clauses: the view's trigger cannot tell them apart.
+ */
+static int
+inserts_into(Query *query, Oid relid)
+{
+	int			count = 0;
+	ListCell   *lc;
+
+	foreach(lc, query->cteList)
+	{
+		CommonTableExpr *cte = lfirst(lc);
+
+		if (IsA(cte->ctequery, Query))
+			count += inserts_into((Query *) cte->ctequery, relid);
+	}
+	if (query->commandType == CMD_INSERT && query->resultRelation != 0 &&
+		rt_fetch(query->resultRelation, query->rtable)->relid == relid)
+		count++;
+	return count;
+}
+
+/*
  * check_query raises an error if query, or a query of its WITH clause,
- * updates a distributed table's shard key, or inserts into a distributed
- * table with ON CONFLICT.  Called on the rewritten query, before planning:
- * an UPDATE of the view is an UPDATE of ws_dist.<table> by then.
+ * updates a distributed table's shard key, and rewrites an INSERT ... ON
+ * CONFLICT into a distributed table for the shards; top is the whole
+ * statement.  Called on
+ * the rewritten query, before planning: an UPDATE of the view is an UPDATE
+ * of ws_dist.<table> by then.
  */
 static void
-check_query(Query *query)
+check_query(Query *query, Query *top)
 {
 	ListCell   *lc;
 
@@ -105,7 +131,7 @@ check_query(Query *query)
 		CommonTableExpr *cte = lfirst(lc);
 
 		if (IsA(cte->ctequery, Query))
-			check_query((Query *) cte->ctequery);
+			check_query((Query *) cte->ctequery, top);
 	}
 	if (query->resultRelation == 0)
 		return;
@@ -146,20 +172,20 @@ check_query(Query *query)
 	{
 		RangeTblEntry *target = rt_fetch(query->resultRelation, query->rtable);
 		Relation	view;
-		bool		routes;
 
 		if (target->relkind != RELKIND_VIEW)
 			return;
 		view = relation_open(target->relid, AccessShareLock);
-		routes = ws_shard_routes(view);
+		if (ws_shard_routes(view))
+		{
+			if (inserts_into(top, target->relid) > 1)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("INSERT ... ON CONFLICT into distributed table \"%s\" must be the statement's only INSERT into it",
+								RelationGetRelationName(view))));
+			ws_upsert_plan(query, view);
+		}
 		relation_close(view, AccessShareLock);
-		if (routes)
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("INSERT ... ON CONFLICT is not supported on distributed table \"%s\"",
-							get_rel_name(target->relid)),
-					 errdetail("Rows reach their shards without the ON CONFLICT clause."),
-					 errhint("Leave out the rows whose keys are stored already, with WHERE NOT EXISTS for example.")));
 	}
 }
 
@@ -167,7 +193,7 @@ static PlannedStmt *
 guard_planner(Query *parse, const char *query_string, int cursorOptions,
 			  ParamListInfo boundParams)
 {
-	check_query(parse);
+	check_query(parse, parse);
 	if (prev_planner != NULL)
 		return prev_planner(parse, query_string, cursorOptions, boundParams);
 	return standard_planner(parse, query_string, cursorOptions, boundParams);

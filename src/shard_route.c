@@ -137,6 +137,8 @@ typedef struct DistEntry
 	FmgrInfo   *send_functions; /* per column of the view, if binary */
 	char	   *binary_forms;	/* per column of the view: copy_binary.c */
 	FmgrInfo   *out_functions;	/* per column of the view */
+	FmgrInfo   *in_functions;	/* per column of the view: upserts' rows */
+	Oid		   *typioparams;	/* per column of the view, for in_functions */
 } DistEntry;
 
 /* Rows buffered for one slot; marks remember where each subtransaction began. */
@@ -585,6 +587,8 @@ fill_entry(DistEntry *entry, Relation view)
 	 */
 	initStringInfo(&columns);
 	fresh.out_functions = palloc(sizeof(FmgrInfo) * desc->natts);
+	fresh.in_functions = palloc(sizeof(FmgrInfo) * desc->natts);
+	fresh.typioparams = palloc(sizeof(Oid) * desc->natts);
 	fresh.send_functions = palloc(sizeof(FmgrInfo) * desc->natts);
 	fresh.binary_forms = palloc(desc->natts);
 	fresh.binary = true;
@@ -607,6 +611,8 @@ fill_entry(DistEntry *entry, Relation view)
 						 quote_identifier(NameStr(att->attname)));
 		getTypeOutputInfo(att->atttypid, &func, &varlena);
 		fmgr_info_cxt(func, &fresh.out_functions[i], fresh.context);
+		getTypeInputInfo(att->atttypid, &func, &fresh.typioparams[i]);
+		fmgr_info_cxt(func, &fresh.in_functions[i], fresh.context);
 		if (fresh.binary)
 		{
 			getTypeBinaryOutputInfo(att->atttypid, &func, &varlena);
@@ -730,6 +736,16 @@ ws_shard_mapping_user(Relation view)
 }
 
 /*
+ * ws_shard_key_column returns the attribute number of a distributed table's
+ * shard key.
+ */
+AttrNumber
+ws_shard_key_column(Relation view)
+{
+	return open_dist(view)->key_attnum;
+}
+
+/*
  * ws_shard_partitioned_table returns the partitioned table of a distributed
  * table's slots, ws_dist.<table>.
  */
@@ -830,12 +846,13 @@ buffer_for(DistEntry *dist, int slot)
 
 /*
  * capture_error takes the error being handled out of the error state, so
- * that it can be raised again with where the rows were going.
+ * that it can be raised again with where the rows were going: the copy goes
+ * with the transaction that the error aborts.
  */
 static ErrorData *
 capture_error(void)
 {
-	MemoryContext old = MemoryContextSwitchTo(buffer_context);
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
 	ErrorData  *edata = CopyErrorData();
 
 	FlushErrorState();
@@ -1149,7 +1166,7 @@ send_all(void)
 }
 
 /*
- * set_transmission_modes makes output functions write values the shard
+ * ws_shard_transmission_modes makes output functions write values the shard
  * reads back exactly, whatever this session's settings (as postgres_fdw
  * does: its connections use DateStyle ISO): ISO dates, postgres intervals,
  * exact floats (any extra_float_digits above 0 gives the shortest exact
@@ -1157,8 +1174,8 @@ send_all(void)
  * settings already serve, as the defaults do: undoing a level walks every
  * setting, too slow for each row.
  */
-static int
-set_transmission_modes(void)
+int
+ws_shard_transmission_modes(void)
 {
 	int			level;
 
@@ -1186,7 +1203,7 @@ static void
 append_line(StringInfo out, DistEntry *dist, TupleDesc desc, Datum *values, bool *nulls,
 			int slot)
 {
-	int			guc_level = dist->binary ? -1 : set_transmission_modes();
+	int			guc_level = dist->binary ? -1 : ws_shard_transmission_modes();
 
 	if (dist->binary)
 		pq_sendint16(out, dist->ncolumns + 1);
@@ -1236,7 +1253,7 @@ append_row(SlotBuffer *buf, TupleDesc desc, Datum *values, bool *nulls)
 {
 	if (buf->rows == 0)
 	{
-		int			guc_level = set_transmission_modes();
+		int			guc_level = ws_shard_transmission_modes();
 
 		for (int i = 0, n = 0; i < desc->natts; i++)
 		{
@@ -1342,8 +1359,89 @@ returned_row(HeapTuple tuple, MemoryContext caller_context)
 }
 
 /*
+ * upsert_row sends a row (deformed) of an INSERT ... ON CONFLICT to its
+ * slot's table alone, in postgres_fdw's remote transaction, and returns what
+ * the trigger returns: the row as the shard stored it, or NULL if the shard
+ * skipped it (shard_upsert.c).  Called in row_context.
+ */
+static Datum
+upsert_row(Relation view, const WsUpsert *upsert, Datum *values, bool *nulls,
+		   MemoryContext caller_context)
+{
+	TupleDesc	desc = RelationGetDescr(view);
+	DistEntry  *dist;
+	int			slot = route_slot(view, values, nulls, &dist);
+	SlotInfo   *info = &dist->slots[slot];
+	int			nparams = dist->ncolumns + upsert->nvalues;
+	const char **params = palloc(sizeof(char *) * nparams);
+	Oid		   *types = palloc0(sizeof(Oid) * nparams);
+	int			guc_level = ws_shard_transmission_modes();
+	char	   *sql;
+	PGresult   *volatile res = NULL;
+	HeapTuple	stored = NULL;
+
+	for (int i = 0, n = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped)
+			params[n++] = nulls[i] ? NULL : OutputFunctionCall(&dist->out_functions[i], values[i]);
+	if (guc_level >= 0)
+		AtEOXact_GUC(true, guc_level);
+	for (int i = 0; i < upsert->nvalues; i++)
+	{
+		params[dist->ncolumns + i] = upsert->values[i];
+		types[dist->ncolumns + i] = upsert->types[i];
+	}
+	sql = psprintf("INSERT INTO %s AS ws_target (%s) VALUES %s%s RETURNING %s", info->remote_table,
+				   dist->column_list, dist->parameters, upsert->clause, dist->column_list);
+
+	PG_TRY();
+	{
+		PGconn	   *conn = connection_as(info->serverid, mapping_user(dist));
+
+		if (!PQsendQueryParams(conn, sql, nparams, types, params, NULL, NULL, 0))
+			fdw_report_error(ERROR, NULL, conn, false, sql);
+		res = fdw_get_result(conn, sql);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK)
+			fdw_report_error(ERROR, res, conn, true, sql);
+	}
+	PG_CATCH();
+	{
+		ws_shard_rethrow_write_error(1, dist->name, info->serverid, slot, info->remote_table);
+	}
+	PG_END_TRY();
+
+	PG_TRY();
+	{
+		if (PQntuples(res) == 1)
+		{
+			for (int i = 0, n = 0; i < desc->natts; i++)
+			{
+				Form_pg_attribute att = TupleDescAttr(desc, i);
+
+				nulls[i] = att->attisdropped || PQgetisnull(res, 0, n);
+				values[i] = nulls[i] ? (Datum) 0 :
+					InputFunctionCall(&dist->in_functions[i], PQgetvalue(res, 0, n),
+									  dist->typioparams[i], att->atttypmod);
+				if (!att->attisdropped)
+					n++;
+			}
+			note_routed(info->serverid, 1);
+			MemoryContextSwitchTo(caller_context);
+			stored = heap_form_tuple(desc, values, nulls);
+		}
+	}
+	PG_FINALLY();
+	{
+		PQclear(res);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller_context);
+	return PointerGetDatum(stored);
+}
+
+/*
  * ws._route_insert() is the INSTEAD OF INSERT row trigger of a distributed
- * table: it buffers the row for its slot and returns it.
+ * table: it buffers the row for its slot and returns it (or, for an INSERT
+ * ... ON CONFLICT, sends it at once and returns what the shard stored).
  */
 Datum
 write_scaling_route_insert(PG_FUNCTION_ARGS)
@@ -1360,6 +1458,7 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	bool	   *nulls;
 	int			client_encoding;
 	MemoryContext caller_context;
+	const WsUpsert *upsert;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_INSTEAD(trigdata->tg_event) ||
 		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
@@ -1382,6 +1481,10 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	values = palloc(sizeof(Datum) * desc->natts);
 	nulls = palloc(sizeof(bool) * desc->natts);
 	heap_deform_tuple(tuple, desc, values, nulls);
+
+	upsert = ws_upsert_running(RelationGetRelid(view));
+	if (upsert != NULL)
+		return upsert_row(view, upsert, values, nulls, caller_context);
 
 	if (ws_shard_streaming_now(RelationGetRelid(view)))
 	{
@@ -2408,6 +2511,7 @@ ws_shard_register_callbacks(void)
 {
 	/* Callbacks run newest first: the check of unsent rows before the wait. */
 	ws_shard_stream_register();	/* before shard_defer.c's hooks, inside them */
+	ws_shard_upsert_register();
 	ws_shard_utility_register();
 	ws_defer_register();
 	ws_shard_guard_register();

@@ -1,0 +1,574 @@
+/*-------------------------------------------------------------------------
+ *
+ * shard_upsert.c
+ *	  INSERT ... ON CONFLICT into a distributed table.
+ *
+ * Every unique index of a distributed table includes its shard key
+ * (ws.distribute_table refuses the others), so rows that conflict share a
+ * key, hence a slot: the slot's table on its shard can decide.  Each row
+ * goes there alone, as an INSERT ... ON CONFLICT ... RETURNING of its own in
+ * postgres_fdw's remote transaction, and the view's trigger returns the row
+ * that comes back (as inserted, or as updated), or nothing when the shard
+ * skipped it: the row count and the statement's RETURNING are a table's.
+ * One round trip per row; an upsert neither streams nor waits for the
+ * commit.
+ *
+ * The clause is translated when the statement is planned, by the planner
+ * hook of shard_guard.c (a view has no unique index, so PostgreSQL's planner
+ * could not infer an arbiter anyway): ws_upsert_plan writes it as SQL for
+ * the shards and leaves in its place an ON CONFLICT DO NOTHING, which the
+ * view's trigger makes PostgreSQL ignore, whose WHERE clause is a call of
+ * ws._on_conflict(VARIADIC "any") with the SQL and the values: that lives as long as the plan does,
+ * and EXPLAIN shows it as the Conflict Filter.  The executor never runs it.
+ * The parts of the clause that read the stored row or EXCLUDED run on the
+ * shard, so they may use only built-in immutable functions and operators,
+ * as postgres_fdw ships; the parts that read neither (a PL/pgSQL variable,
+ * now(), a function of the user's) are the call's other arguments,
+ * computed here once per execution, and travel as parameters.  Volatile
+ * functions and subqueries are refused: PostgreSQL would run them for each
+ * conflicting row only.
+ *
+ * Each row is a statement of its own on the shard, so where two rows of one
+ * INSERT share a key, DO UPDATE updates the stored row twice instead of
+ * failing ("cannot affect row a second time").
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/transam.h"
+#include "access/xact.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "executor/executor.h"
+#include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/clauses.h"
+#include "optimizer/optimizer.h"
+#include "parser/parse_func.h"
+#include "parser/parsetree.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/ruleutils.h"
+
+#include "shard.h"
+
+/* The stored row's name in the shard's statement. */
+#define TARGET_ALIAS "ws_target"
+
+typedef struct ShipContext
+{
+	const char *table;			/* for messages */
+	int			nrow;			/* $1 .. $nrow: the row's columns */
+	List	   *locals;			/* computed here: $nrow + 1 on */
+} ShipContext;
+
+/*
+ * The upserts of the queries running: the list in TopTransactionContext,
+ * each upsert in a context of its own under it.
+ */
+static List *running = NIL;
+
+PG_FUNCTION_INFO_V1(write_scaling_on_conflict);
+
+static ExecutorStart_hook_type prev_executor_start = NULL;
+static ExecutorEnd_hook_type prev_executor_end = NULL;
+
+static void
+refuse(const char *table, const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("ON CONFLICT clause of INSERT into distributed table \"%s\" cannot be sent to its shards",
+					table),
+			 errdetail("%s", detail),
+			 errhint("Compute the value in the inserted row and refer to it as EXCLUDED.column.")));
+}
+
+/* The shards run what reads the row: built-in and immutable only. */
+static bool
+not_shippable(Oid funcid, void *context)
+{
+	return funcid >= FirstGenbkiObjectId || func_volatile(funcid) != PROVOLATILE_IMMUTABLE;
+}
+
+/*
+ * reads_row tells whether an expression reads the stored row or EXCLUDED
+ * (or a CASE's operand, which stands for one).
+ */
+static bool
+reads_row(Node *node, void *context)
+{
+	if (node == NULL || IsA(node, Query))
+		return false;
+	if (IsA(node, Var))
+		return ((Var *) node)->varlevelsup == 0;
+	if (IsA(node, CaseTestExpr))
+		return true;
+	if (IsA(node, CaseWhen))	/* the walker knows it only inside a CASE */
+		return reads_row((Node *) ((CaseWhen *) node)->expr, context) ||
+			reads_row((Node *) ((CaseWhen *) node)->result, context);
+	return expression_tree_walker(node, reads_row, context);
+}
+
+/*
+ * ship_mutator copies a part of the ON CONFLICT clause for the shards: what
+ * reads the row stays, if the shards may run it; what does not becomes a
+ * parameter, its expression added to cxt->locals.
+ */
+static Node *
+ship_mutator(Node *node, ShipContext *cxt)
+{
+	if (node == NULL)
+		return NULL;
+	if (!IsA(node, List) && !IsA(node, TargetEntry) && !IsA(node, InferenceElem) &&
+		!IsA(node, CaseWhen) && !reads_row(node, NULL))
+	{
+		Param	   *param;
+
+		if (IsA(node, Const))
+			return copyObject(node);
+		if (contain_subplans(node))
+			refuse(cxt->table, "It has a subquery.");
+		if (contain_volatile_functions(node))
+			refuse(cxt->table, "It calls a volatile function, which would run once for the statement instead of once per conflicting row.");
+		cxt->locals = lappend(cxt->locals, node);
+		param = makeNode(Param);
+		param->paramkind = PARAM_EXTERN;
+		param->paramid = cxt->nrow + list_length(cxt->locals);
+		param->paramtype = exprType(node);
+		param->paramtypmod = exprTypmod(node);
+		param->paramcollid = exprCollation(node);
+		param->location = -1;
+		return (Node *) param;
+	}
+	switch (nodeTag(node))
+	{
+		case T_List:
+		case T_TargetEntry:
+		case T_InferenceElem:
+		case T_Var:
+		case T_CaseTestExpr:
+		case T_FuncExpr:
+		case T_OpExpr:
+		case T_DistinctExpr:
+		case T_NullIfExpr:
+		case T_ScalarArrayOpExpr:
+		case T_BoolExpr:
+		case T_NullTest:
+		case T_BooleanTest:
+		case T_CaseExpr:
+		case T_CaseWhen:
+		case T_CoalesceExpr:
+		case T_RelabelType:
+		case T_CoerceViaIO:
+		case T_ArrayExpr:
+		case T_RowExpr:
+		case T_CollateExpr:
+		case T_FieldSelect:
+			break;
+		case T_MinMaxExpr:
+			if (((MinMaxExpr *) node)->minmaxtype < FirstGenbkiObjectId)
+				break;
+			/* FALLTHROUGH */
+		default:
+			refuse(cxt->table, "An expression that reads the stored row or EXCLUDED must be built of columns, constants, and built-in immutable functions and operators.");
+	}
+	if (check_functions_in_node(node, not_shippable, NULL))
+		refuse(cxt->table, "An expression that reads the stored row or EXCLUDED calls a function or operator that is not built in or not immutable.");
+	return expression_tree_mutator(node, ship_mutator, (void *) cxt);
+}
+
+/*
+ * check_key_kept refuses a DO UPDATE that sets the shard key to anything
+ * but itself: the row would stay in the slot of its old key.
+ */
+static void
+check_key_kept(Query *query, Relation view, AttrNumber key)
+{
+	OnConflictExpr *conflict = query->onConflict;
+	ListCell   *lc;
+
+	foreach(lc, conflict->onConflictSet)
+	{
+		TargetEntry *entry = lfirst(lc);
+		Var		   *var = (Var *) entry->expr;
+
+		if (entry->resjunk || entry->resno != key)
+			continue;
+		if (IsA(var, Var) && var->varlevelsup == 0 && var->varattno == key &&
+			(var->varno == query->resultRelation || var->varno == conflict->exclRelIndex))
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot update the shard key \"%s\" of distributed table \"%s\"",
+						get_attname(RelationGetRelid(view), key, false),
+						RelationGetRelationName(view)),
+				 errdetail("The key decides which shard holds a row, and an UPDATE leaves the row where it is.")));
+	}
+}
+
+/*
+ * remote_query builds the INSERT that the shards run for each row, for
+ * ruleutils to write: the row's columns as parameters, the stored row named
+ * TARGET_ALIAS, the clause's other relations (the SELECT or VALUES the rows
+ * come from) left empty.
+ */
+static Query *
+remote_query(Query *query, OnConflictExpr *conflict)
+{
+	Query	   *remote = makeNode(Query);
+	int			index = 0;
+	ListCell   *lc;
+
+	remote->commandType = CMD_INSERT;
+	remote->querySource = QSRC_ORIGINAL;
+	remote->canSetTag = true;
+	remote->resultRelation = query->resultRelation;
+	remote->jointree = makeFromExpr(NIL, NULL);
+	remote->onConflict = conflict;
+	foreach(lc, query->rtable)
+	{
+		RangeTblEntry *rte = copyObject(lfirst(lc));
+
+		index++;
+		if (index == query->resultRelation)
+			rte->alias = makeAlias(TARGET_ALIAS, NIL);
+		else if (index != conflict->exclRelIndex)
+		{
+			rte = makeNode(RangeTblEntry);
+			rte->rtekind = RTE_RESULT;
+			rte->eref = makeAlias("*RESULT*", NIL);
+		}
+		remote->rtable = lappend(remote->rtable, rte);
+	}
+	foreach(lc, query->targetList)
+	{
+		TargetEntry *entry = lfirst(lc);
+		Param	   *param;
+
+		if (entry->resjunk)
+			continue;
+		param = makeNode(Param);
+		param->paramkind = PARAM_EXTERN;
+		param->paramid = entry->resno;
+		param->paramtype = exprType((Node *) entry->expr);
+		param->paramtypmod = -1;
+		param->paramcollid = InvalidOid;
+		param->location = -1;
+		remote->targetList = lappend(remote->targetList,
+									 makeTargetEntry((Expr *) param, entry->resno,
+													 entry->resname, false));
+	}
+	return remote;
+}
+
+/*
+ * deparse_clause writes the ON CONFLICT clause of remote as SQL for the
+ * shards: what ruleutils writes for the whole INSERT, less what it writes
+ * without the clause.  Names are qualified unless in pg_catalog, the only
+ * schema on the path of postgres_fdw's sessions, and values written as
+ * postgres_fdw's sessions read them.
+ */
+static char *
+deparse_clause(Query *remote)
+{
+	int			level = NewGUCNestLevel();
+	char	   *whole;
+	char	   *prefix;
+
+	(void) set_config_option("search_path", "pg_catalog", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("datestyle", "ISO", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("extra_float_digits", "3", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	whole = pg_get_querydef(copyObject(remote), false);
+	remote->onConflict = NULL;
+	prefix = pg_get_querydef(remote, false);
+	AtEOXact_GUC(true, level);
+
+	if (strncmp(whole, prefix, strlen(prefix)) != 0)
+		elog(ERROR, "could not write the ON CONFLICT clause: \"%s\"", whole);
+	return whole + strlen(prefix);
+}
+
+/*
+ * marker_function returns the OID of ws._on_conflict(VARIADIC "any"),
+ * or InvalidOid in a database without the extension.
+ */
+static Oid
+marker_function(void)
+{
+	Oid			args[1] = {ANYOID};
+
+	return LookupFuncName(list_make2(makeString("ws"), makeString("_on_conflict")),
+						  1, args, true);
+}
+
+/*
+ * ws_upsert_plan rewrites an INSERT ... ON CONFLICT into view, a distributed
+ * table, for the executor (see the file header).  Called by the planner
+ * hook, before planning, on the rewritten query.
+ */
+void
+ws_upsert_plan(Query *query, Relation view)
+{
+	OnConflictExpr *conflict = copyObject(query->onConflict);
+	OnConflictExpr *nothing = makeNode(OnConflictExpr);
+	TupleDesc	desc = RelationGetDescr(view);
+	ShipContext cxt;
+	Const	   *clause;
+
+	if (OidIsValid(conflict->constraint))
+		refuse(RelationGetRelationName(view), "A constraint has another name on each shard; name its columns instead.");
+	check_key_kept(query, view, ws_shard_key_column(view));
+
+	cxt.table = RelationGetRelationName(view);
+	cxt.nrow = 0;
+	for (int i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped)
+			cxt.nrow++;
+	cxt.locals = NIL;
+	conflict->arbiterElems = (List *) ship_mutator((Node *) conflict->arbiterElems, &cxt);
+	conflict->arbiterWhere = ship_mutator(conflict->arbiterWhere, &cxt);
+	conflict->onConflictSet = (List *) ship_mutator((Node *) conflict->onConflictSet, &cxt);
+	conflict->onConflictWhere = ship_mutator(conflict->onConflictWhere, &cxt);
+	clause = makeConst(TEXTOID, -1, DEFAULT_COLLATION_OID, -1,
+					   CStringGetTextDatum(deparse_clause(remote_query(query, conflict))),
+					   false, false);
+
+	nothing->action = ONCONFLICT_NOTHING;
+	nothing->exclRelIndex = conflict->exclRelIndex;
+	nothing->exclRelTlist = conflict->exclRelTlist;
+	nothing->onConflictWhere = (Node *) makeFuncExpr(marker_function(), BOOLOID,
+													 lcons(clause, cxt.locals), InvalidOid,
+													 InvalidOid, COERCE_EXPLICIT_CALL);
+	query->onConflict = nothing;
+}
+
+/*
+ * marker_call returns the call of ws._on_conflict that an INSERT's plan
+ * carries, or NULL.
+ */
+static FuncExpr *
+marker_call(ModifyTable *modify)
+{
+	Node	   *where = modify->onConflictWhere;
+	FuncExpr   *call;
+
+	if (modify->operation != CMD_INSERT || modify->onConflictAction != ONCONFLICT_NOTHING ||
+		where == NULL)
+		return NULL;
+	/* The planner made the qual a list. */
+	if (IsA(where, List) && list_length((List *) where) == 1)
+		where = linitial((List *) where);
+	if (!IsA(where, FuncExpr))
+		return NULL;
+	call = (FuncExpr *) where;
+	if (call->funcid != marker_function() || call->args == NIL ||
+		!IsA(linitial(call->args), Const) || ((Const *) linitial(call->args))->constisnull)
+		return NULL;
+	return call;
+}
+
+/*
+ * ws._on_conflict(clause, values...) marks an INSERT ... ON CONFLICT into a
+ * distributed table in its plan; the executor does not call it.
+ */
+Datum
+write_scaling_on_conflict(PG_FUNCTION_ARGS)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("ws._on_conflict() only marks an INSERT into a distributed table")));
+	PG_RETURN_NULL();
+}
+
+/*
+ * compute_values computes the clause's values that do not read the row, as
+ * text for the shards, with the query's parameters.
+ */
+static void
+compute_values(WsUpsert *upsert, List *locals, ParamListInfo params)
+{
+	ExprContext *econtext = CreateStandaloneExprContext();
+	int			level = ws_shard_transmission_modes();
+	int			i = 0;
+	ListCell   *lc;
+
+	econtext->ecxt_param_list_info = params;
+	upsert->nvalues = list_length(locals);
+	upsert->values = palloc(sizeof(char *) * upsert->nvalues);
+	upsert->types = palloc(sizeof(Oid) * upsert->nvalues);
+	foreach(lc, locals)
+	{
+		Expr	   *expr = lfirst(lc);
+		ExprState  *state = ExecInitExprWithParams(expr, params);
+		Oid			type = exprType((Node *) expr);
+		bool		isnull;
+		Datum		value = ExecEvalExprSwitchContext(state, econtext, &isnull);
+		Oid			output;
+		bool		varlena;
+
+		getTypeOutputInfo(type, &output, &varlena);
+		upsert->values[i] = isnull ? NULL : OidOutputFunctionCall(output, value);
+		/* The shard knows a built-in type by its OID; others by the statement. */
+		upsert->types[i] = type < FirstGenbkiObjectId ? type : InvalidOid;
+		i++;
+	}
+	if (level >= 0)
+		AtEOXact_GUC(true, level);
+	FreeExprContext(econtext, true);
+}
+
+/*
+ * note_upserts finds the INSERTs with a clause for the shards in a plan
+ * starting to run, and computes their values.
+ */
+static void
+note_upserts(QueryDesc *queryDesc, Plan *plan)
+{
+	ModifyTable *modify = (ModifyTable *) plan;
+	FuncExpr   *call;
+	MemoryContext memory;
+	MemoryContext old;
+	WsUpsert   *upsert;
+
+	if (plan == NULL || !IsA(plan, ModifyTable) || (call = marker_call(modify)) == NULL)
+		return;
+
+	memory = AllocSetContextCreate(TopTransactionContext, "write_scaling upsert",
+								   ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(memory);
+	upsert = palloc0(sizeof(WsUpsert));
+	upsert->memory = memory;
+	upsert->query = queryDesc;
+	upsert->subid = GetCurrentSubTransactionId();
+	upsert->view = rt_fetch(linitial_int(modify->resultRelations),
+							queryDesc->plannedstmt->rtable)->relid;
+	upsert->clause = TextDatumGetCString(((Const *) linitial(call->args))->constvalue);
+	compute_values(upsert, list_delete_first(list_copy(call->args)), queryDesc->params);
+	MemoryContextSwitchTo(TopTransactionContext);
+	running = lappend(running, upsert);
+	MemoryContextSwitchTo(old);
+}
+
+static void
+upsert_executor_start(QueryDesc *queryDesc, int eflags)
+{
+	PlannedStmt *stmt = queryDesc->plannedstmt;
+	ListCell   *lc;
+
+	if (prev_executor_start != NULL)
+		prev_executor_start(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+	if ((eflags & EXEC_FLAG_EXPLAIN_ONLY) != 0 ||
+		(stmt->commandType != CMD_INSERT && !stmt->hasModifyingCTE))
+		return;
+	note_upserts(queryDesc, stmt->planTree);
+	foreach(lc, stmt->subplans)
+		note_upserts(queryDesc, lfirst(lc));
+}
+
+static void
+forget_upserts(bool (*gone) (WsUpsert *upsert, void *arg), void *arg)
+{
+	ListCell   *lc;
+
+	foreach(lc, running)
+	{
+		WsUpsert   *upsert = lfirst(lc);
+
+		if (gone(upsert, arg))
+		{
+			running = foreach_delete_current(running, lc);
+			MemoryContextDelete(upsert->memory);
+		}
+	}
+}
+
+static bool
+of_query(WsUpsert *upsert, void *arg)
+{
+	return upsert->query == arg;
+}
+
+static bool
+of_subtransaction(WsUpsert *upsert, void *arg)
+{
+	return upsert->subid == *(SubTransactionId *) arg;
+}
+
+static void
+upsert_executor_end(QueryDesc *queryDesc)
+{
+	if (running != NIL)
+		forget_upserts(of_query, queryDesc);
+	if (prev_executor_end != NULL)
+		prev_executor_end(queryDesc);
+	else
+		standard_ExecutorEnd(queryDesc);
+}
+
+/*
+ * ws_upsert_running returns the upsert of the query running now, if it
+ * inserts into view with ON CONFLICT, or NULL.
+ */
+const WsUpsert *
+ws_upsert_running(Oid view)
+{
+	QueryDesc  *query;
+	ListCell   *lc;
+
+	if (running == NIL)
+		return NULL;
+	query = ws_running_query();
+	foreach(lc, running)
+	{
+		WsUpsert   *upsert = lfirst(lc);
+
+		if (upsert->query == query && upsert->view == view)
+			return upsert;
+	}
+	return NULL;
+}
+
+/* An error ends a query without ExecutorEnd. */
+static void
+upsert_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
+		event == XACT_EVENT_PREPARE || event == XACT_EVENT_PARALLEL_ABORT)
+		running = NIL;			/* gone with TopTransactionContext */
+}
+
+static void
+upsert_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && running != NIL)
+		forget_upserts(of_subtransaction, &mySubid);
+}
+
+/*
+ * ws_shard_upsert_register installs the executor hooks; called from
+ * _PG_init.
+ */
+void
+ws_shard_upsert_register(void)
+{
+	prev_executor_start = ExecutorStart_hook;
+	ExecutorStart_hook = upsert_executor_start;
+	prev_executor_end = ExecutorEnd_hook;
+	ExecutorEnd_hook = upsert_executor_end;
+	RegisterXactCallback(upsert_xact_callback, NULL);
+	RegisterSubXactCallback(upsert_subxact_callback, NULL);
+}

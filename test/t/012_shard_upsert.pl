@@ -1,0 +1,252 @@
+# INSERT ... ON CONFLICT into a distributed table, on real clusters: a
+# coordinator (with write_scaling) and two plain PostgreSQL shards on
+# loopback.  Each row must reach its key's slot table with its clause: DO
+# NOTHING skips a stored key, DO UPDATE updates the stored row, and the row
+# count and RETURNING are those of a table.  The clause's values that do not
+# read the row (parameters, PL/pgSQL variables, now(), the user's
+# functions) are computed on the coordinator; what the shards cannot run is
+# refused before anything is written.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $vnodes = 16;
+my $osuser = getpwuid($>);
+
+my $coord = PostgreSQL::Test::Cluster->new('coordinator');
+$coord->init;
+$coord->append_conf('postgresql.conf', "shared_preload_libraries = 'write_scaling'");
+$coord->start;
+$coord->safe_psql('postgres', q{
+	CREATE EXTENSION postgres_fdw;
+	CREATE EXTENSION write_scaling;
+});
+
+my %shard;
+for my $name (qw(s1 s2))
+{
+	my $node = PostgreSQL::Test::Cluster->new("shard_$name");
+	$node->init;
+	$node->start;
+	$shard{$name} = $node;
+	$coord->safe_psql('postgres', sprintf(q{
+		CREATE SERVER %s FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '%s', port '%s', dbname 'postgres');
+		CREATE USER MAPPING FOR CURRENT_USER SERVER %s OPTIONS (user '%s');},
+		$name, $node->host, $node->port, $name, $osuser));
+}
+
+$coord->safe_psql('postgres', qq{
+	SELECT ws.create_shard_map('m', vnodes => $vnodes);
+	SELECT ws.add_shard('m', 's1');
+	SELECT ws.add_shard('m', 's2');
+	CREATE TABLE counters (
+		id bigint PRIMARY KEY,
+		name text NOT NULL,
+		hits int NOT NULL DEFAULT 1,
+		seen timestamptz NOT NULL DEFAULT '2000-01-01');
+	SELECT ws.distribute_table('counters', 'id', 'm');
+});
+
+# stored ID: "name hits" of the row in its key's slot table on the shard
+# that holds the slot, or "none"; dies if the row is anywhere else.
+sub stored
+{
+	my ($id) = @_;
+	my ($server, $slot) = split /\|/,
+	  $coord->safe_psql('postgres', "SELECT ws.shard_for('m', '$id'), ws.key_slot('$id', $vnodes)");
+	my $table = sprintf('counters_s%03d', $slot);
+	my $where = '';
+	for my $name (sort keys %shard)
+	{
+		my $elsewhere = $shard{$name}->safe_psql('postgres',
+			"SELECT count(*) FROM counters_shard WHERE id = $id"
+			  . ($name eq $server ? " AND tableoid <> '$table'::regclass" : ''));
+		die "row $id is on $name outside $table" if $elsewhere ne '0';
+	}
+	my $row = $shard{$server}->safe_psql('postgres', "SELECT name || ' ' || hits FROM $table WHERE id = $id");
+	return $row eq '' ? 'none' : $row;
+}
+
+# Two keys on each shard, to see both sides.
+my %on;
+for my $id (1 .. 50)
+{
+	my $server = $coord->safe_psql('postgres', "SELECT ws.shard_for('m', '$id')");
+	push @{ $on{$server} }, $id if @{ $on{$server} || [] } < 2;
+}
+my ($a1, $a2) = @{ $on{s1} };
+my ($b1, $b2) = @{ $on{s2} };
+
+# --- DO NOTHING -------------------------------------------------------------
+
+is($coord->safe_psql('postgres', qq{
+	INSERT INTO counters (id, name) VALUES ($a1, 'first') ON CONFLICT DO NOTHING RETURNING id, name}),
+	"$a1|first", 'DO NOTHING inserts a new key and returns it');
+is($coord->safe_psql('postgres', qq{
+	WITH i AS (INSERT INTO counters (id, name) VALUES ($a1, 'second') ON CONFLICT (id) DO NOTHING RETURNING id)
+	SELECT count(*) FROM i}),
+	'0', 'a stored key is skipped: no row returned');
+is(stored($a1), 'first 1', 'the stored row is unchanged');
+my ($ret, $out, $err) = $coord->psql('postgres', qq{
+	INSERT INTO counters (id, name) VALUES ($a1, 'x'), ($a2, 'x'), ($b1, 'x') ON CONFLICT DO NOTHING});
+is($out, '', 'no output');
+like($err, qr/^$/, 'no error');
+is($coord->safe_psql('postgres', qq{
+	WITH i AS (INSERT INTO counters (id, name) VALUES ($a1, 'y'), ($a2, 'y'), ($b1, 'y'), ($b2, 'y')
+			   ON CONFLICT DO NOTHING RETURNING id)
+	SELECT string_agg(id::text, ',' ORDER BY id) FROM i}),
+	join(',', sort { $a <=> $b } $b2), 'a multi-row INSERT returns only the rows it inserted, on both shards');
+is(join(' / ', map { stored($_) } $a1, $a2, $b1, $b2), 'first 1 / x 1 / x 1 / y 1',
+	'every row on its own slot table, inserted once');
+
+# The command tag counts the rows inserted, as on a table.
+my $stored_of_20 = grep { $_ <= 20 } $a1, $a2, $b1, $b2;
+is($coord->safe_psql('postgres', qq{
+	INSERT INTO counters (id, name) SELECT i, 'z' FROM generate_series(1, 20) i ON CONFLICT DO NOTHING;
+	\\echo :ROW_COUNT}),
+	20 - $stored_of_20, 'the command tag counts the new keys of an INSERT ... SELECT');
+
+# --- DO UPDATE ----------------------------------------------------------------
+
+is($coord->safe_psql('postgres', qq{
+	INSERT INTO counters (id, name) VALUES ($a1, 'renamed')
+	ON CONFLICT (id) DO UPDATE SET hits = counters.hits + excluded.hits, name = excluded.name
+	RETURNING name, hits}),
+	'renamed|2', 'DO UPDATE returns the row as the shard updated it');
+is($coord->safe_psql('postgres', qq{
+	INSERT INTO counters AS c (id, name, hits) VALUES ($a1, 'a', 5), ($b1, 'b', 7), (1001, 'new', 3)
+	ON CONFLICT (id) DO UPDATE SET hits = c.hits + excluded.hits WHERE c.name <> 'x'
+	RETURNING id, hits}),
+	"$a1|7\n1001|3", 'an alias, and a WHERE that skips a row: the updated and the inserted rows come back');
+is(join(' / ', map { stored($_) } $a1, $b1, 1001), 'renamed 7 / x 1 / new 3', 'as stored on the shards');
+is($coord->safe_psql('postgres', qq{
+	INSERT INTO counters (id, name) VALUES ($b1, 'c')
+	ON CONFLICT (id) DO UPDATE SET name = CASE excluded.name WHEN 'c' THEN 'case' ELSE 'other' END,
+		hits = greatest(counters.hits, 40) - coalesce(NULL, 1)
+	RETURNING name, hits}),
+	'case|39', 'CASE, greatest and coalesce run on the shard');
+
+# Values that do not read the row are computed here: a parameter of a
+# generic plan, a PL/pgSQL variable, now(), a function of the user's.
+is($coord->safe_psql('postgres', qq{
+	SET plan_cache_mode = force_generic_plan;
+	PREPARE bump(int, text) AS INSERT INTO counters (id, name) VALUES ($a2, \$2)
+		ON CONFLICT (id) DO UPDATE SET hits = counters.hits + \$1, name = \$2 || '!' RETURNING hits, name;
+	EXECUTE bump(10, 'p');
+	EXECUTE bump(100, 'q');}),
+	"11|p!\n111|q!", 'parameters of a generic plan');
+is($coord->safe_psql('postgres', qq{
+	CREATE FUNCTION add_hits(n int) RETURNS int LANGUAGE plpgsql AS \$\$
+	DECLARE
+		result int;
+	BEGIN
+		FOR i IN 1 .. 3 LOOP
+			INSERT INTO counters (id, name) VALUES ($b2, 'v')
+			ON CONFLICT (id) DO UPDATE SET hits = counters.hits + n * i RETURNING hits INTO result;
+		END LOOP;
+		RETURN result;
+	END \$\$;
+	SELECT add_hits(1000);}),
+	'6001', 'PL/pgSQL variables, one plan run three times');
+is($coord->safe_psql('postgres', qq{
+	CREATE FUNCTION label(text) RETURNS text LANGUAGE sql STABLE AS \$\$ SELECT 'label ' || \$1 \$\$;
+	BEGIN;
+	INSERT INTO counters (id, name) VALUES ($a2, 'n') ON CONFLICT (id) DO UPDATE SET seen = now(), name = label('n');
+	SELECT seen = now(), name FROM counters WHERE id = $a2;
+	COMMIT;}),
+	't|label n', "now() and the user's function, computed on the coordinator");
+is($coord->safe_psql('postgres', qq{
+	SET datestyle = 'SQL, DMY';
+	INSERT INTO counters (id, name, seen) VALUES ($a2, 'd', '2026-03-04') ON CONFLICT (id) DO UPDATE SET seen = '2026-05-06'::timestamptz;
+	SET datestyle = ISO;
+	SELECT seen::date FROM counters WHERE id = $a2}),
+	'2026-05-06', 'a date written under DateStyle SQL, DMY arrives as it was meant');
+
+# A data-modifying CTE; a rollback; a savepoint.
+is($coord->safe_psql('postgres', qq{
+	WITH up AS (INSERT INTO counters (id, name) VALUES ($b1, 'cte'), (2001, 'cte')
+				ON CONFLICT (id) DO UPDATE SET name = excluded.name RETURNING id)
+	SELECT count(*) FROM up}),
+	'2', 'in a WITH clause');
+$coord->safe_psql('postgres', qq{
+	BEGIN;
+	INSERT INTO counters (id, name) VALUES ($b1, 'gone') ON CONFLICT (id) DO UPDATE SET name = excluded.name;
+	INSERT INTO counters (id, name) VALUES (3001, 'gone') ON CONFLICT DO NOTHING;
+	ROLLBACK;});
+is(stored($b1) . ' / ' . stored(3001), 'cte 39 / none', 'a rollback takes the upserts back on the shards');
+is($coord->safe_psql('postgres', qq{
+	BEGIN;
+	INSERT INTO counters (id, name) VALUES ($b1, 'kept') ON CONFLICT (id) DO UPDATE SET name = excluded.name;
+	SAVEPOINT s;
+	INSERT INTO counters (id, name) VALUES ($b1, 'undone') ON CONFLICT (id) DO UPDATE SET name = excluded.name;
+	ROLLBACK TO s;
+	SELECT name FROM counters WHERE id = $b1;
+	COMMIT;}),
+	'kept', 'a savepoint rolls back the upsert after it, and the transaction reads its own');
+
+like($coord->safe_psql('postgres', qq{
+	EXPLAIN (VERBOSE, COSTS OFF) INSERT INTO counters (id, name) VALUES (1, 'e')
+	ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 1, seen = now()}),
+	qr/Conflict Filter: ws\._on_conflict\(' ON CONFLICT\(id\) DO UPDATE SET hits = \(ws_target\.hits \+ 1\), seen = \$5'::text, now\(\)\)/,
+	'EXPLAIN shows what the shards run, and the value computed here');
+
+# --- refused, with nothing written ---------------------------------------------
+
+my $before = join(' / ', map { stored($_) } $a1, $a2, $b1, $b2);
+for my $case (
+	[ "ON CONFLICT (id) DO UPDATE SET id = excluded.id + 1", '0A000', qr/cannot update the shard key "id" of distributed table "counters"/ ],
+	[ "ON CONFLICT (id) DO UPDATE SET hits = (random() * 10)::int", '0A000', qr/cannot be sent to its shards.*volatile function/s ],
+	[ "ON CONFLICT (id) DO UPDATE SET name = (SELECT 'sub')", '0A000', qr/cannot be sent to its shards.*subquery/s ],
+	[ "ON CONFLICT (id) DO UPDATE SET name = label(excluded.name)", '0A000', qr/cannot be sent to its shards.*not built in or not immutable/s ],
+	[ "ON CONFLICT (id) DO UPDATE SET name = excluded.name || excluded.seen", '0A000', qr/cannot be sent to its shards.*not built in or not immutable/s ],
+	[ "ON CONFLICT (name) DO NOTHING", '42P10', qr/could not write 1 row of "counters" to shard server "s\d": there is no unique or exclusion constraint matching the ON CONFLICT specification/ ],
+	[ "ON CONFLICT ON CONSTRAINT counters_pkey DO NOTHING", '42704', qr/constraint "counters_pkey" for table "counters" does not exist/ ])
+{
+	my ($clause, $state, $message) = @$case;
+	($ret, $out, $err) = $coord->psql('postgres', qq{
+		\\set VERBOSITY verbose
+		INSERT INTO counters (id, name) VALUES ($a1, 'no'), ($a2, 'no'), ($b1, 'no'), ($b2, 'no') $clause});
+	like($err, qr/$state: .*$message/s, "$state: $clause");
+}
+($ret, $out, $err) = $coord->psql('postgres', qq{
+	\\set VERBOSITY verbose
+	WITH a AS (INSERT INTO counters (id, name) VALUES ($a1, 'no') ON CONFLICT DO NOTHING RETURNING id)
+	INSERT INTO counters (id, name) VALUES ($a2, 'no')});
+like($err, qr/0A000: INSERT \.\.\. ON CONFLICT into distributed table "counters" must be the statement's only INSERT into it/,
+	'two INSERTs into the table in one statement, one with ON CONFLICT: refused');
+is(join(' / ', map { stored($_) } $a1, $a2, $b1, $b2), $before, 'nothing was written by the refused statements');
+
+# --- two sessions, one key ------------------------------------------------------
+# A shard decides: the second session's upsert waits for the first.  Its
+# remote transaction, postgres_fdw's, is REPEATABLE READ: when the first
+# commits, the second fails with a serialization failure (40001) rather
+# than skipping a row its snapshot does not see; run again, it skips it.
+
+my $first = $coord->background_psql('postgres');
+$first->query_safe(q{BEGIN});
+$first->query_safe(q{INSERT INTO counters (id, name) VALUES (4001, 'first') ON CONFLICT DO NOTHING});
+my $second = $coord->background_psql('postgres', on_error_stop => 0);
+$second->query_safe(q{\set VERBOSITY verbose});
+$second->query_until(qr/started/, q{
+	\echo started
+	INSERT INTO counters (id, name) VALUES (4001, 'second') ON CONFLICT DO NOTHING;
+	\echo done
+});
+my $server_4001 = $coord->safe_psql('postgres', "SELECT ws.shard_for('m', '4001')");
+ok($shard{$server_4001}->poll_query_until('postgres', q{
+	SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO %ON CONFLICT%'}),
+	"the second session's upsert waits on the shard for the first");
+$first->query_safe(q{COMMIT});
+$first->quit;
+like($second->query_until(qr/done/, ''), qr/done/, 'the second session goes on once the first commits');
+like($second->{stderr}, qr/40001: could not write 1 row of "counters" to shard server "s\d": could not serialize access/,
+	'with a serialization failure (40001): its snapshot does not see the row');
+$second->quit;
+is($coord->safe_psql('postgres', q{
+	WITH i AS (INSERT INTO counters (id, name) VALUES (4001, 'second') ON CONFLICT DO NOTHING RETURNING id)
+	SELECT count(*) FROM i}), '0', 'run again, it skips the stored row');
+is(stored(4001), 'first 1', 'one row, the first session\'s');
+
+done_testing();
