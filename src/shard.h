@@ -52,10 +52,10 @@ typedef struct WsUpsert
 	struct QueryDesc *query;	/* whose ModifyTable inserts */
 	SubTransactionId subid;		/* where the query began */
 	Oid			view;			/* the distributed table */
+	bool		single_row;		/* the statement's only row, RETURNING only columns */
 	char	   *clause;			/* " ON CONFLICT ...", for the shards */
 	int			nvalues;		/* its parameters after the row's columns */
 	char	  **values;			/* as text, NULL for NULL */
-	Oid		   *types;			/* InvalidOid where the shard infers it */
 } WsUpsert;
 
 extern void ws_upsert_plan(Query *query, Relation view);
@@ -75,8 +75,8 @@ extern bool ws_shard_streaming_now(Oid view);
 /* shard_conn.c */
 extern bool ws_shard_can_run_alone(Oid serverid, Oid userid);
 extern bool ws_socket_readable(pgsocket sock);
-extern void ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
-							   const char *const *values);
+extern struct pg_result *ws_shard_run_alone(Oid serverid, Oid userid, const char *sql,
+											int nparams, const char *const *values);
 
 /* shard_defer.c */
 extern bool ws_defer_may_wait(Oid serverid, Oid userid);

@@ -409,16 +409,18 @@ last_result(OwnConnection *entry)
 
 /*
  * ws_shard_run_alone runs sql, a statement with nparams text parameters,
- * on our own connection to serverid as a statement of its own: it commits
- * on the shard by itself.  It is prepared there once per connection.  A
+ * on our own connection to serverid as a statement of its own: it commits on the
+ * shard by itself.  It is prepared there once per connection.  A
  * connection that fails before the statement went out is opened again,
- * once.  Raises the shard's error, if any.
+ * once.  Raises the shard's error, if any; returns the statement's result,
+ * for the caller to PQclear.
  */
-void
+PGresult *
 ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 				   const char *const *values)
 {
 	OwnConnection *volatile entry = NULL;
+	PGresult   *volatile result = NULL;
 
 	PG_TRY();
 	{
@@ -485,9 +487,10 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 					close_entry(entry);
 					continue;
 				}
-				if (PQresultStatus(res) != PGRES_COMMAND_OK)
+				if (PQresultStatus(res) != PGRES_COMMAND_OK &&
+					PQresultStatus(res) != PGRES_TUPLES_OK)
 					report_remote_error(entry->conn, res);
-				PQclear(res);
+				result = res;
 				break;
 			}
 			if (attempt > 0)
@@ -505,4 +508,5 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	return result;
 }

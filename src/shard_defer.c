@@ -39,6 +39,7 @@
 #include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "executor/executor.h"
+#include "libpq-fe.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "optimizer/planner.h"
@@ -181,8 +182,8 @@ send_alone(void)
 	waiting = NULL;
 	PG_TRY();
 	{
-		ws_shard_run_alone(row->serverid, row->userid, row->sql, row->nvalues,
-						   (const char *const *) row->values);
+		PQclear(ws_shard_run_alone(row->serverid, row->userid, row->sql, row->nvalues,
+								   (const char *const *) row->values));
 	}
 	PG_CATCH();
 	{

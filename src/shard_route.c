@@ -1362,7 +1362,11 @@ returned_row(HeapTuple tuple, MemoryContext caller_context)
  * upsert_row sends a row (deformed) of an INSERT ... ON CONFLICT to its
  * slot's table alone, in postgres_fdw's remote transaction, and returns what
  * the trigger returns: the row as the shard stored it, or NULL if the shard
- * skipped it (shard_upsert.c).  Called in row_context.
+ * skipped it (shard_upsert.c).  The single row of an autocommit statement
+ * goes as a statement of its own instead, on our own connection, when a
+ * row of an INSERT could wait for the commit (shard_defer.c): one round
+ * trip, and the shard's READ COMMITTED rather than postgres_fdw's
+ * REPEATABLE READ.  Called in row_context.
  */
 static Datum
 upsert_row(Relation view, const WsUpsert *upsert, Datum *values, bool *nulls,
@@ -1374,7 +1378,6 @@ upsert_row(Relation view, const WsUpsert *upsert, Datum *values, bool *nulls,
 	SlotInfo   *info = &dist->slots[slot];
 	int			nparams = dist->ncolumns + upsert->nvalues;
 	const char **params = palloc(sizeof(char *) * nparams);
-	Oid		   *types = palloc0(sizeof(Oid) * nparams);
 	int			guc_level = ws_shard_transmission_modes();
 	char	   *sql;
 	PGresult   *volatile res = NULL;
@@ -1386,22 +1389,24 @@ upsert_row(Relation view, const WsUpsert *upsert, Datum *values, bool *nulls,
 	if (guc_level >= 0)
 		AtEOXact_GUC(true, guc_level);
 	for (int i = 0; i < upsert->nvalues; i++)
-	{
 		params[dist->ncolumns + i] = upsert->values[i];
-		types[dist->ncolumns + i] = upsert->types[i];
-	}
 	sql = psprintf("INSERT INTO %s AS ws_target (%s) VALUES %s%s RETURNING %s", info->remote_table,
 				   dist->column_list, dist->parameters, upsert->clause, dist->column_list);
 
 	PG_TRY();
 	{
-		PGconn	   *conn = connection_as(info->serverid, mapping_user(dist));
+		if (upsert->single_row && ws_defer_may_wait(info->serverid, mapping_user(dist)))
+			res = ws_shard_run_alone(info->serverid, mapping_user(dist), sql, nparams, params);
+		else
+		{
+			PGconn	   *conn = connection_as(info->serverid, mapping_user(dist));
 
-		if (!PQsendQueryParams(conn, sql, nparams, types, params, NULL, NULL, 0))
-			fdw_report_error(ERROR, NULL, conn, false, sql);
-		res = fdw_get_result(conn, sql);
-		if (PQresultStatus(res) != PGRES_TUPLES_OK)
-			fdw_report_error(ERROR, res, conn, true, sql);
+			if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0))
+				fdw_report_error(ERROR, NULL, conn, false, sql);
+			res = fdw_get_result(conn, sql);
+			if (PQresultStatus(res) != PGRES_TUPLES_OK)
+				fdw_report_error(ERROR, res, conn, true, sql);
+		}
 	}
 	PG_CATCH();
 	{
@@ -2513,8 +2518,8 @@ ws_shard_register_callbacks(void)
 	ws_shard_stream_register();	/* before shard_defer.c's hooks, inside them */
 	ws_shard_upsert_register();
 	ws_shard_utility_register();
+	ws_shard_guard_register();	/* inside shard_defer.c's planner hook: its lookups are nested */
 	ws_defer_register();
-	ws_shard_guard_register();
 	RegisterXactCallback(route_xact_callback, NULL);
 	RegisterSubXactCallback(route_subxact_callback, NULL);
 	RegisterXactCallback(stream_xact_callback, NULL);

@@ -11,7 +11,12 @@
  * that comes back (as inserted, or as updated), or nothing when the shard
  * skipped it: the row count and the statement's RETURNING are a table's.
  * One round trip per row; an upsert neither streams nor waits for the
- * commit.
+ * commit.  The single row of an autocommit INSERT (one VALUES list, a
+ * RETURNING of columns only, if any) goes as a statement of its own on a
+ * connection of ours instead, as a row that may wait for the commit does
+ * (shard_defer.c): its shard then decides at READ COMMITTED, and two
+ * sessions counting on one key wait for each other rather than fail with
+ * postgres_fdw's REPEATABLE READ serialization errors.
  *
  * The clause is translated when the statement is planned, by the planner
  * hook of shard_guard.c (a view has no unique index, so PostgreSQL's planner
@@ -129,9 +134,10 @@ ship_mutator(Node *node, ShipContext *cxt)
 		!IsA(node, CaseWhen) && !reads_row(node, NULL))
 	{
 		Param	   *param;
+		Node	   *folded = eval_const_expressions(NULL, node);
 
-		if (IsA(node, Const))
-			return copyObject(node);
+		if (IsA(folded, Const))
+			return folded;
 		if (contain_subplans(node))
 			refuse(cxt->table, "It has a subquery.");
 		if (contain_volatile_functions(node))
@@ -144,7 +150,9 @@ ship_mutator(Node *node, ShipContext *cxt)
 		param->paramtypmod = exprTypmod(node);
 		param->paramcollid = exprCollation(node);
 		param->location = -1;
-		return (Node *) param;
+		/* Written with its type: $6::numeric(12,2). */
+		return (Node *) makeRelabelType((Expr *) param, param->paramtype, param->paramtypmod,
+										param->paramcollid, COERCE_EXPLICIT_CAST);
 	}
 	switch (nodeTag(node))
 	{
@@ -406,7 +414,6 @@ compute_values(WsUpsert *upsert, List *locals, ParamListInfo params)
 	econtext->ecxt_param_list_info = params;
 	upsert->nvalues = list_length(locals);
 	upsert->values = palloc(sizeof(char *) * upsert->nvalues);
-	upsert->types = palloc(sizeof(Oid) * upsert->nvalues);
 	foreach(lc, locals)
 	{
 		Expr	   *expr = lfirst(lc);
@@ -419,8 +426,6 @@ compute_values(WsUpsert *upsert, List *locals, ParamListInfo params)
 
 		getTypeOutputInfo(type, &output, &varlena);
 		upsert->values[i] = isnull ? NULL : OidOutputFunctionCall(output, value);
-		/* The shard knows a built-in type by its OID; others by the statement. */
-		upsert->types[i] = type < FirstGenbkiObjectId ? type : InvalidOid;
 		i++;
 	}
 	if (level >= 0)
@@ -432,6 +437,23 @@ compute_values(WsUpsert *upsert, List *locals, ParamListInfo params)
  * note_upserts finds the INSERTs with a clause for the shards in a plan
  * starting to run, and computes their values.
  */
+/*
+ * returns_columns_only tells whether an INSERT's RETURNING, if any, lists
+ * columns only: nothing that can fail after the row is stored.
+ */
+static bool
+returns_columns_only(ModifyTable *modify)
+{
+	ListCell   *lc;
+
+	if (modify->returningLists == NIL)
+		return true;
+	foreach(lc, linitial(modify->returningLists))
+		if (!IsA(((TargetEntry *) lfirst(lc))->expr, Var))
+			return false;
+	return true;
+}
+
 static void
 note_upserts(QueryDesc *queryDesc, Plan *plan)
 {
@@ -454,6 +476,9 @@ note_upserts(QueryDesc *queryDesc, Plan *plan)
 	upsert->view = rt_fetch(linitial_int(modify->resultRelations),
 							queryDesc->plannedstmt->rtable)->relid;
 	upsert->clause = TextDatumGetCString(((Const *) linitial(call->args))->constvalue);
+	upsert->single_row = plan == queryDesc->plannedstmt->planTree &&
+		IsA(outerPlan(plan), Result) && outerPlan(outerPlan(plan)) == NULL &&
+		returns_columns_only(modify);
 	compute_values(upsert, list_delete_first(list_copy(call->args)), queryDesc->params);
 	MemoryContextSwitchTo(TopTransactionContext);
 	running = lappend(running, upsert);

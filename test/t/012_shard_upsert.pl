@@ -189,7 +189,7 @@ is($coord->safe_psql('postgres', qq{
 like($coord->safe_psql('postgres', qq{
 	EXPLAIN (VERBOSE, COSTS OFF) INSERT INTO counters (id, name) VALUES (1, 'e')
 	ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 1, seen = now()}),
-	qr/Conflict Filter: ws\._on_conflict\(' ON CONFLICT\(id\) DO UPDATE SET hits = \(ws_target\.hits \+ 1\), seen = \$5'::text, now\(\)\)/,
+	qr/Conflict Filter: ws\._on_conflict\(' ON CONFLICT\(id\) DO UPDATE SET hits = \(ws_target\.hits \+ 1\), seen = \(\$5\)::timestamp with time zone'::text, now\(\)\)/,
 	'EXPLAIN shows what the shards run, and the value computed here');
 
 # --- refused, with nothing written ---------------------------------------------
@@ -219,34 +219,64 @@ like($err, qr/0A000: INSERT \.\.\. ON CONFLICT into distributed table "counters"
 is(join(' / ', map { stored($_) } $a1, $a2, $b1, $b2), $before, 'nothing was written by the refused statements');
 
 # --- two sessions, one key ------------------------------------------------------
-# A shard decides: the second session's upsert waits for the first.  Its
-# remote transaction, postgres_fdw's, is REPEATABLE READ: when the first
-# commits, the second fails with a serialization failure (40001) rather
-# than skipping a row its snapshot does not see; run again, it skips it.
+# The shard decides: a second session's upsert of a key that a first one
+# holds waits for it.  Then it depends on where the second row went.  The
+# single row of an autocommit INSERT goes alone, on a connection of the
+# coordinator's own, at the shard's READ COMMITTED: it skips (or updates)
+# the row the first session committed, as on a table.  Any other row goes
+# in postgres_fdw's remote transaction, REPEATABLE READ: it fails with a
+# serialization failure (40001), since its snapshot does not see the row;
+# run again, it skips it.
 
-my $first = $coord->background_psql('postgres');
-$first->query_safe(q{BEGIN});
-$first->query_safe(q{INSERT INTO counters (id, name) VALUES (4001, 'first') ON CONFLICT DO NOTHING});
-my $second = $coord->background_psql('postgres', on_error_stop => 0);
-$second->query_safe(q{\set VERBOSITY verbose});
-$second->query_until(qr/started/, q{
-	\echo started
-	INSERT INTO counters (id, name) VALUES (4001, 'second') ON CONFLICT DO NOTHING;
-	\echo done
-});
-my $server_4001 = $coord->safe_psql('postgres', "SELECT ws.shard_for('m', '4001')");
-ok($shard{$server_4001}->poll_query_until('postgres', q{
-	SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO %ON CONFLICT%'}),
-	"the second session's upsert waits on the shard for the first");
-$first->query_safe(q{COMMIT});
-$first->quit;
-like($second->query_until(qr/done/, ''), qr/done/, 'the second session goes on once the first commits');
-like($second->{stderr}, qr/40001: could not write 1 row of "counters" to shard server "s\d": could not serialize access/,
-	'with a serialization failure (40001): its snapshot does not see the row');
-$second->quit;
-is($coord->safe_psql('postgres', q{
-	WITH i AS (INSERT INTO counters (id, name) VALUES (4001, 'second') ON CONFLICT DO NOTHING RETURNING id)
-	SELECT count(*) FROM i}), '0', 'run again, it skips the stored row');
-is(stored(4001), 'first 1', 'one row, the first session\'s');
+my $server_of = sub { $coord->safe_psql('postgres', "SELECT ws.shard_for('m', '$_[0]')") };
+for my $case (
+	[ 4001, 'alone', q{INSERT INTO counters (id, name) VALUES (4001, 'second') ON CONFLICT DO NOTHING},
+	  qr/^$/, "= 'write_scaling'" ],
+	[ 4002, 'in a transaction block', q{BEGIN; INSERT INTO counters (id, name) VALUES (4002, 'second') ON CONFLICT DO NOTHING; COMMIT},
+	  qr/40001: could not write 1 row of "counters" to shard server "s\d": could not serialize access/, "<> 'write_scaling'" ])
+{
+	my ($id, $how, $sql, $error, $application) = @$case;
+	my $first = $coord->background_psql('postgres');
+	$first->query_safe(q{BEGIN});
+	$first->query_safe(qq{INSERT INTO counters (id, name) VALUES ($id, 'first') ON CONFLICT DO NOTHING});
+	my $second = $coord->background_psql('postgres', on_error_stop => 0);
+	$second->query_safe(q{\set VERBOSITY verbose});
+	$second->query_until(qr/started/, "\\echo started\n$sql;\n\\echo done\n");
+	ok($shard{ $server_of->($id) }->poll_query_until('postgres', qq{
+		SELECT count(*) > 0 FROM pg_stat_activity
+		WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO %ON CONFLICT%' AND application_name $application}),
+		"$how: the second session's upsert waits on the shard for the first");
+	$first->query_safe(q{COMMIT});
+	$first->quit;
+	like($second->query_until(qr/done/, ''), qr/done/, "$how: the second session goes on once the first commits");
+	like($second->{stderr}, $error, $how eq 'alone' ? "$how: it skips the row, without an error"
+		: "$how: with a serialization failure (40001), its snapshot not seeing the row");
+	$second->quit;
+	is($coord->safe_psql('postgres', qq{
+		BEGIN;
+		WITH i AS (INSERT INTO counters (id, name) VALUES ($id, 'second') ON CONFLICT DO NOTHING RETURNING id)
+		SELECT count(*) FROM i;
+		COMMIT;}), '0', "$how: run again, it skips the stored row");
+	is(stored($id), 'first 1', "$how: one row, the first session's");
+}
+
+# Counting from four sessions at once, each its own transaction: no
+# increment lost, none failed.
+my @counting;
+for my $session (1 .. 4)
+{
+	my $psql = $coord->background_psql('postgres');
+	$psql->query_until(qr/go/, "\\echo go\n" . (q{
+		INSERT INTO counters (id, name) VALUES (5001, 'count') ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 1;
+	} x 50) . "\\echo counted\n");
+	push @counting, $psql;
+}
+for my $psql (@counting)
+{
+	like($psql->query_until(qr/counted/, ''), qr/counted/, 'a counting session finished');
+	is($psql->{stderr}, '', 'without an error');
+	$psql->quit;
+}
+is(stored(5001), 'count 200', 'four sessions counted 200 upserts of one key: 200');
 
 done_testing();
