@@ -260,23 +260,30 @@ for my $case (
 	is(stored($id), 'first 1', "$how: one row, the first session's");
 }
 
-# Counting from four sessions at once, each its own transaction: no
-# increment lost, none failed.
+# Counting from four sessions at once, each statement its own transaction:
+# no increment lost, none failed.  A fifth session holds the key until all
+# four wait for it, so that they start together.
+my $count_sql = q{INSERT INTO counters (id, name) VALUES (5001, 'count') ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 1;};
+my $holder = $coord->background_psql('postgres');
+$holder->query_safe("BEGIN; $count_sql");
 my @counting;
 for my $session (1 .. 4)
 {
 	my $psql = $coord->background_psql('postgres');
-	$psql->query_until(qr/go/, "\\echo go\n" . (q{
-		INSERT INTO counters (id, name) VALUES (5001, 'count') ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 1;
-	} x 50) . "\\echo counted\n");
+	$psql->query_until(qr/go/, "\\echo go\n" . ("$count_sql\n" x 50) . "\\echo counted\n");
 	push @counting, $psql;
 }
+ok($shard{ $server_of->(5001) }->poll_query_until('postgres', q{
+	SELECT count(*) = 4 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'write_scaling'}),
+	'the four counting sessions wait for the holder of the key');
+$holder->query_safe('COMMIT');
+$holder->quit;
 for my $psql (@counting)
 {
 	like($psql->query_until(qr/counted/, ''), qr/counted/, 'a counting session finished');
 	is($psql->{stderr}, '', 'without an error');
 	$psql->quit;
 }
-is(stored(5001), 'count 200', 'four sessions counted 200 upserts of one key: 200');
+is(stored(5001), 'count 201', 'one upsert and four sessions of 50 on one key: 201');
 
 done_testing();
