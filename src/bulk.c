@@ -534,6 +534,7 @@ flush_buffer(TableBuffer *buf)
 	volatile int client_encoding = -1;
 	LayoutChange change;
 	bool		direct;
+	struct QueryDesc *volatile outer_query = ws_running_query();
 
 	if (rows.count == 0)
 		return 0;
@@ -612,7 +613,10 @@ flush_buffer(TableBuffer *buf)
 												 NULL, false, false);
 			cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_source, NIL,
 								   list_make1(makeDefElem("format", (Node *) makeString("binary"), -1)));
+			/* Its triggers fire for this COPY, not for the query calling us. */
+			outer_query = ws_running_query_swap(NULL);
 			written = CopyFrom(cstate);
+			(void) ws_running_query_swap(outer_query);
 			EndCopyFrom(cstate);
 		}
 	}
@@ -627,6 +631,7 @@ flush_buffer(TableBuffer *buf)
 		 */
 		copy_data = saved_data;
 		ws_leave_database_encoding(client_encoding);
+		(void) ws_running_query_swap(outer_query);
 		buf->pending = rows;
 		buf->bytes = 0;
 		for (int r = 0; r < later.count; r++)

@@ -54,11 +54,14 @@ typedef struct WsUpsert
 	Oid			view;			/* the distributed table */
 	bool		single_row;		/* the statement's only row, RETURNING only columns */
 	char	   *clause;			/* " ON CONFLICT ...", for the shards */
+	List	   *locals;			/* what its parameters after the row's are */
+	struct ParamListInfoData *params;	/* the query's, for locals */
+	bool		computed;		/* the values below are set */
 	int			nvalues;		/* its parameters after the row's columns */
 	char	  **values;			/* as text, NULL for NULL */
 } WsUpsert;
 
-extern void ws_upsert_plan(Query *query, Relation view);
+extern void ws_upsert_plan(Query *query, Relation view, List **functions);
 extern const WsUpsert *ws_upsert_running(Oid view);
 extern void ws_shard_upsert_register(void);
 
@@ -87,5 +90,6 @@ extern void ws_defer_flush(void);
 extern void ws_defer_note_fdw_use(void);
 extern void ws_defer_register(void);
 extern struct QueryDesc *ws_running_query(void);
+extern struct QueryDesc *ws_running_query_swap(struct QueryDesc *query);
 
 #endif							/* WS_SHARD_H */

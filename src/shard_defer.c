@@ -269,12 +269,27 @@ defer_planner(Query *parse, const char *query_string, int cursorOptions,
 /*
  * ws_running_query returns the query whose ExecutorRun or ExecutorFinish
  * (where AFTER statement triggers fire) runs now, if any: shard_stream.c
- * tells the streaming INSERT's triggers from those of a nested one.
+ * tells the streaming INSERT's triggers from those of a nested one, and
+ * shard_upsert.c the upsert's from those of a nested insert.
  */
 QueryDesc *
 ws_running_query(void)
 {
 	return running_query;
+}
+
+/*
+ * ws_running_query_swap makes query the one running, returning the one
+ * that was: a COPY run by a function of ours (bulk.c) fires the triggers of
+ * no query.
+ */
+QueryDesc *
+ws_running_query_swap(QueryDesc *query)
+{
+	QueryDesc  *outer = running_query;
+
+	running_query = query;
+	return outer;
 }
 
 static void
@@ -331,6 +346,7 @@ defer_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 {
 	Node	   *statement = pstmt->utilityStmt;
 	bool		transaction_control = false;
+	QueryDesc  *outer;
 
 	if (IsA(statement, TransactionStmt))
 	{
@@ -348,6 +364,8 @@ defer_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 		ws_defer_flush();
 	}
 	nesting++;
+	/* A COPY's triggers run outside any query. */
+	outer = ws_running_query_swap(NULL);
 	PG_TRY();
 	{
 		if (prev_process_utility != NULL)
@@ -360,6 +378,7 @@ defer_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 	PG_FINALLY();
 	{
 		nesting--;
+		running_query = outer;
 	}
 	PG_END_TRY();
 	if (nesting == 0 && !transaction_control)

@@ -116,13 +116,14 @@ inserts_into(Query *query, Oid relid)
 /*
  * check_query raises an error if query, or a query of its WITH clause,
  * updates a distributed table's shard key, and rewrites an INSERT ... ON
- * CONFLICT into a distributed table for the shards; top is the whole
+ * CONFLICT into a distributed table for the shards, adding to *functions
+ * the functions of the user's the plan then depends on; top is the whole
  * statement.  Called on
  * the rewritten query, before planning: an UPDATE of the view is an UPDATE
  * of ws_dist.<table> by then.
  */
 static void
-check_query(Query *query, Query *top)
+check_query(Query *query, Query *top, List **functions)
 {
 	ListCell   *lc;
 
@@ -131,7 +132,7 @@ check_query(Query *query, Query *top)
 		CommonTableExpr *cte = lfirst(lc);
 
 		if (IsA(cte->ctequery, Query))
-			check_query((Query *) cte->ctequery, top);
+			check_query((Query *) cte->ctequery, top, functions);
 	}
 	if (query->resultRelation == 0)
 		return;
@@ -183,7 +184,7 @@ check_query(Query *query, Query *top)
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("INSERT ... ON CONFLICT into distributed table \"%s\" must be the statement's only INSERT into it",
 								RelationGetRelationName(view))));
-			ws_upsert_plan(query, view);
+			ws_upsert_plan(query, view, functions);
 		}
 		relation_close(view, AccessShareLock);
 	}
@@ -193,10 +194,24 @@ static PlannedStmt *
 guard_planner(Query *parse, const char *query_string, int cursorOptions,
 			  ParamListInfo boundParams)
 {
-	check_query(parse, parse);
+	List	   *functions = NIL;
+	PlannedStmt *result;
+	ListCell   *lc;
+
+	check_query(parse, parse, &functions);
 	if (prev_planner != NULL)
-		return prev_planner(parse, query_string, cursorOptions, boundParams);
-	return standard_planner(parse, query_string, cursorOptions, boundParams);
+		result = prev_planner(parse, query_string, cursorOptions, boundParams);
+	else
+		result = standard_planner(parse, query_string, cursorOptions, boundParams);
+	foreach(lc, functions)
+	{
+		PlanInvalItem *item = makeNode(PlanInvalItem);
+
+		item->cacheId = PROCOID;
+		item->hashValue = GetSysCacheHashValue1(PROCOID, ObjectIdGetDatum(lfirst_oid(lc)));
+		result->invalItems = lappend(result->invalItems, item);
+	}
+	return result;
 }
 
 /*

@@ -94,8 +94,18 @@ static const char binary_trailer[2] = "\377\377";
 /* A stream hands a server its rows in pieces of this size. */
 #define ROUTE_STREAM_BYTES	(16 * 1024)
 
-/* postgres_fdw's connection functions (contrib/postgres_fdw/connection.c). */
-typedef PGconn *(*GetConnection_fn) (UserMapping *user, bool will_prep_stmt, void **state);
+/*
+ * postgres_fdw's connection functions (contrib/postgres_fdw/connection.c),
+ * and the state it keeps per connection (PgFdwConnState, postgres_fdw.h):
+ * an asynchronous fetch of a scan still in flight there.
+ */
+typedef struct FdwConnState
+{
+	AsyncRequest *pendingAreq;
+} FdwConnState;
+typedef PGconn *(*GetConnection_fn) (UserMapping *user, bool will_prep_stmt,
+									 FdwConnState **state);
+typedef void (*process_pending_request_fn) (AsyncRequest *areq);
 typedef PGresult *(*pgfdw_get_result_fn) (PGconn *conn, const char *query);
 typedef void (*pgfdw_report_error_fn) (int elevel, PGresult *res, PGconn *conn,
 									   bool clear, const char *sql);
@@ -103,6 +113,7 @@ typedef void (*pgfdw_report_error_fn) (int elevel, PGresult *res, PGconn *conn,
 static GetConnection_fn fdw_get_connection = NULL;
 static pgfdw_get_result_fn fdw_get_result = NULL;
 static pgfdw_report_error_fn fdw_report_error = NULL;
+static process_pending_request_fn fdw_process_pending_request = NULL;
 
 /* One slot of a distributed table, as the cache holds it. */
 typedef struct SlotInfo
@@ -340,25 +351,33 @@ load_postgres_fdw(void)
 		load_external_function("$libdir/postgres_fdw", "pgfdw_get_result", true, NULL);
 	fdw_report_error = (pgfdw_report_error_fn)
 		load_external_function("$libdir/postgres_fdw", "pgfdw_report_error", true, NULL);
+	fdw_process_pending_request = (process_pending_request_fn)
+		load_external_function("$libdir/postgres_fdw", "process_pending_request", true, NULL);
 	fdw_get_connection = (GetConnection_fn)
 		load_external_function("$libdir/postgres_fdw", "GetConnection", true, NULL);
 }
 
 /*
- * connection returns postgres_fdw's connection to serverid for the current
- * user, in the remote transaction that matches ours.
+ * connection_as returns postgres_fdw's connection to serverid for userid,
+ * in the remote transaction that matches ours, ready for a command: a
+ * fetch that a scan of the statement has in flight there (an asynchronous
+ * Append reading a distributed table the rows come from) is taken in
+ * first, as postgres_fdw does before its own writes.
  */
 static PGconn *
 connection_as(Oid serverid, Oid userid)
 {
 	PGconn	   *conn;
+	FdwConnState *state = NULL;
 
 	/* A row waiting for the commit goes first: it was inserted first. */
 	ws_defer_flush();
 	ws_defer_note_fdw_use();
 	ws_bulk_check_fdw_use();
 	load_postgres_fdw();
-	conn = fdw_get_connection(GetUserMapping(userid, serverid), false, NULL);
+	conn = fdw_get_connection(GetUserMapping(userid, serverid), false, &state);
+	if (state != NULL && state->pendingAreq != NULL)
+		fdw_process_pending_request(state->pendingAreq);
 	/* postgres_fdw's callback is registered now: the buffered path goes first. */
 	ws_bulk_get_ahead_of_fdw();
 	return conn;
@@ -1393,6 +1412,8 @@ upsert_row(Relation view, const WsUpsert *upsert, Datum *values, bool *nulls,
 	sql = psprintf("INSERT INTO %s AS ws_target (%s) VALUES %s%s RETURNING %s", info->remote_table,
 				   dist->column_list, dist->parameters, upsert->clause, dist->column_list);
 
+	/* A row waiting for the commit goes first, with its own error. */
+	ws_defer_flush();
 	PG_TRY();
 	{
 		if (upsert->single_row && ws_defer_may_wait(info->serverid, mapping_user(dist)))

@@ -134,6 +134,7 @@ ship_mutator(Node *node, ShipContext *cxt)
 		!IsA(node, CaseWhen) && !reads_row(node, NULL))
 	{
 		Param	   *param;
+		Node	   *typed;
 		Node	   *folded = eval_const_expressions(NULL, node);
 
 		if (IsA(folded, Const))
@@ -150,9 +151,20 @@ ship_mutator(Node *node, ShipContext *cxt)
 		param->paramtypmod = exprTypmod(node);
 		param->paramcollid = exprCollation(node);
 		param->location = -1;
-		/* Written with its type: $6::numeric(12,2). */
-		return (Node *) makeRelabelType((Expr *) param, param->paramtype, param->paramtypmod,
-										param->paramcollid, COERCE_EXPLICIT_CAST);
+		/* Written with its type, and collation: ($6)::text COLLATE "C". */
+		typed = (Node *) makeRelabelType((Expr *) param, param->paramtype, param->paramtypmod,
+										 param->paramcollid, COERCE_EXPLICIT_CAST);
+		if (OidIsValid(param->paramcollid) &&
+			param->paramcollid != get_typcollation(param->paramtype))
+		{
+			CollateExpr *collate = makeNode(CollateExpr);
+
+			collate->arg = (Expr *) typed;
+			collate->collOid = param->paramcollid;
+			collate->location = -1;
+			typed = (Node *) collate;
+		}
+		return typed;
 	}
 	switch (nodeTag(node))
 	{
@@ -186,7 +198,12 @@ ship_mutator(Node *node, ShipContext *cxt)
 		default:
 			refuse(cxt->table, "An expression that reads the stored row or EXCLUDED must be built of columns, constants, and built-in immutable functions and operators.");
 	}
-	if (check_functions_in_node(node, not_shippable, NULL))
+	if (check_functions_in_node(node, not_shippable, NULL) ||
+		(IsA(node, OpExpr) && ((OpExpr *) node)->opno >= FirstGenbkiObjectId) ||
+		(IsA(node, DistinctExpr) && ((DistinctExpr *) node)->opno >= FirstGenbkiObjectId) ||
+		(IsA(node, NullIfExpr) && ((NullIfExpr *) node)->opno >= FirstGenbkiObjectId) ||
+		(IsA(node, ScalarArrayOpExpr) &&
+		 ((ScalarArrayOpExpr *) node)->opno >= FirstGenbkiObjectId))
 		refuse(cxt->table, "An expression that reads the stored row or EXCLUDED calls a function or operator that is not built in or not immutable.");
 	return expression_tree_mutator(node, ship_mutator, (void *) cxt);
 }
@@ -280,7 +297,8 @@ remote_query(Query *query, OnConflictExpr *conflict)
  * shards: what ruleutils writes for the whole INSERT, less what it writes
  * without the clause.  Names are qualified unless in pg_catalog, the only
  * schema on the path of postgres_fdw's sessions, and values written as
- * postgres_fdw's sessions read them.
+ * postgres_fdw's sessions read them (and strings as standard_conforming_strings
+ * reads them, the default there).
  */
 static char *
 deparse_clause(Query *remote)
@@ -296,6 +314,8 @@ deparse_clause(Query *remote)
 	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("extra_float_digits", "3", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("standard_conforming_strings", "on", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	whole = pg_get_querydef(copyObject(remote), false);
 	remote->onConflict = NULL;
@@ -320,19 +340,46 @@ marker_function(void)
 						  1, args, true);
 }
 
+static bool
+note_user_function(Oid funcid, void *context)
+{
+	List	  **functions = (List **) context;
+
+	if (funcid >= FirstNormalObjectId)
+		*functions = list_append_unique_oid(*functions, funcid);
+	return false;
+}
+
+/*
+ * user_functions_walker adds to *context the functions of the user's that
+ * an expression calls.
+ */
+static bool
+user_functions_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	(void) check_functions_in_node(node, note_user_function, context);
+	return expression_tree_walker(node, user_functions_walker, context);
+}
+
 /*
  * ws_upsert_plan rewrites an INSERT ... ON CONFLICT into view, a distributed
- * table, for the executor (see the file header).  Called by the planner
+ * table, for the executor (see the file header), and adds to *functions
+ * the functions of the user's that the clause calls: they are computed
+ * here, or folded into the clause, where the planner does not see them,
+ * and the plan must be made again if they change.  Called by the planner
  * hook, before planning, on the rewritten query.
  */
 void
-ws_upsert_plan(Query *query, Relation view)
+ws_upsert_plan(Query *query, Relation view, List **functions)
 {
 	OnConflictExpr *conflict = copyObject(query->onConflict);
 	OnConflictExpr *nothing = makeNode(OnConflictExpr);
 	TupleDesc	desc = RelationGetDescr(view);
 	ShipContext cxt;
 	Const	   *clause;
+	Oid			marker;
 
 	if (OidIsValid(conflict->constraint))
 		refuse(RelationGetRelationName(view), "A constraint has another name on each shard; name its columns instead.");
@@ -348,6 +395,7 @@ ws_upsert_plan(Query *query, Relation view)
 	conflict->arbiterWhere = ship_mutator(conflict->arbiterWhere, &cxt);
 	conflict->onConflictSet = (List *) ship_mutator((Node *) conflict->onConflictSet, &cxt);
 	conflict->onConflictWhere = ship_mutator(conflict->onConflictWhere, &cxt);
+	(void) user_functions_walker((Node *) query->onConflict, functions);
 	clause = makeConst(TEXTOID, -1, DEFAULT_COLLATION_OID, -1,
 					   CStringGetTextDatum(deparse_clause(remote_query(query, conflict))),
 					   false, false);
@@ -355,7 +403,13 @@ ws_upsert_plan(Query *query, Relation view)
 	nothing->action = ONCONFLICT_NOTHING;
 	nothing->exclRelIndex = conflict->exclRelIndex;
 	nothing->exclRelTlist = conflict->exclRelTlist;
-	nothing->onConflictWhere = (Node *) makeFuncExpr(marker_function(), BOOLOID,
+	marker = marker_function();
+	if (!OidIsValid(marker))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("function ws._on_conflict does not exist"),
+				 errhint("The extension's SQL objects are older than its library: reinstall write_scaling.")));
+	nothing->onConflictWhere = (Node *) makeFuncExpr(marker, BOOLOID,
 													 lcons(clause, cxt.locals), InvalidOid,
 													 InvalidOid, COERCE_EXPLICIT_CALL);
 	query->onConflict = nothing;
@@ -401,42 +455,41 @@ write_scaling_on_conflict(PG_FUNCTION_ARGS)
 
 /*
  * compute_values computes the clause's values that do not read the row, as
- * text for the shards, with the query's parameters.
+ * text for the shards, with the query's parameters: once, when the first
+ * row goes, inside the query (a function it calls runs as part of it).
  */
 static void
-compute_values(WsUpsert *upsert, List *locals, ParamListInfo params)
+compute_values(WsUpsert *upsert)
 {
+	MemoryContext old = MemoryContextSwitchTo(upsert->memory);
 	ExprContext *econtext = CreateStandaloneExprContext();
-	int			level = ws_shard_transmission_modes();
 	int			i = 0;
 	ListCell   *lc;
 
-	econtext->ecxt_param_list_info = params;
-	upsert->nvalues = list_length(locals);
+	econtext->ecxt_param_list_info = upsert->params;
+	upsert->nvalues = list_length(upsert->locals);
 	upsert->values = palloc(sizeof(char *) * upsert->nvalues);
-	foreach(lc, locals)
+	foreach(lc, upsert->locals)
 	{
 		Expr	   *expr = lfirst(lc);
-		ExprState  *state = ExecInitExprWithParams(expr, params);
-		Oid			type = exprType((Node *) expr);
+		ExprState  *state = ExecInitExprWithParams(expr, upsert->params);
 		bool		isnull;
 		Datum		value = ExecEvalExprSwitchContext(state, econtext, &isnull);
 		Oid			output;
 		bool		varlena;
+		int			level;
 
-		getTypeOutputInfo(type, &output, &varlena);
-		upsert->values[i] = isnull ? NULL : OidOutputFunctionCall(output, value);
-		i++;
+		getTypeOutputInfo(exprType((Node *) expr), &output, &varlena);
+		level = ws_shard_transmission_modes();
+		upsert->values[i++] = isnull ? NULL : OidOutputFunctionCall(output, value);
+		if (level >= 0)
+			AtEOXact_GUC(true, level);
 	}
-	if (level >= 0)
-		AtEOXact_GUC(true, level);
 	FreeExprContext(econtext, true);
+	upsert->computed = true;
+	MemoryContextSwitchTo(old);
 }
 
-/*
- * note_upserts finds the INSERTs with a clause for the shards in a plan
- * starting to run, and computes their values.
- */
 /*
  * returns_columns_only tells whether an INSERT's RETURNING, if any, lists
  * columns only: nothing that can fail after the row is stored.
@@ -479,7 +532,8 @@ note_upserts(QueryDesc *queryDesc, Plan *plan)
 	upsert->single_row = plan == queryDesc->plannedstmt->planTree &&
 		IsA(outerPlan(plan), Result) && outerPlan(outerPlan(plan)) == NULL &&
 		returns_columns_only(modify);
-	compute_values(upsert, list_delete_first(list_copy(call->args)), queryDesc->params);
+	upsert->locals = list_delete_first(list_copy(call->args));
+	upsert->params = queryDesc->params;
 	MemoryContextSwitchTo(TopTransactionContext);
 	running = lappend(running, upsert);
 	MemoryContextSwitchTo(old);
@@ -561,7 +615,11 @@ ws_upsert_running(Oid view)
 		WsUpsert   *upsert = lfirst(lc);
 
 		if (upsert->query == query && upsert->view == view)
+		{
+			if (!upsert->computed)
+				compute_values(upsert);
 			return upsert;
+		}
 	}
 	return NULL;
 }

@@ -192,6 +192,69 @@ like($coord->safe_psql('postgres', qq{
 	qr/Conflict Filter: ws\._on_conflict\(' ON CONFLICT\(id\) DO UPDATE SET hits = \(ws_target\.hits \+ 1\), seen = \(\$5\)::timestamp with time zone'::text, now\(\)\)/,
 	'EXPLAIN shows what the shards run, and the value computed here');
 
+# Rows read from distributed tables while they are upserted: the reads'
+# connections to the shards are the writes', with fetches in flight.
+$coord->safe_psql('postgres', q{
+	CREATE TABLE sources (id bigint PRIMARY KEY, name text);
+	SELECT ws.distribute_table('sources', 'id', 'm');
+	INSERT INTO sources SELECT i, 'source ' || i FROM generate_series(1, 3000) i;});
+my $stored_of_3000 = $coord->safe_psql('postgres', 'SELECT count(*) FROM counters WHERE id <= 3000');
+is($coord->safe_psql('postgres', q{
+	WITH up AS (INSERT INTO counters (id, name) SELECT id, name FROM sources
+				ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 1 RETURNING hits)
+	SELECT count(*), count(*) FILTER (WHERE hits > 1) FROM up}),
+	"3000|$stored_of_3000",
+	'INSERT ... SELECT from another distributed table: 3000 rows upserted, the stored ones updated');
+is($coord->safe_psql('postgres', q{
+	WITH up AS (INSERT INTO counters (id, name) SELECT id, name FROM counters WHERE id <= 3000
+				ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 1 RETURNING 1)
+	SELECT count(*) FROM up}),
+	'3000', 'INSERT ... SELECT from the table itself');
+is($coord->safe_psql('postgres', q{
+	INSERT INTO sources SELECT id + 10000, name FROM sources;
+	SELECT count(*) FROM sources}),
+	'6000', 'and a plain INSERT ... SELECT of 3000 rows from the table itself (buffers sent while reading)');
+
+# Strings reach the shard as written, whatever standard_conforming_strings.
+is($coord->safe_psql('postgres', qq{
+	SET standard_conforming_strings = off;
+	INSERT INTO counters (id, name) VALUES (1001, 'x') ON CONFLICT (id) DO UPDATE SET name = 'back\\\\slash';
+	SET standard_conforming_strings = on;
+	SELECT name FROM counters WHERE id = 1001}),
+	'back\\slash', 'a backslash in a string, under standard_conforming_strings = off');
+
+# A value computed here keeps its collation.
+like($coord->safe_psql('postgres', q{
+	PREPARE collated(text) AS INSERT INTO counters (id, name) VALUES (1001, 'x')
+	ON CONFLICT (id) DO UPDATE SET hits = 0 WHERE counters.name < ($1 COLLATE "C");
+	EXPLAIN (VERBOSE, COSTS OFF) EXECUTE collated('B');}),
+	qr/WHERE \(ws_target\.name < \(\(\$5\)::text COLLATE "C"\)\)/, 'a parameter keeps its COLLATE');
+
+# A plan made once calls the function of the user's as it stands now.
+is($coord->safe_psql('postgres', q{
+	CREATE FUNCTION bonus() RETURNS int LANGUAGE sql STABLE AS 'SELECT 10';
+	CREATE FUNCTION folded() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 100';
+	SET plan_cache_mode = force_generic_plan;
+	PREPARE with_bonus AS INSERT INTO counters (id, name) VALUES (1001, 'x')
+	ON CONFLICT (id) DO UPDATE SET hits = bonus() + folded() RETURNING hits;
+	EXECUTE with_bonus;
+	DROP FUNCTION bonus();
+	CREATE FUNCTION bonus() RETURNS int LANGUAGE sql STABLE AS 'SELECT 20';
+	CREATE OR REPLACE FUNCTION folded() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 200';
+	EXECUTE with_bonus;}),
+	"110\n220", 'a prepared upsert follows a function dropped and made again, and one replaced');
+
+# Rows a COPY of ws.copy_rows inserts while an upsert runs are its own: no
+# ON CONFLICT for them (row 1001 is stored: the COPY fails).
+my ($copy_ret, $copy_out, $copy_err) = $coord->psql('postgres', q{
+	\set VERBOSITY verbose
+	INSERT INTO counters (id, name)
+	SELECT 1002, 'a' FROM (SELECT ws.copy_rows('counters', ARRAY[ROW(1001, 'copied', 1, '2000-01-01')::counters])) s
+	ON CONFLICT (id) DO UPDATE SET name = 'clobbered';});
+like($copy_err, qr/23505: could not write 1 row of "counters" .*duplicate key/s,
+	'a COPY inside an upsert inserts, and fails on a stored key');
+is(stored(1001), 'back\\slash 220', 'and the stored row is untouched');
+
 # --- refused, with nothing written ---------------------------------------------
 
 my $before = join(' / ', map { stored($_) } $a1, $a2, $b1, $b2);
