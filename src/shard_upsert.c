@@ -23,15 +23,16 @@
  * could not infer an arbiter anyway): ws_upsert_plan writes it as SQL for
  * the shards and leaves in its place an ON CONFLICT DO NOTHING, which the
  * view's trigger makes PostgreSQL ignore, whose WHERE clause is a call of
- * ws._on_conflict(VARIADIC "any") with the SQL and the values: that lives as long as the plan does,
- * and EXPLAIN shows it as the Conflict Filter.  The executor never runs it.
- * The parts of the clause that read the stored row or EXCLUDED run on the
- * shard, so they may use only built-in immutable functions and operators,
- * as postgres_fdw ships; the parts that read neither (a PL/pgSQL variable,
- * now(), a function of the user's) are the call's other arguments,
- * computed here once per execution, and travel as parameters.  Volatile
- * functions and subqueries are refused: PostgreSQL would run them for each
- * conflicting row only.
+ * ws._on_conflict(VARIADIC "any") with the SQL and the values: that lives
+ * as long as the plan does, and EXPLAIN shows it as the Conflict Filter.
+ * The executor never runs it.  The parts of the clause that read the
+ * stored row or EXCLUDED run on the shard, so they may use only built-in
+ * immutable functions and operators, as postgres_fdw ships; the parts that
+ * read neither (a PL/pgSQL variable, now(), a function of the user's) are
+ * the call's other arguments, computed here once per execution, when its
+ * first row goes, and travel as parameters.  Volatile functions and
+ * subqueries are refused: PostgreSQL would run them for each conflicting
+ * row only.
  *
  * Each row is a statement of its own on the shard, so where two rows of one
  * INSERT share a key, DO UPDATE updates the stored row twice instead of
