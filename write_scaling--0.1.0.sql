@@ -1112,32 +1112,34 @@ COMMENT ON FUNCTION ws.key_slot(text, int) IS
 -- table hash-partitioned with them puts each key in the slot
 -- ws.key_slot gives, on any server and architecture.  The integer types
 -- share a family (42 hashes the same as a smallint, integer or bigint),
--- so that a query comparing across them is pruned to one slot too.
+-- so that a query comparing across them is pruned to one slot too.  The
+-- SQL functions name their operators in full: they run on the caller's
+-- search_path, where an operator of anyone's could otherwise be chosen.
 CREATE FUNCTION ws._slot_hash(text, bigint) RETURNS bigint
 LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'write_scaling_slot_hash_text';
 CREATE FUNCTION ws._slot_hash32(text) RETURNS int
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $$ SELECT (ws._slot_hash($1, 0) & 2147483647)::int $$;
+AS $$ SELECT (ws._slot_hash($1, 0::pg_catalog.int8) OPERATOR(pg_catalog.&) 2147483647::pg_catalog.int8)::pg_catalog.int4 $$;
 CREATE FUNCTION ws._slot_hash(smallint, bigint) RETURNS bigint
 LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'write_scaling_slot_hash_int2';
 CREATE FUNCTION ws._slot_hash32(smallint) RETURNS int
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $$ SELECT (ws._slot_hash($1, 0) & 2147483647)::int $$;
+AS $$ SELECT (ws._slot_hash($1, 0::pg_catalog.int8) OPERATOR(pg_catalog.&) 2147483647::pg_catalog.int8)::pg_catalog.int4 $$;
 CREATE FUNCTION ws._slot_hash(integer, bigint) RETURNS bigint
 LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'write_scaling_slot_hash_int4';
 CREATE FUNCTION ws._slot_hash32(integer) RETURNS int
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $$ SELECT (ws._slot_hash($1, 0) & 2147483647)::int $$;
+AS $$ SELECT (ws._slot_hash($1, 0::pg_catalog.int8) OPERATOR(pg_catalog.&) 2147483647::pg_catalog.int8)::pg_catalog.int4 $$;
 CREATE FUNCTION ws._slot_hash(bigint, bigint) RETURNS bigint
 LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'write_scaling_slot_hash_int8';
 CREATE FUNCTION ws._slot_hash32(bigint) RETURNS int
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $$ SELECT (ws._slot_hash($1, 0) & 2147483647)::int $$;
+AS $$ SELECT (ws._slot_hash($1, 0::pg_catalog.int8) OPERATOR(pg_catalog.&) 2147483647::pg_catalog.int8)::pg_catalog.int4 $$;
 CREATE FUNCTION ws._slot_hash(uuid, bigint) RETURNS bigint
 LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'write_scaling_slot_hash_uuid';
 CREATE FUNCTION ws._slot_hash32(uuid) RETURNS int
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $$ SELECT (ws._slot_hash($1, 0) & 2147483647)::int $$;
+AS $$ SELECT (ws._slot_hash($1, 0::pg_catalog.int8) OPERATOR(pg_catalog.&) 2147483647::pg_catalog.int8)::pg_catalog.int4 $$;
 CREATE OPERATOR FAMILY ws.integer_slot_ops USING hash;
 CREATE OPERATOR CLASS ws.text_slot_ops FOR TYPE text USING hash AS
 	OPERATOR 1 = (text, text),
@@ -1509,6 +1511,7 @@ COMMENT ON FUNCTION ws._route_flush() IS
 CREATE FUNCTION ws._slot_table(base name, slot int)
 RETURNS name
 LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT (base || '_s' || CASE WHEN slot < 1000 THEN lpad(slot::text, 3, '0') ELSE slot::text END)::name $$;
 
 -- Whether a table on a shard is a slot table of base (base_sNNN).
@@ -1561,6 +1564,7 @@ $$;
 CREATE FUNCTION ws._shard_table(base name)
 RETURNS name
 LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT (base || '_shard')::name $$;
 
 -- The command that makes a slot's table on a shard ready for its rows:

@@ -1736,6 +1736,10 @@ is($coord->safe_psql('postgres', q{
 	CREATE FUNCTION planted.fail(regclass, oid) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'planted operator called'; END $$;
 	CREATE OPERATOR planted.= (LEFTARG = text, RIGHTARG = text, FUNCTION = planted.fail);
 	CREATE OPERATOR planted.= (LEFTARG = regclass, RIGHTARG = oid, FUNCTION = planted.fail);
+	CREATE FUNCTION planted.fail_and(bigint, integer) RETURNS bigint LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'planted operator called'; END $$;
+	CREATE FUNCTION planted.fail_concat(name, text) RETURNS text LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'planted operator called'; END $$;
+	CREATE OPERATOR planted.& (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = planted.fail_and);
+	CREATE OPERATOR planted.|| (LEFTARG = name, RIGHTARG = text, FUNCTION = planted.fail_concat);
 	SET search_path = planted, pg_catalog, public;
 	ALTER VIEW moods.tick OWNER TO ticker;
 	ALTER TABLE moods.tick ADD COLUMN planted_test int;
@@ -1743,9 +1747,11 @@ is($coord->safe_psql('postgres', q{
 	INSERT INTO moods.tick (note) VALUES ('safe');
 	COPY moods.tick (note) TO STDOUT;
 	SELECT ws.shard_for('m2', '1') IS NOT NULL;
+	-- The hash operator classes' support functions, and a name helper.
+	SELECT ws._slot_hash32(42) = ws._slot_hash32('42'::text), ws._slot_table('x', 3);
 	RESET search_path;
 	DROP SCHEMA planted CASCADE;}),
-	"safe\nt", 'operators planted on the search path are not called by the extension\'s lookups');
+	"safe\nt\nt|x_s003", 'operators planted on the search path are not called by the extension\'s lookups and functions');
 
 # --- dropping ------------------------------------------------------------------
 
