@@ -349,4 +349,43 @@ for my $psql (@counting)
 }
 is(stored(5001), 'count 201', 'one upsert and four sessions of 50 on one key: 201');
 
+# --- the table changes, a shard stops -------------------------------------------
+
+# A prepared upsert is planned again after a column is added.
+is($coord->safe_psql('postgres', q{
+	SET plan_cache_mode = force_generic_plan;
+	PREPARE up(bigint) AS INSERT INTO counters (id, name) VALUES ($1, 'added')
+	ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 1 RETURNING hits;
+	EXECUTE up(6001);
+	ALTER TABLE counters ADD COLUMN note text NOT NULL DEFAULT 'none';
+	EXECUTE up(6001);
+	INSERT INTO counters (id, name, note) VALUES (6001, 'x', 'new note')
+	ON CONFLICT (id) DO UPDATE SET note = excluded.note || ' and ' || counters.note RETURNING hits, note;}),
+	"1\n2\n2|new note and none", 'an added column: the prepared upsert is planned again, and the new column takes part');
+
+# A text key, with a collation of its own.
+$coord->safe_psql('postgres', q{
+	CREATE TABLE by_code (code text COLLATE "C" PRIMARY KEY, n int NOT NULL);
+	SELECT ws.distribute_table('by_code', 'code', 'm');});
+is($coord->safe_psql('postgres', q{
+	INSERT INTO by_code VALUES ('a', 1), ('B', 1) ON CONFLICT (code) DO UPDATE SET n = by_code.n + 1;
+	INSERT INTO by_code VALUES ('a', 1), ('b', 1) ON CONFLICT (code) DO UPDATE SET n = by_code.n + 1;
+	SELECT string_agg(code || '=' || n, ',' ORDER BY code) FROM by_code;}),
+	'B=1,a=2,b=1', 'a text key in collation "C"');
+
+# A stopped shard fails the upserts routed to it, naming it; the other
+# shard's go on.
+my $b1_before = stored($b1);
+$shard{s2}->stop;
+($ret, $out, $err) = $coord->psql('postgres', qq{
+	\\set VERBOSITY verbose
+	INSERT INTO counters (id, name) VALUES ($b1, 'down') ON CONFLICT (id) DO UPDATE SET name = excluded.name});
+like($err, qr/08001: could not connect to server "s2"|could not write 1 row of "counters" to shard server "s2"/,
+	'an upsert to a stopped shard fails, naming it');
+is($coord->safe_psql('postgres', qq{
+	INSERT INTO counters (id, name) VALUES ($a1, 'up') ON CONFLICT (id) DO UPDATE SET name = excluded.name RETURNING name}),
+	'up', 'an upsert to the other shard goes on');
+$shard{s2}->start;
+is(stored($b1), $b1_before, 'the stopped shard\'s row is as it was');
+
 done_testing();
