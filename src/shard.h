@@ -33,6 +33,8 @@ extern bool ws_shard_routes(Relation view);
 extern Oid	ws_shard_partitioned_table(Relation view);
 extern Oid	ws_shard_mapping_user(Relation view);
 extern AttrNumber ws_shard_key_column(Relation view);
+struct WsUpsert;
+extern void ws_shard_upsert_flush(struct WsUpsert *upsert);
 extern int	ws_shard_transmission_modes(void);
 extern int	ws_shard_spi_connect(void);
 extern void ws_shard_spi_finish(int level);
@@ -53,6 +55,9 @@ typedef struct WsUpsert
 	SubTransactionId subid;		/* where the query began */
 	Oid			view;			/* the distributed table */
 	bool		single_row;		/* the statement's only row, RETURNING only columns */
+	bool		batched;		/* the statement's rows, no RETURNING: in batches */
+	List	   *batches;		/* rows waiting, per server (shard_route.c) */
+	uint64		skipped;		/* rows of the batches sent that the shards skipped */
 	char	   *clause;			/* " ON CONFLICT ...", for the shards */
 	List	   *locals;			/* what its parameters after the row's are */
 	struct ParamListInfoData *params;	/* the query's, for locals */
@@ -62,7 +67,7 @@ typedef struct WsUpsert
 } WsUpsert;
 
 extern void ws_upsert_plan(Query *query, Relation view, List **functions);
-extern const WsUpsert *ws_upsert_running(Oid view);
+extern WsUpsert *ws_upsert_running(Oid view);
 extern void ws_shard_upsert_register(void);
 
 /* shard_guard.c */

@@ -1378,6 +1378,163 @@ returned_row(HeapTuple tuple, MemoryContext caller_context)
 }
 
 /*
+ * Rows of a batched upsert (shard_upsert.c) waiting to go to one server:
+ * each an INSERT ... ON CONFLICT of its own, without RETURNING, sent
+ * together in one pipeline.  In the upsert's memory.
+ */
+#define UPSERT_BATCH_ROWS	100
+
+typedef struct UpsertRow
+{
+	char	   *sql;
+	const char **params;
+} UpsertRow;
+
+typedef struct UpsertBatch
+{
+	Oid			serverid;
+	Oid			userid;
+	const char *table;			/* for messages */
+	int			slot;			/* of the first row, for messages */
+	const char *remote_table;	/* of the first row, for messages */
+	int			nparams;
+	List	   *rows;			/* UpsertRow */
+} UpsertBatch;
+
+/*
+ * send_upsert_batch sends a batch's rows on postgres_fdw's connection, in
+ * its remote transaction, as one pipeline (one round trip), and adds to
+ * *skipped the rows the shard skipped.  The connection leaves pipeline mode
+ * before anything is raised, so that postgres_fdw finds it as it was.
+ */
+static void
+send_upsert_batch(UpsertBatch *batch, uint64 *skipped)
+{
+	int			nrows = list_length(batch->rows);
+	PGresult   *volatile error = NULL;
+	const char *volatile error_sql = NULL;
+	PGconn	   *volatile conn = NULL;
+
+	if (nrows == 0)
+		return;
+	PG_TRY();
+	{
+		ListCell   *lc;
+
+		conn = connection_as(batch->serverid, batch->userid);
+		if (!PQenterPipelineMode(conn))
+			fdw_report_error(ERROR, NULL, conn, false, "pipeline");
+		foreach(lc, batch->rows)
+		{
+			UpsertRow  *row = lfirst(lc);
+
+			if (!PQsendQueryParams(conn, row->sql, batch->nparams, NULL, row->params,
+								   NULL, NULL, 0))
+				break;
+		}
+		if (!PQpipelineSync(conn))
+			fdw_report_error(ERROR, NULL, conn, false, "pipeline");
+		foreach(lc, batch->rows)
+		{
+			UpsertRow  *row = lfirst(lc);
+			PGresult   *res;
+
+			while ((res = wait_result(conn, row->sql)) != NULL)
+			{
+				if (PQresultStatus(res) == PGRES_COMMAND_OK)
+					*skipped += strcmp(PQcmdTuples(res), "0") == 0 ? 1 : 0;
+				else if (PQresultStatus(res) != PGRES_PIPELINE_ABORTED && error == NULL)
+				{
+					error = res;
+					error_sql = row->sql;
+					continue;
+				}
+				PQclear(res);
+			}
+		}
+		/* The end of the pipeline. */
+		PQclear(wait_result(conn, "pipeline"));
+		if (!PQexitPipelineMode(conn))
+			fdw_report_error(ERROR, NULL, conn, false, "pipeline");
+		if (error != NULL)
+			fdw_report_error(ERROR, error, conn, true, error_sql);
+		if (PQstatus(conn) != CONNECTION_OK)
+			fdw_report_error(ERROR, NULL, conn, false, "pipeline");
+	}
+	PG_CATCH();
+	{
+		/*
+		 * Interrupted in the middle, the connection stays in pipeline mode:
+		 * postgres_fdw then gives it up at abort, and the shard rolls back.
+		 */
+		batch->rows = NIL;
+		ws_shard_rethrow_write_error(nrows, batch->table, batch->serverid, batch->slot,
+									 batch->remote_table);
+	}
+	PG_END_TRY();
+	batch->rows = NIL;
+}
+
+/*
+ * ws_shard_upsert_flush sends the rows of an upsert's batches, adding the
+ * rows the shards skipped to upsert->skipped.
+ */
+void
+ws_shard_upsert_flush(WsUpsert *upsert)
+{
+	ListCell   *lc;
+
+	foreach(lc, upsert->batches)
+		send_upsert_batch(lfirst(lc), &upsert->skipped);
+}
+
+/*
+ * batch_row adds a row's parameters to its server's batch of upsert, and
+ * sends the batch when full.  Called in row_context.
+ */
+static void
+batch_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *params, int nparams)
+{
+	SlotInfo   *info = &dist->slots[slot];
+	MemoryContext old = MemoryContextSwitchTo(upsert->memory);
+	UpsertBatch *batch = NULL;
+	UpsertRow  *row;
+	ListCell   *lc;
+
+	foreach(lc, upsert->batches)
+	{
+		UpsertBatch *candidate = lfirst(lc);
+
+		if (candidate->serverid == info->serverid && candidate->userid == mapping_user(dist))
+			batch = candidate;
+	}
+	if (batch == NULL)
+	{
+		batch = palloc0(sizeof(UpsertBatch));
+		batch->serverid = info->serverid;
+		batch->userid = mapping_user(dist);
+		batch->table = pstrdup(dist->name);
+		batch->nparams = nparams;
+		upsert->batches = lappend(upsert->batches, batch);
+	}
+	if (batch->rows == NIL)
+	{
+		batch->slot = slot;
+		batch->remote_table = pstrdup(info->remote_table);
+	}
+	row = palloc(sizeof(UpsertRow));
+	row->sql = psprintf("INSERT INTO %s AS ws_target (%s) VALUES %s%s", info->remote_table,
+						dist->column_list, dist->parameters, upsert->clause);
+	row->params = palloc(sizeof(char *) * nparams);
+	for (int i = 0; i < nparams; i++)
+		row->params[i] = params[i] ? pstrdup(params[i]) : NULL;
+	batch->rows = lappend(batch->rows, row);
+	MemoryContextSwitchTo(old);
+	if (list_length(batch->rows) >= UPSERT_BATCH_ROWS)
+		send_upsert_batch(batch, &upsert->skipped);
+}
+
+/*
  * upsert_row sends a row (deformed) of an INSERT ... ON CONFLICT to its
  * slot's table alone, in postgres_fdw's remote transaction, and returns what
  * the trigger returns: the row as the shard stored it, or NULL if the shard
@@ -1388,7 +1545,7 @@ returned_row(HeapTuple tuple, MemoryContext caller_context)
  * REPEATABLE READ.  Called in row_context.
  */
 static Datum
-upsert_row(Relation view, const WsUpsert *upsert, Datum *values, bool *nulls,
+upsert_row(Relation view, WsUpsert *upsert, HeapTuple tuple, Datum *values, bool *nulls,
 		   MemoryContext caller_context)
 {
 	TupleDesc	desc = RelationGetDescr(view);
@@ -1399,6 +1556,7 @@ upsert_row(Relation view, const WsUpsert *upsert, Datum *values, bool *nulls,
 	const char **params = palloc(sizeof(char *) * nparams);
 	int			guc_level = ws_shard_transmission_modes();
 	char	   *sql;
+	bool		alone;
 	PGresult   *volatile res = NULL;
 	HeapTuple	stored = NULL;
 
@@ -1409,14 +1567,20 @@ upsert_row(Relation view, const WsUpsert *upsert, Datum *values, bool *nulls,
 		AtEOXact_GUC(true, guc_level);
 	for (int i = 0; i < upsert->nvalues; i++)
 		params[dist->ncolumns + i] = upsert->values[i];
-	sql = psprintf("INSERT INTO %s AS ws_target (%s) VALUES %s%s RETURNING %s", info->remote_table,
-				   dist->column_list, dist->parameters, upsert->clause, dist->column_list);
 
 	/* A row waiting for the commit goes first, with its own error. */
 	ws_defer_flush();
+	alone = upsert->single_row && ws_defer_may_wait(info->serverid, mapping_user(dist));
+	if (upsert->batched && !alone)
+	{
+		batch_row(upsert, dist, slot, params, nparams);
+		return returned_row(tuple, caller_context);
+	}
+	sql = psprintf("INSERT INTO %s AS ws_target (%s) VALUES %s%s RETURNING %s", info->remote_table,
+				   dist->column_list, dist->parameters, upsert->clause, dist->column_list);
 	PG_TRY();
 	{
-		if (upsert->single_row && ws_defer_may_wait(info->serverid, mapping_user(dist)))
+		if (alone)
 			res = ws_shard_run_alone(info->serverid, mapping_user(dist), sql, nparams, params);
 		else
 		{
@@ -1484,7 +1648,7 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	bool	   *nulls;
 	int			client_encoding;
 	MemoryContext caller_context;
-	const WsUpsert *upsert;
+	WsUpsert   *upsert;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_INSTEAD(trigdata->tg_event) ||
 		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
@@ -1510,7 +1674,7 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 
 	upsert = ws_upsert_running(RelationGetRelid(view));
 	if (upsert != NULL)
-		return upsert_row(view, upsert, values, nulls, caller_context);
+		return upsert_row(view, upsert, tuple, values, nulls, caller_context);
 
 	if (ws_shard_streaming_now(RelationGetRelid(view)))
 	{

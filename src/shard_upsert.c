@@ -82,6 +82,7 @@ static List *running = NIL;
 PG_FUNCTION_INFO_V1(write_scaling_on_conflict);
 
 static ExecutorStart_hook_type prev_executor_start = NULL;
+static ExecutorRun_hook_type prev_executor_run = NULL;
 static ExecutorEnd_hook_type prev_executor_end = NULL;
 
 static void
@@ -533,6 +534,9 @@ note_upserts(QueryDesc *queryDesc, Plan *plan)
 	upsert->single_row = plan == queryDesc->plannedstmt->planTree &&
 		IsA(outerPlan(plan), Result) && outerPlan(outerPlan(plan)) == NULL &&
 		returns_columns_only(modify);
+	/* Counted by the statement's command tag, which ExecutorRun corrects. */
+	upsert->batched = plan == queryDesc->plannedstmt->planTree && modify->canSetTag &&
+		modify->returningLists == NIL;
 	upsert->locals = list_delete_first(list_copy(call->args));
 	upsert->params = queryDesc->params;
 	MemoryContextSwitchTo(TopTransactionContext);
@@ -556,6 +560,33 @@ upsert_executor_start(QueryDesc *queryDesc, int eflags)
 	note_upserts(queryDesc, stmt->planTree);
 	foreach(lc, stmt->subplans)
 		note_upserts(queryDesc, lfirst(lc));
+}
+
+/*
+ * upsert_executor_run sends, once the rows of a batched upsert are in, those
+ * still waiting, and takes the rows its shards skipped off the statement's
+ * count (the trigger had returned each row as if stored).
+ */
+static void
+upsert_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
+					bool execute_once)
+{
+	ListCell   *lc;
+
+	if (prev_executor_run != NULL)
+		prev_executor_run(queryDesc, direction, count, execute_once);
+	else
+		standard_ExecutorRun(queryDesc, direction, count, execute_once);
+	foreach(lc, running)
+	{
+		WsUpsert   *upsert = lfirst(lc);
+
+		if (upsert->query != queryDesc || !upsert->batched)
+			continue;
+		ws_shard_upsert_flush(upsert);
+		queryDesc->estate->es_processed -= Min(upsert->skipped, queryDesc->estate->es_processed);
+		upsert->skipped = 0;
+	}
 }
 
 static void
@@ -602,7 +633,7 @@ upsert_executor_end(QueryDesc *queryDesc)
  * ws_upsert_running returns the upsert of the query running now, if it
  * inserts into view with ON CONFLICT, or NULL.
  */
-const WsUpsert *
+WsUpsert *
 ws_upsert_running(Oid view)
 {
 	QueryDesc  *query;
@@ -651,6 +682,8 @@ ws_shard_upsert_register(void)
 {
 	prev_executor_start = ExecutorStart_hook;
 	ExecutorStart_hook = upsert_executor_start;
+	prev_executor_run = ExecutorRun_hook;
+	ExecutorRun_hook = upsert_executor_run;
 	prev_executor_end = ExecutorEnd_hook;
 	ExecutorEnd_hook = upsert_executor_end;
 	RegisterXactCallback(upsert_xact_callback, NULL);

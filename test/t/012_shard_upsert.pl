@@ -264,7 +264,7 @@ for my $case (
 	[ "ON CONFLICT (id) DO UPDATE SET name = (SELECT 'sub')", '0A000', qr/cannot be sent to its shards.*subquery/s ],
 	[ "ON CONFLICT (id) DO UPDATE SET name = label(excluded.name)", '0A000', qr/cannot be sent to its shards.*not built in or not immutable/s ],
 	[ "ON CONFLICT (id) DO UPDATE SET name = excluded.name || excluded.seen", '0A000', qr/cannot be sent to its shards.*not built in or not immutable/s ],
-	[ "ON CONFLICT (name) DO NOTHING", '42P10', qr/could not write 1 row of "counters" to shard server "s\d": there is no unique or exclusion constraint matching the ON CONFLICT specification/ ],
+	[ "ON CONFLICT (name) DO NOTHING", '42P10', qr/could not write \d+ rows? of "counters" to shard server "s\d": there is no unique or exclusion constraint matching the ON CONFLICT specification/ ],
 	[ "ON CONFLICT ON CONSTRAINT counters_pkey DO NOTHING", '42704', qr/constraint "counters_pkey" for table "counters" does not exist/ ])
 {
 	my ($clause, $state, $message) = @$case;
@@ -348,6 +348,52 @@ for my $psql (@counting)
 	$psql->quit;
 }
 is(stored(5001), 'count 201', 'one upsert and four sessions of 50 on one key: 201');
+
+# --- many rows, no RETURNING ----------------------------------------------------
+# Such an INSERT sends its rows in batches, a pipeline of 100 statements
+# per server at a time; the command tag then leaves out what the shards
+# skipped.
+
+$coord->safe_psql('postgres', q{
+	CREATE TABLE tallies (id bigint PRIMARY KEY, n int NOT NULL CHECK (n >= 0));
+	SELECT ws.distribute_table('tallies', 'id', 'm');
+	INSERT INTO tallies SELECT i, 1 FROM generate_series(1, 100) i;});
+is($coord->safe_psql('postgres', q{
+	INSERT INTO tallies SELECT i, 1 FROM generate_series(51, 350) i ON CONFLICT DO NOTHING;
+	\echo :ROW_COUNT
+	INSERT INTO tallies SELECT i, 5 FROM generate_series(1, 400) i
+	ON CONFLICT (id) DO UPDATE SET n = tallies.n + excluded.n WHERE tallies.id % 2 = 0;
+	\echo :ROW_COUNT
+	SELECT count(*), sum(n) FROM tallies;}),
+	"250\n225\n400|1475",
+	'batches: 250 new of 300, then 175 even keys updated and 50 inserted of 400');
+is($coord->safe_psql('postgres', q{
+	DO $$
+	DECLARE
+		counted bigint;
+	BEGIN
+		INSERT INTO tallies SELECT i, 0 FROM generate_series(391, 410) i ON CONFLICT DO NOTHING;
+		GET DIAGNOSTICS counted = ROW_COUNT;
+		RAISE NOTICE 'counted %', counted;
+	END $$;
+	SELECT count(*) FROM tallies;}),
+	'410', 'in PL/pgSQL too');
+like(($coord->psql('postgres', q{DO $$ DECLARE c bigint; BEGIN
+	INSERT INTO tallies SELECT i, 0 FROM generate_series(401, 420) i ON CONFLICT DO NOTHING;
+	GET DIAGNOSTICS c = ROW_COUNT; RAISE NOTICE 'counted %', c; END $$;}))[2],
+	qr/counted 10/, 'GET DIAGNOSTICS counts the rows stored, not those skipped');
+my $tallies_before = $coord->safe_psql('postgres', 'SELECT count(*) || \' \' || sum(n) FROM tallies');
+($ret, $out, $err) = $coord->psql('postgres', q{
+	\set VERBOSITY verbose
+	INSERT INTO tallies SELECT i, CASE WHEN i = 333 THEN -1 ELSE 1 END FROM generate_series(300, 500) i
+	ON CONFLICT (id) DO UPDATE SET n = excluded.n;});
+like($err, qr/23514: could not write \d+ rows of "tallies" to shard server "s\d": new row for relation "tallies_s\d+" violates check constraint/,
+	'a row of a batch that breaks a check fails the statement, naming the shard');
+is($coord->safe_psql('postgres', 'SELECT count(*) || \' \' || sum(n) FROM tallies'), $tallies_before,
+	'and nothing of it stays, on either shard');
+is($coord->safe_psql('postgres', q{
+	INSERT INTO tallies SELECT i, 2 FROM generate_series(300, 500) i ON CONFLICT (id) DO UPDATE SET n = excluded.n;
+	\echo :ROW_COUNT}), '201', 'the connections serve the next batches');
 
 # --- the table changes, a shard stops -------------------------------------------
 
