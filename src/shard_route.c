@@ -1430,7 +1430,7 @@ send_upsert_batch(UpsertBatch *batch, uint64 *skipped)
 
 			if (!PQsendQueryParams(conn, row->sql, batch->nparams, NULL, row->params,
 								   NULL, NULL, 0))
-				break;
+				fdw_report_error(ERROR, NULL, conn, false, row->sql);
 		}
 		if (!PQpipelineSync(conn))
 			fdw_report_error(ERROR, NULL, conn, false, "pipeline");

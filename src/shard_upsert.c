@@ -11,12 +11,21 @@
  * that comes back (as inserted, or as updated), or nothing when the shard
  * skipped it: the row count and the statement's RETURNING are a table's.
  * One round trip per row; an upsert neither streams nor waits for the
- * commit.  The single row of an autocommit INSERT (one VALUES list, a
- * RETURNING of columns only, if any) goes as a statement of its own on a
- * connection of ours instead, as a row that may wait for the commit does
- * (shard_defer.c): its shard then decides at READ COMMITTED, and two
- * sessions counting on one key wait for each other rather than fail with
- * postgres_fdw's REPEATABLE READ serialization errors.
+ * commit.  Two exceptions:
+ *
+ * Many rows, no RETURNING
+ *	  A top-level INSERT without RETURNING sends its rows in pipelines of 100
+ *	  statements per server (shard_route.c); the trigger returns each row
+ *	  as if stored, and ExecutorRun takes the rows the shards skipped off
+ *	  the statement's count.
+ *
+ * One row, autocommit
+ *	  The single row of an autocommit INSERT (one VALUES list, a RETURNING
+ *	  of columns only, if any) goes as a statement of its own on a
+ *	  connection of ours, as a row that may wait for the commit does
+ *	  (shard_defer.c): its shard then decides at READ COMMITTED, and two
+ *	  sessions counting on one key wait for each other rather than fail
+ *	  with postgres_fdw's REPEATABLE READ serialization errors.
  *
  * The clause is translated when the statement is planned, by the planner
  * hook of shard_guard.c (a view has no unique index, so PostgreSQL's planner
