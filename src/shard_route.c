@@ -1380,7 +1380,8 @@ returned_row(HeapTuple tuple, MemoryContext caller_context)
 /*
  * Rows of a batched upsert (shard_upsert.c) waiting to go to one server:
  * each an INSERT ... ON CONFLICT of its own, without RETURNING, sent
- * together in one pipeline.  In the upsert's memory.
+ * together in one pipeline when 100 rows or 256kB wait.  Each batch keeps
+ * its rows in a memory context of its own, emptied when they are sent.
  */
 #define UPSERT_BATCH_ROWS	100
 
@@ -1388,6 +1389,8 @@ typedef struct UpsertRow
 {
 	char	   *sql;
 	const char **params;
+	int			slot;			/* for messages */
+	char	   *remote_table;
 } UpsertRow;
 
 typedef struct UpsertBatch
@@ -1395,35 +1398,67 @@ typedef struct UpsertBatch
 	Oid			serverid;
 	Oid			userid;
 	const char *table;			/* for messages */
-	int			slot;			/* of the first row, for messages */
-	const char *remote_table;	/* of the first row, for messages */
 	int			nparams;
+	MemoryContext memory;		/* the rows */
 	List	   *rows;			/* UpsertRow */
+	Size		bytes;			/* their parameters' and statements' */
 } UpsertBatch;
+
+/*
+ * flush_output sends what libpq holds for conn, a connection in
+ * non-blocking mode, waiting interruptibly (and reading what comes
+ * meanwhile, so that the shard never waits for us to read).
+ */
+static void
+flush_output(PGconn *conn, const char *sql)
+{
+	int			rc;
+
+	while ((rc = PQflush(conn)) > 0)
+	{
+		int			events = WaitLatchOrSocket(MyLatch,
+											   WL_LATCH_SET | WL_SOCKET_WRITEABLE |
+											   WL_SOCKET_READABLE | WL_EXIT_ON_PM_DEATH,
+											   PQsocket(conn), -1L, PG_WAIT_EXTENSION);
+
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if ((events & WL_SOCKET_READABLE) && !PQconsumeInput(conn))
+			fdw_report_error(ERROR, NULL, conn, false, sql);
+	}
+	if (rc < 0)
+		fdw_report_error(ERROR, NULL, conn, false, sql);
+}
 
 /*
  * send_upsert_batch sends a batch's rows on postgres_fdw's connection, in
  * its remote transaction, as one pipeline (one round trip), and adds to
- * *skipped the rows the shard skipped.  The connection leaves pipeline mode
- * before anything is raised, so that postgres_fdw finds it as it was.
+ * *skipped the rows the shard skipped.  After a shard's error the
+ * connection leaves pipeline mode before the error is raised, so that
+ * postgres_fdw finds it as it was; after an interrupt in the middle, it
+ * stays in pipeline mode, and postgres_fdw then gives it up at abort (the
+ * shard rolls back; in a subtransaction, the rest of the transaction can
+ * no longer use that server).
  */
 static void
 send_upsert_batch(UpsertBatch *batch, uint64 *skipped)
 {
 	int			nrows = list_length(batch->rows);
+	uint64		skipped_here = 0;
 	PGresult   *volatile error = NULL;
-	const char *volatile error_sql = NULL;
-	PGconn	   *volatile conn = NULL;
+	UpsertRow  *volatile failed = NULL;
 
 	if (nrows == 0)
 		return;
+	failed = linitial(batch->rows);
 	PG_TRY();
 	{
+		PGconn	   *conn = connection_as(batch->serverid, batch->userid);
 		ListCell   *lc;
+		PGresult   *sync;
 
-		conn = connection_as(batch->serverid, batch->userid);
-		if (!PQenterPipelineMode(conn))
-			fdw_report_error(ERROR, NULL, conn, false, "pipeline");
+		if (PQsetnonblocking(conn, 1) != 0 || !PQenterPipelineMode(conn))
+			fdw_report_error(ERROR, NULL, conn, false, failed->sql);
 		foreach(lc, batch->rows)
 		{
 			UpsertRow  *row = lfirst(lc);
@@ -1431,9 +1466,11 @@ send_upsert_batch(UpsertBatch *batch, uint64 *skipped)
 			if (!PQsendQueryParams(conn, row->sql, batch->nparams, NULL, row->params,
 								   NULL, NULL, 0))
 				fdw_report_error(ERROR, NULL, conn, false, row->sql);
+			flush_output(conn, row->sql);
 		}
 		if (!PQpipelineSync(conn))
-			fdw_report_error(ERROR, NULL, conn, false, "pipeline");
+			fdw_report_error(ERROR, NULL, conn, false, failed->sql);
+		flush_output(conn, failed->sql);
 		foreach(lc, batch->rows)
 		{
 			UpsertRow  *row = lfirst(lc);
@@ -1442,37 +1479,43 @@ send_upsert_batch(UpsertBatch *batch, uint64 *skipped)
 			while ((res = wait_result(conn, row->sql)) != NULL)
 			{
 				if (PQresultStatus(res) == PGRES_COMMAND_OK)
-					*skipped += strcmp(PQcmdTuples(res), "0") == 0 ? 1 : 0;
+					skipped_here += strcmp(PQcmdTuples(res), "0") == 0 ? 1 : 0;
 				else if (PQresultStatus(res) != PGRES_PIPELINE_ABORTED && error == NULL)
 				{
 					error = res;
-					error_sql = row->sql;
+					failed = row;
 					continue;
 				}
 				PQclear(res);
 			}
 		}
-		/* The end of the pipeline. */
-		PQclear(wait_result(conn, "pipeline"));
-		if (!PQexitPipelineMode(conn))
-			fdw_report_error(ERROR, NULL, conn, false, "pipeline");
+		sync = wait_result(conn, failed->sql);
+		if (PQresultStatus(sync) != PGRES_PIPELINE_SYNC)
+			fdw_report_error(ERROR, sync, conn, true, failed->sql);
+		PQclear(sync);
+		if (!PQexitPipelineMode(conn) || PQsetnonblocking(conn, 0) != 0)
+			fdw_report_error(ERROR, NULL, conn, false, failed->sql);
 		if (error != NULL)
-			fdw_report_error(ERROR, error, conn, true, error_sql);
-		if (PQstatus(conn) != CONNECTION_OK)
-			fdw_report_error(ERROR, NULL, conn, false, "pipeline");
+		{
+			PGresult   *res = error;
+
+			error = NULL;
+			fdw_report_error(ERROR, res, conn, true, failed->sql);
+		}
 	}
 	PG_CATCH();
 	{
-		/*
-		 * Interrupted in the middle, the connection stays in pipeline mode:
-		 * postgres_fdw then gives it up at abort, and the shard rolls back.
-		 */
-		batch->rows = NIL;
-		ws_shard_rethrow_write_error(nrows, batch->table, batch->serverid, batch->slot,
-									 batch->remote_table);
+		/* The rows go with the upsert, which the error ends. */
+		PQclear(error);
+		ws_shard_rethrow_write_error(nrows, batch->table, batch->serverid, failed->slot,
+									 failed->remote_table);
 	}
 	PG_END_TRY();
+	note_routed(batch->serverid, nrows - skipped_here);
+	*skipped += skipped_here;
+	MemoryContextReset(batch->memory);
 	batch->rows = NIL;
+	batch->bytes = 0;
 }
 
 /*
@@ -1490,15 +1533,15 @@ ws_shard_upsert_flush(WsUpsert *upsert)
 
 /*
  * batch_row adds a row's parameters to its server's batch of upsert, and
- * sends the batch when full.  Called in row_context.
+ * sends the batch when full.
  */
 static void
 batch_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *params, int nparams)
 {
 	SlotInfo   *info = &dist->slots[slot];
-	MemoryContext old = MemoryContextSwitchTo(upsert->memory);
 	UpsertBatch *batch = NULL;
 	UpsertRow  *row;
+	MemoryContext old;
 	ListCell   *lc;
 
 	foreach(lc, upsert->batches)
@@ -1510,27 +1553,33 @@ batch_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *params
 	}
 	if (batch == NULL)
 	{
+		old = MemoryContextSwitchTo(upsert->memory);
 		batch = palloc0(sizeof(UpsertBatch));
 		batch->serverid = info->serverid;
 		batch->userid = mapping_user(dist);
 		batch->table = pstrdup(dist->name);
 		batch->nparams = nparams;
+		batch->memory = AllocSetContextCreate(upsert->memory, "write_scaling upsert batch",
+											  ALLOCSET_DEFAULT_SIZES);
 		upsert->batches = lappend(upsert->batches, batch);
+		MemoryContextSwitchTo(old);
 	}
-	if (batch->rows == NIL)
-	{
-		batch->slot = slot;
-		batch->remote_table = pstrdup(info->remote_table);
-	}
+	old = MemoryContextSwitchTo(batch->memory);
 	row = palloc(sizeof(UpsertRow));
 	row->sql = psprintf("INSERT INTO %s AS ws_target (%s) VALUES %s%s", info->remote_table,
 						dist->column_list, dist->parameters, upsert->clause);
+	row->slot = slot;
+	row->remote_table = pstrdup(info->remote_table);
 	row->params = palloc(sizeof(char *) * nparams);
+	batch->bytes += strlen(row->sql);
 	for (int i = 0; i < nparams; i++)
+	{
 		row->params[i] = params[i] ? pstrdup(params[i]) : NULL;
+		batch->bytes += params[i] ? strlen(params[i]) : 0;
+	}
 	batch->rows = lappend(batch->rows, row);
 	MemoryContextSwitchTo(old);
-	if (list_length(batch->rows) >= UPSERT_BATCH_ROWS)
+	if (list_length(batch->rows) >= UPSERT_BATCH_ROWS || batch->bytes >= ROUTE_BATCH_BYTES)
 		send_upsert_batch(batch, &upsert->skipped);
 }
 
