@@ -391,9 +391,20 @@ like($err, qr/23514: could not write \d+ rows of "tallies" to shard server "s\d"
 	'a row of a batch that breaks a check fails the statement, naming the shard');
 is($coord->safe_psql('postgres', 'SELECT count(*) || \' \' || sum(n) FROM tallies'), $tallies_before,
 	'and nothing of it stays, on either shard');
+my $routed_before = $coord->safe_psql('postgres', 'SELECT sum(rows_routed) FROM ws.stat_shards');
 is($coord->safe_psql('postgres', q{
 	INSERT INTO tallies SELECT i, 2 FROM generate_series(300, 500) i ON CONFLICT (id) DO UPDATE SET n = excluded.n;
 	\echo :ROW_COUNT}), '201', 'the connections serve the next batches');
+is($coord->safe_psql('postgres', 'SELECT sum(rows_routed) FROM ws.stat_shards') - $routed_before, 201,
+	'ws.stat_shards counts the rows of the batches');
+is($coord->safe_psql('postgres', q{
+	CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL);
+	SELECT ws.distribute_table('notes', 'id', 'm');
+	INSERT INTO notes SELECT i, repeat('x', 20000) FROM generate_series(1, 60) i ON CONFLICT DO NOTHING;
+	INSERT INTO notes SELECT i, repeat('y', 20000) || i FROM generate_series(1, 60) i
+	ON CONFLICT (id) DO UPDATE SET body = excluded.body;
+	SELECT count(*), sum(length(body)), count(*) FILTER (WHERE body = repeat('y', 20000) || id) FROM notes;}),
+	"\n60|1200111|60", 'wide rows go in batches of 256kB');
 
 # --- the table changes, a shard stops -------------------------------------------
 
