@@ -1463,10 +1463,10 @@ send_upsert_batch(UpsertBatch *batch, uint64 *skipped)
 		{
 			UpsertRow  *row = lfirst(lc);
 
+			/* Non-blocking: libpq sends what the socket takes, keeps the rest. */
 			if (!PQsendQueryParams(conn, row->sql, batch->nparams, NULL, row->params,
 								   NULL, NULL, 0))
 				fdw_report_error(ERROR, NULL, conn, false, row->sql);
-			flush_output(conn, row->sql);
 		}
 		if (!PQpipelineSync(conn))
 			fdw_report_error(ERROR, NULL, conn, false, failed->sql);

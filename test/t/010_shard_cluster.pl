@@ -713,15 +713,15 @@ $expected{747001} = 1;
 {
 	my $locker = $shard{s1}->background_psql('postgres', on_error_stop => 0);
 	$locker->query_safe('BEGIN; LOCK TABLE orders_shard IN ACCESS EXCLUSIVE MODE;');
-	my $started = time;
 	my ($ret, $out, $err) = $coord->psql('postgres',
 		"\\set VERBOSITY verbose\nSET statement_timeout = '1s';\nCOPY orders (id, customer, amount) FROM STDIN;\n"
 		  . copy_lines(750201, 760000) . "\\.\nRESET statement_timeout;\nSELECT 'after the timeout';\n",
 		on_error_stop => 0, timeout => $PostgreSQL::Test::Utils::timeout_default);
 	like($err, qr/57014: .*canceling statement due to statement timeout/,
 		'a streamed COPY waiting on a lock held on a shard is cancelled by statement_timeout');
+	# The lock is held until after psql returns: a COPY that waited for it
+	# would have run into psql's timeout instead of statement_timeout.
 	is($out, 'after the timeout', 'and the session goes on');
-	cmp_ok(time - $started, '<', 25, 'without waiting for the lock');
 	$locker->query_safe('ROLLBACK;');
 	$locker->quit;
 	is(on_shards(750201, 760000), 0, 'and none of its rows is kept');
