@@ -186,6 +186,11 @@ is($coord->safe_psql('postgres', qq{
 	COMMIT;}),
 	'kept', 'a savepoint rolls back the upsert after it, and the transaction reads its own');
 
+($ret, $out, $err) = $coord->psql('postgres', q{
+	\set VERBOSITY verbose
+	SELECT ws._on_conflict(' ON CONFLICT DO NOTHING');});
+like($err, qr/0A000: ws\._on_conflict\(\) only marks an INSERT into a distributed table/,
+	'the marker of a planned upsert cannot be called');
 like($coord->safe_psql('postgres', qq{
 	EXPLAIN (VERBOSE, COSTS OFF) INSERT INTO counters (id, name) VALUES (1, 'e')
 	ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 1, seen = now()}),
