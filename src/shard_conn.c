@@ -409,8 +409,8 @@ last_result(OwnConnection *entry)
 
 /*
  * ws_shard_run_alone runs sql, a statement with nparams text parameters,
- * on our own connection to serverid as a statement of its own: it commits on the
- * shard by itself.  It is prepared there once per connection.  A
+ * on our own connection to serverid as a statement of its own: it commits
+ * on the shard by itself.  It is prepared there once per connection.  A
  * connection that fails before the statement went out is opened again,
  * once.  Raises the shard's error, if any; returns the statement's result,
  * for the caller to PQclear.

@@ -118,9 +118,8 @@ inserts_into(Query *query, Oid relid)
  * updates a distributed table's shard key, and rewrites an INSERT ... ON
  * CONFLICT into a distributed table for the shards, adding to *functions
  * the functions of the user's the plan then depends on; top is the whole
- * statement.  Called on
- * the rewritten query, before planning: an UPDATE of the view is an UPDATE
- * of ws_dist.<table> by then.
+ * statement.  Called on the rewritten query, before planning: an UPDATE of
+ * the view is an UPDATE of ws_dist.<table> by then.
  */
 static void
 check_query(Query *query, Query *top, List **functions)
@@ -183,7 +182,9 @@ check_query(Query *query, Query *top, List **functions)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("INSERT ... ON CONFLICT into distributed table \"%s\" must be the statement's only INSERT into it",
-								RelationGetRelationName(view))));
+								RelationGetRelationName(view)),
+						 errdetail("The table's trigger cannot tell which INSERT of the statement a row comes from."),
+						 errhint("Run the INSERTs as statements of their own.")));
 			ws_upsert_plan(query, view, functions);
 		}
 		relation_close(view, AccessShareLock);

@@ -320,14 +320,9 @@ deparse_clause(Query *remote)
 
 	(void) set_config_option("search_path", "pg_catalog", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("datestyle", "ISO", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("extra_float_digits", "3", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("standard_conforming_strings", "on", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+	(void) ws_shard_transmission_modes();	/* undone with level */
 	whole = pg_get_querydef(copyObject(remote), false);
 	remote->onConflict = NULL;
 	prefix = pg_get_querydef(remote, false);
@@ -392,8 +387,9 @@ ws_upsert_plan(Query *query, Relation view, List **functions)
 	Const	   *clause;
 	Oid			marker;
 
+	/* ON CONSTRAINT names a constraint of the view, which has none. */
 	if (OidIsValid(conflict->constraint))
-		refuse(RelationGetRelationName(view), "A constraint has another name on each shard; name its columns instead.");
+		elog(ERROR, "ON CONSTRAINT on distributed table \"%s\"", RelationGetRelationName(view));
 	check_key_kept(query, view, ws_shard_key_column(view));
 
 	cxt.table = RelationGetRelationName(view);

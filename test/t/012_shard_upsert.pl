@@ -282,7 +282,7 @@ for my $case (
 	\\set VERBOSITY verbose
 	WITH a AS (INSERT INTO counters (id, name) VALUES ($a1, 'no') ON CONFLICT DO NOTHING RETURNING id)
 	INSERT INTO counters (id, name) VALUES ($a2, 'no')});
-like($err, qr/0A000: INSERT \.\.\. ON CONFLICT into distributed table "counters" must be the statement's only INSERT into it/,
+like($err, qr/0A000: INSERT \.\.\. ON CONFLICT into distributed table "counters" must be the statement's only INSERT into it.*DETAIL:  The table's trigger cannot tell which INSERT/s,
 	'two INSERTs into the table in one statement, one with ON CONFLICT: refused');
 is(join(' / ', map { stored($_) } $a1, $a2, $b1, $b2), $before, 'nothing was written by the refused statements');
 
