@@ -247,7 +247,7 @@ fold(StoreEntry *store, text *stream, SnapshotPolicy *policy,
 	args[4] = Int64GetDatum(policy->fingerprint);
 	rc = SPI_execute_with_args("SELECT version, state FROM ws.snapshots"
 							   " WHERE store = $1 AND stream = $2 COLLATE \"C\""
-							   " AND reducer = $3 AND reducer_version = $4 AND fingerprint = $5",
+							   " AND reducer OPERATOR(pg_catalog.=) $3 AND reducer_version = $4 AND fingerprint = $5",
 							   5, (Oid[]) {TEXTOID, TEXTOID, REGPROCEDUREOID, INT4OID, INT8OID},
 							   args, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
@@ -452,8 +452,9 @@ write_scaling_snapshot(PG_FUNCTION_ARGS)
 								   " reducer = excluded.reducer, reducer_version = excluded.reducer_version,"
 								   " fingerprint = excluded.fingerprint, taken_at = now()"
 								   " WHERE s.version < excluded.version"
-								   " OR (s.reducer, s.reducer_version, s.fingerprint)"
-								   " IS DISTINCT FROM (excluded.reducer, excluded.reducer_version, excluded.fingerprint)",
+								   " OR s.reducer OPERATOR(pg_catalog.<>) excluded.reducer"
+								   " OR s.reducer_version <> excluded.reducer_version"
+								   " OR s.fingerprint <> excluded.fingerprint",
 								   7, (Oid[]) {TEXTOID, TEXTOID, INT8OID, JSONBOID, REGPROCEDUREOID, INT4OID, INT8OID},
 								   args, nulls, false, 0);
 		if (rc != SPI_OK_INSERT)

@@ -220,7 +220,7 @@ ws_store_plan(StoreEntry *store, StorePlan which)
 	switch (which)
 	{
 		case PLAN_MAX_POSITION:
-			sql = "SELECT max(global_position) FROM %s";
+			sql = "SELECT pg_catalog.max(global_position) FROM %s";
 			break;
 		case PLAN_FIND_IDS:
 			sql = "SELECT id, stream, version FROM %s WHERE id = ANY ($1)";

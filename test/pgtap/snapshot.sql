@@ -1,7 +1,7 @@
 -- pgTAP: snapshots.  The contract of set_snapshot_policy, load and
 -- snapshot, and every error path with its SQLSTATE.
 BEGIN;
-SELECT plan(28);
+SELECT plan(30);
 
 SELECT has_function('ws', 'set_snapshot_policy', ARRAY['text', 'regprocedure', 'integer', 'integer']);
 SELECT has_function('ws', 'load', ARRAY['text', 'text']);
@@ -41,6 +41,20 @@ SELECT results_eq($$SELECT version, state FROM ws.snapshots WHERE store = 'tap_s
 	$$VALUES (7::bigint, '{"n": 7, "v": 7}'::jsonb)$$, 'the snapshot is stored');
 SELECT throws_ok($$SELECT * FROM ws.load(NULL, 's')$$, '22004', NULL, 'load: NULL store');
 SELECT throws_ok($$SELECT * FROM ws.load('tap_snap', NULL)$$, '22004', NULL, 'load: NULL stream');
+
+-- Reducers are compared with pg_catalog's operators, not with ones planted
+-- on the caller's search_path (regprocedure has no = of its own: one
+-- planted for it would be an exact match).
+CREATE FUNCTION tap_planted(regprocedure, regprocedure) RETURNS boolean LANGUAGE plpgsql
+AS $$ BEGIN RAISE EXCEPTION 'planted operator called'; END $$;
+CREATE OPERATOR public.= (LEFTARG = regprocedure, RIGHTARG = regprocedure, FUNCTION = tap_planted);
+CREATE OPERATOR public.<> (LEFTARG = regprocedure, RIGHTARG = regprocedure, FUNCTION = tap_planted);
+SELECT ws.append('tap_snap', 's', 7, '[{"type": "T", "data": 8}]');
+SELECT is(ws.snapshot('tap_snap', 's'), 8::bigint, 'snapshot ignores operators planted on the search_path');
+SELECT results_eq($$SELECT state, version FROM ws.load('tap_snap', 's')$$,
+	$$VALUES ('{"n": 8, "v": 8}'::jsonb, 8::bigint)$$, 'and so does load');
+DROP OPERATOR public.= (regprocedure, regprocedure);
+DROP OPERATOR public.<> (regprocedure, regprocedure);
 
 -- Snapshots are shown only to roles that may read the store.
 CREATE ROLE ws_tap_stranger;

@@ -110,5 +110,25 @@ is( $node->safe_psql(
 	't',
 	'read_all returns every event after the restart');
 
+# After a restart, the first append numbers from the table's real maximum,
+# not from a max() planted on that session's search_path.
+$node->restart;
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION planted_max(bigint, bigint) RETURNS bigint LANGUAGE plpgsql
+	AS $$ BEGIN RAISE EXCEPTION 'planted aggregate called'; END $$;
+	CREATE AGGREGATE public.max(bigint) (SFUNC = planted_max, STYPE = bigint);
+});
+my $last = $node->safe_psql('postgres', 'SELECT pg_catalog.max(global_position) FROM ws.crash_events');
+my ($rc, $out, $err) = $node->psql('postgres', q{
+	SET search_path = public, pg_catalog;
+	SELECT ws.append('crash', 'planted', 0, '{"type": "T", "data": {}}');
+});
+is($rc, 0, 'the first append after a restart ignores a max() planted on its search_path')
+  or diag($err);
+is( $node->safe_psql(
+		'postgres', q{SELECT global_position FROM ws.crash_events WHERE stream = 'planted'}),
+	$last + 1,
+	'and numbers from the real maximum');
+
 $node->stop;
 done_testing();
