@@ -23,6 +23,7 @@ OBJS = \
 	src/shard_utility.o \
 	src/shard_stream.o \
 	src/shard_upsert.o \
+	src/shard_modify.o \
 	src/shard_route.o \
 	src/bulk.o \
 	src/bulk_direct.o \

@@ -112,7 +112,7 @@ ws_define_gucs(void)
 
 	DefineCustomBoolVariable("write_scaling.shard_one_round_trip",
 							 "Sends the single row of an autocommit INSERT into a distributed table at commit, in one round trip.",
-							 "It goes as a statement of its own on a connection of write_scaling's, where postgres_fdw's remote transaction takes three round trips.",
+							 "It goes as a statement of its own on a connection of write_scaling's, where postgres_fdw's remote transaction takes three round trips; so do an autocommit single-row upsert and an autocommit UPDATE or DELETE by key.",
 							 &ws_shard_one_round_trip,
 							 true,
 							 PGC_USERSET,

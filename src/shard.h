@@ -36,6 +36,8 @@ extern AttrNumber ws_shard_key_column(Relation view);
 struct WsUpsert;
 extern void ws_shard_upsert_flush(struct WsUpsert *upsert);
 extern int	ws_shard_transmission_modes(void);
+extern struct pg_result *ws_shard_run_in_transaction(Oid serverid, Oid userid, const char *sql,
+													 int nparams, const char *const *values);
 extern int	ws_shard_spi_connect(void);
 extern void ws_shard_spi_finish(int level);
 extern RouteStream *ws_route_stream_begin(Relation view);
@@ -72,6 +74,13 @@ extern void ws_shard_upsert_register(void);
 
 /* shard_guard.c */
 extern void ws_shard_guard_register(void);
+extern bool ws_shard_is_slot_table(Oid relid);
+
+/* shard_modify.c */
+struct PlannedStmt;
+extern void ws_shard_modify_plan(struct PlannedStmt *stmt);
+extern bool ws_shard_modify_planned(struct PlannedStmt *stmt);
+extern void ws_shard_modify_register(void);
 
 /* shard_utility.c */
 extern void ws_shard_utility_register(void);

@@ -195,12 +195,18 @@ send_alone(void)
 /*
  * may_use_fdw tells whether a plan may use postgres_fdw: it reads or writes
  * a foreign table, or inserts into a partitioned table (whose partitions
- * may be foreign tables, found only as rows are routed).
+ * may be foreign tables, found only as rows are routed).  An UPDATE or
+ * DELETE of one slot runs alone or uses postgres_fdw through
+ * connection_as, which notes it.
  */
 static bool
 may_use_fdw(PlannedStmt *plan)
 {
 	ListCell   *lc;
+
+	/* It says when it does (shard_modify.c). */
+	if (ws_shard_modify_planned(plan))
+		return false;
 
 	foreach(lc, plan->rtable)
 	{

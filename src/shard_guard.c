@@ -16,7 +16,9 @@
  * INSERT ... ON CONFLICT goes to the shards with its clause, which the hook
  * takes off the query before PostgreSQL plans it (shard_upsert.c); such an
  * INSERT must be its statement's only INSERT into the table, since the
- * view's trigger cannot tell which of them a row comes from.
+ * view's trigger cannot tell which of them a row comes from.  After
+ * planning, an UPDATE or DELETE of one slot gets the node of
+ * shard_modify.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -59,6 +61,17 @@ in_ws_dist(Oid relid)
 		return false;
 	extension = get_extension_oid("write_scaling", true);
 	return OidIsValid(extension) && getExtensionOfObject(NamespaceRelationId, nsp) == extension;
+}
+
+/*
+ * ws_shard_is_slot_table tells whether relid is a slot's foreign table: a
+ * foreign partition of a partitioned table in ws_dist.
+ */
+bool
+ws_shard_is_slot_table(Oid relid)
+{
+	return get_rel_relkind(relid) == RELKIND_FOREIGN_TABLE && get_rel_relispartition(relid) &&
+		in_ws_dist(get_partition_parent(relid, true));
 }
 
 /*
@@ -204,6 +217,7 @@ guard_planner(Query *parse, const char *query_string, int cursorOptions,
 		result = prev_planner(parse, query_string, cursorOptions, boundParams);
 	else
 		result = standard_planner(parse, query_string, cursorOptions, boundParams);
+	ws_shard_modify_plan(result);
 	foreach(lc, functions)
 	{
 		PlanInvalItem *item = makeNode(PlanInvalItem);

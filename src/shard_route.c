@@ -384,6 +384,27 @@ connection_as(Oid serverid, Oid userid)
 }
 
 /*
+ * ws_shard_run_in_transaction runs sql, a statement with nparams text
+ * parameters, on postgres_fdw's connection to serverid for userid, in its
+ * remote transaction.  Raises the shard's error, if any; returns the
+ * statement's result, for the caller to PQclear.
+ */
+PGresult *
+ws_shard_run_in_transaction(Oid serverid, Oid userid, const char *sql, int nparams,
+							const char *const *values)
+{
+	PGconn	   *conn = connection_as(serverid, userid);
+	PGresult   *res;
+
+	if (!PQsendQueryParams(conn, sql, nparams, NULL, values, NULL, NULL, 0))
+		fdw_report_error(ERROR, NULL, conn, false, sql);
+	res = fdw_get_result(conn, sql);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
+		fdw_report_error(ERROR, res, conn, true, sql);
+	return res;
+}
+
+/*
  * wait_result waits, interruptibly, for conn's next result: that a COPY
  * just sent was accepted, say.  (pgfdw_get_result waits for the end of the
  * command, which for COPY FROM STDIN never comes before the data.)
@@ -1632,15 +1653,8 @@ upsert_row(Relation view, WsUpsert *upsert, HeapTuple tuple, Datum *values, bool
 		if (alone)
 			res = ws_shard_run_alone(info->serverid, mapping_user(dist), sql, nparams, params);
 		else
-		{
-			PGconn	   *conn = connection_as(info->serverid, mapping_user(dist));
-
-			if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0))
-				fdw_report_error(ERROR, NULL, conn, false, sql);
-			res = fdw_get_result(conn, sql);
-			if (PQresultStatus(res) != PGRES_TUPLES_OK)
-				fdw_report_error(ERROR, res, conn, true, sql);
-		}
+			res = ws_shard_run_in_transaction(info->serverid, mapping_user(dist), sql,
+											  nparams, params);
 	}
 	PG_CATCH();
 	{
@@ -2753,6 +2767,7 @@ ws_shard_register_callbacks(void)
 	ws_shard_upsert_register();
 	ws_shard_utility_register();
 	ws_shard_guard_register();	/* inside shard_defer.c's planner hook: its lookups are nested */
+	ws_shard_modify_register();
 	ws_defer_register();
 	RegisterXactCallback(route_xact_callback, NULL);
 	RegisterSubXactCallback(route_subxact_callback, NULL);

@@ -1,0 +1,306 @@
+/*-------------------------------------------------------------------------
+ *
+ * shard_modify.c
+ *	  An UPDATE or DELETE of a distributed table whose WHERE clause fixes the
+ *	  key: one statement for one slot's table, run alone when it can be.
+ *
+ * postgres_fdw runs an UPDATE or DELETE that the shard can do by itself
+ * ("direct modify") inside its remote transaction: START TRANSACTION
+ * ISOLATION LEVEL REPEATABLE READ, the statement, COMMIT, three round
+ * trips; and of two sessions that update one row at once, the second fails
+ * with a serialization failure (40001) where on a table it would wait for
+ * the first and then update the row as the first left it.
+ *
+ * When partition pruning leaves one slot's foreign table and postgres_fdw
+ * chose a direct modify without RETURNING, the planner hook (shard_guard.c)
+ * puts our node in place of postgres_fdw's.  It runs the statement
+ * postgres_fdw wrote, with the parameters postgres_fdw would send:
+ *
+ *	- as the only statement of an autocommit transaction (when the single
+ *	  row of an INSERT could wait for the commit, shard_defer.c), on a
+ *	  connection of ours, as a statement that commits on the shard by
+ *	  itself: one round trip, at the shard's READ COMMITTED, so that
+ *	  sessions updating one row wait for each other, as on a table;
+ *	- otherwise in postgres_fdw's remote transaction, as postgres_fdw would.
+ *
+ * Like a single row sent alone, the statement commits on the shard before
+ * the local transaction does, and a cancel that comes while the shard runs
+ * it may come too late to stop it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/relation.h"
+#include "catalog/pg_class.h"
+#include "commands/explain.h"
+#include "executor/executor.h"
+#include "foreign/foreign.h"
+#include "libpq-fe.h"
+#include "miscadmin.h"
+#include "nodes/extensible.h"
+#include "nodes/nodeFuncs.h"
+#include "nodes/plannodes.h"
+#include "parser/parsetree.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "shard.h"
+
+/* postgres_fdw's fdw_private of a direct modify (postgres_fdw.c) */
+#define FDW_MODIFY_SQL			0
+#define FDW_MODIFY_RETURNING	1
+#define FDW_MODIFY_SET_PROCESSED 3
+
+/* Ours, in custom_private: the statement and whether it counts its rows. */
+#define MODIFY_SQL				0
+#define MODIFY_SET_PROCESSED	1
+
+typedef struct ModifyState
+{
+	CustomScanState css;
+	char	   *sql;
+	bool		set_processed;	/* the statement's row count is ours */
+	List	   *params;			/* ExprState of each parameter */
+	FmgrInfo   *param_out;		/* their output functions */
+	bool		done;
+} ModifyState;
+
+static Node *create_modify_state(CustomScan *cscan);
+static void begin_modify(CustomScanState *node, EState *estate, int eflags);
+static TupleTableSlot *exec_modify(CustomScanState *node);
+static void end_modify(CustomScanState *node);
+static void rescan_modify(CustomScanState *node);
+static void explain_modify(CustomScanState *node, List *ancestors, ExplainState *es);
+
+static CustomScanMethods modify_plan_methods = {
+	.CustomName = "ShardModify",
+	.CreateCustomScanState = create_modify_state,
+};
+
+static CustomExecMethods modify_exec_methods = {
+	.CustomName = "ShardModify",
+	.BeginCustomScan = begin_modify,
+	.ExecCustomScan = exec_modify,
+	.EndCustomScan = end_modify,
+	.ReScanCustomScan = rescan_modify,
+	.ExplainCustomScan = explain_modify,
+};
+
+/* A flag of fdw_private: a Boolean node since PostgreSQL 15, an Integer before. */
+static bool
+flag_value(Node *node)
+{
+	return IsA(node, Boolean) ? boolVal(node) : intVal(node) != 0;
+}
+
+/*
+ * has_triggers tells whether a relation of the plan (locked) has triggers: a
+ * statement trigger on a table in ws_dist would run after the shard
+ * committed alone.
+ */
+static bool
+has_triggers(Oid relid)
+{
+	Relation	rel = relation_open(relid, NoLock);
+	bool		result = rel->trigdesc != NULL;
+
+	relation_close(rel, NoLock);
+	return result;
+}
+
+/*
+ * ws_shard_modify_plan puts our node in place of postgres_fdw's when stmt
+ * is an UPDATE or DELETE of one slot's foreign table of a distributed table
+ * that postgres_fdw runs as a direct modify without RETURNING.
+ */
+void
+ws_shard_modify_plan(PlannedStmt *stmt)
+{
+	ModifyTable *modify;
+	ForeignScan *scan;
+	CustomScan *cscan;
+	Oid			relid;
+
+	if ((stmt->commandType != CMD_UPDATE && stmt->commandType != CMD_DELETE) ||
+		!IsA(stmt->planTree, ModifyTable) || stmt->subplans != NIL)
+		return;
+	modify = (ModifyTable *) stmt->planTree;
+	scan = (ForeignScan *) outerPlan(modify);
+	if (modify->returningLists != NIL || list_length(modify->resultRelations) != 1 ||
+		modify->plan.initPlan != NIL || scan == NULL || !IsA(scan, ForeignScan) ||
+		scan->operation != stmt->commandType || scan->scan.scanrelid == 0 ||
+		scan->resultRelation != scan->scan.scanrelid || scan->scan.plan.initPlan != NIL ||
+		scan->scan.plan.qual != NIL || list_length(scan->fdw_private) <= FDW_MODIFY_SET_PROCESSED ||
+		flag_value(list_nth(scan->fdw_private, FDW_MODIFY_RETURNING)))
+		return;
+	relid = rt_fetch(scan->scan.scanrelid, stmt->rtable)->relid;
+	if (!ws_shard_is_slot_table(relid) || has_triggers(relid) ||
+		(modify->rootRelation != 0 &&
+		 has_triggers(rt_fetch(modify->rootRelation, stmt->rtable)->relid)))
+		return;
+
+	cscan = makeNode(CustomScan);
+	cscan->scan.plan = scan->scan.plan;
+	cscan->scan.plan.type = T_CustomScan;
+	cscan->scan.scanrelid = scan->scan.scanrelid;
+	cscan->flags = 0;
+	cscan->custom_plans = NIL;
+	cscan->custom_exprs = scan->fdw_exprs;
+	cscan->custom_private = list_make2(list_nth(scan->fdw_private, FDW_MODIFY_SQL),
+									   list_nth(scan->fdw_private, FDW_MODIFY_SET_PROCESSED));
+	cscan->custom_scan_tlist = NIL;
+	cscan->custom_relids = scan->fs_relids;
+	cscan->methods = &modify_plan_methods;
+	outerPlan(modify) = (Plan *) cscan;
+}
+
+static Node *
+create_modify_state(CustomScan *cscan)
+{
+	ModifyState *state = palloc0(sizeof(ModifyState));
+
+	NodeSetTag(state, T_CustomScanState);
+	state->css.methods = &modify_exec_methods;
+	state->sql = strVal(linitial(cscan->custom_private));
+	state->set_processed = flag_value(lsecond(cscan->custom_private));
+	return (Node *) state;
+}
+
+static void
+begin_modify(CustomScanState *node, EState *estate, int eflags)
+{
+	ModifyState *state = (ModifyState *) node;
+	CustomScan *cscan = (CustomScan *) node->ss.ps.plan;
+	int			n = 0;
+	ListCell   *lc;
+
+	if (eflags & EXEC_FLAG_EXPLAIN_ONLY)
+		return;
+	state->params = ExecInitExprList(cscan->custom_exprs, &node->ss.ps);
+	state->param_out = palloc(sizeof(FmgrInfo) * list_length(cscan->custom_exprs));
+	foreach(lc, cscan->custom_exprs)
+	{
+		Oid			output;
+		bool		varlena;
+
+		getTypeOutputInfo(exprType(lfirst(lc)), &output, &varlena);
+		fmgr_info(output, &state->param_out[n++]);
+	}
+}
+
+/* postgres_fdw's context for a shard's error, which its own path adds. */
+static void
+remote_sql_context(void *arg)
+{
+	errcontext("remote SQL command: %s", (const char *) arg);
+}
+
+/*
+ * exec_modify runs the statement, once, and returns no row: the ModifyTable
+ * above has nothing left to do.
+ */
+static TupleTableSlot *
+exec_modify(CustomScanState *node)
+{
+	ModifyState *state = (ModifyState *) node;
+	EState	   *estate = node->ss.ps.state;
+	ExprContext *econtext = node->ss.ps.ps_ExprContext;
+	Relation	rel = node->ss.ss_currentRelation;
+	RangeTblEntry *rte = exec_rt_fetch(((Scan *) node->ss.ps.plan)->scanrelid, estate);
+	Oid			userid = OidIsValid(rte->checkAsUser) ? rte->checkAsUser : GetUserId();
+	Oid			serverid = GetForeignTable(RelationGetRelid(rel))->serverid;
+	int			nparams = list_length(state->params);
+	const char **values = palloc(sizeof(char *) * Max(nparams, 1));
+	MemoryContext old;
+	PGresult   *res;
+	int			guc_level;
+	int			n = 0;
+	ListCell   *lc;
+
+	if (state->done)
+		return NULL;
+	state->done = true;
+
+	/* The parameters in the forms postgres_fdw sends them in. */
+	old = MemoryContextSwitchTo(econtext->ecxt_per_tuple_memory);
+	guc_level = ws_shard_transmission_modes();
+	foreach(lc, state->params)
+	{
+		bool		isnull;
+		Datum		value = ExecEvalExpr(lfirst(lc), econtext, &isnull);
+
+		values[n] = isnull ? NULL : OutputFunctionCall(&state->param_out[n], value);
+		n++;
+	}
+	if (guc_level >= 0)
+		AtEOXact_GUC(true, guc_level);
+	MemoryContextSwitchTo(old);
+
+	if (ws_defer_may_wait(serverid, userid))
+	{
+		ErrorContextCallback context = {
+			.callback = remote_sql_context,
+			.arg = state->sql,
+			.previous = error_context_stack,
+		};
+
+		error_context_stack = &context;
+		res = ws_shard_run_alone(serverid, userid, state->sql, nparams, values);
+		error_context_stack = context.previous;
+	}
+	else
+		res = ws_shard_run_in_transaction(serverid, userid, state->sql, nparams, values);
+	if (state->set_processed)
+		estate->es_processed += strtoul(PQcmdTuples(res), NULL, 10);
+	PQclear(res);
+	ResetExprContext(econtext);
+	return NULL;
+}
+
+static void
+end_modify(CustomScanState *node)
+{
+}
+
+static void
+rescan_modify(CustomScanState *node)
+{
+	((ModifyState *) node)->done = false;
+}
+
+static void
+explain_modify(CustomScanState *node, List *ancestors, ExplainState *es)
+{
+	ModifyState *state = (ModifyState *) node;
+
+	if (es->verbose)
+		ExplainPropertyText("Remote SQL", state->sql, es);
+}
+
+/*
+ * ws_shard_modify_planned tells whether stmt has our node: it may run
+ * without postgres_fdw (shard_defer.c).
+ */
+bool
+ws_shard_modify_planned(PlannedStmt *stmt)
+{
+	Plan	   *scan;
+
+	if (!IsA(stmt->planTree, ModifyTable))
+		return false;
+	scan = outerPlan(stmt->planTree);
+	return scan != NULL && IsA(scan, CustomScan) &&
+		((CustomScan *) scan)->methods == &modify_plan_methods;
+}
+
+/*
+ * ws_shard_modify_register makes the node known by name; called from
+ * _PG_init.
+ */
+void
+ws_shard_modify_register(void)
+{
+	RegisterCustomScanMethods(&modify_plan_methods);
+}

@@ -1,0 +1,202 @@
+# UPDATE and DELETE of a distributed table whose WHERE clause fixes the key,
+# on real clusters: a coordinator (with write_scaling) and two plain
+# PostgreSQL shards on loopback.  The only statement of an autocommit
+# transaction runs alone, on a connection of the coordinator's own, at the
+# shard's READ COMMITTED: sessions that update one row wait for each other
+# instead of failing.  Anything else runs in postgres_fdw's remote
+# transaction, as before: a rollback, or an error later in the
+# transaction, takes the change back.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $vnodes = 16;
+my $osuser = getpwuid($>);
+
+my $coord = PostgreSQL::Test::Cluster->new('coordinator');
+$coord->init;
+$coord->append_conf('postgresql.conf', "shared_preload_libraries = 'write_scaling'");
+$coord->start;
+$coord->safe_psql('postgres', q{
+	CREATE EXTENSION postgres_fdw;
+	CREATE EXTENSION write_scaling;
+});
+
+my %shard;
+for my $name (qw(s1 s2))
+{
+	my $node = PostgreSQL::Test::Cluster->new("shard_$name");
+	$node->init;
+	$node->start;
+	$shard{$name} = $node;
+	$coord->safe_psql('postgres', sprintf(q{
+		CREATE SERVER %s FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '%s', port '%s', dbname 'postgres');
+		CREATE USER MAPPING FOR CURRENT_USER SERVER %s OPTIONS (user '%s');},
+		$name, $node->host, $node->port, $name, $osuser));
+}
+
+$coord->safe_psql('postgres', qq{
+	SELECT ws.create_shard_map('m', vnodes => $vnodes);
+	SELECT ws.add_shard('m', 's1');
+	SELECT ws.add_shard('m', 's2');
+	CREATE TABLE accounts (
+		id bigint PRIMARY KEY,
+		owner text NOT NULL,
+		balance int NOT NULL CHECK (balance >= 0));
+	SELECT ws.distribute_table('accounts', 'id', 'm');
+	INSERT INTO accounts SELECT i, 'o' || i, 100 FROM generate_series(1, 40) i;
+});
+
+my $server_of = sub { $coord->safe_psql('postgres', "SELECT ws.shard_for('m', '$_[0]')") };
+
+# stored ID: "owner balance" of the row on the shard that holds its key, or
+# "none".
+sub stored
+{
+	my ($id) = @_;
+	my $row = $shard{ $server_of->($id) }->safe_psql('postgres',
+		"SELECT owner || ' ' || balance FROM accounts_shard WHERE id = $id");
+	return $row eq '' ? 'none' : $row;
+}
+
+# on_shard ID, SQL: runs SQL on the shard of key ID.
+sub on_shard { my ($id, $sql) = @_; return $shard{ $server_of->($id) }->safe_psql('postgres', $sql) }
+
+# --- the plan ----------------------------------------------------------------------
+like($coord->safe_psql('postgres', q{EXPLAIN (VERBOSE, COSTS OFF) UPDATE accounts SET balance = balance + 1 WHERE id = 7}),
+	qr/Custom Scan \(ShardModify\) on ws_dist\.accounts_s\d+.*\n.*\n\s+Remote SQL: UPDATE public\.accounts_s\d+ SET balance = \(balance \+ 1\) WHERE \(\(id = 7\)\)/,
+	'an UPDATE by key gets the node, which shows the statement for the shard');
+like($coord->safe_psql('postgres', q{EXPLAIN (COSTS OFF) DELETE FROM accounts WHERE id = 7}),
+	qr/Custom Scan \(ShardModify\)/, 'so does a DELETE by key');
+my $many = $coord->safe_psql('postgres', q{EXPLAIN (COSTS OFF) UPDATE accounts SET balance = balance + 1 WHERE id IN (7, 8, 9, 10, 11, 12)});
+unlike($many, qr/ShardModify/, 'an UPDATE of several slots keeps postgres_fdw');
+like($many, qr/Foreign Update/, 'and its direct modify');
+unlike($coord->safe_psql('postgres', q{EXPLAIN (COSTS OFF) UPDATE accounts SET balance = balance + 1 WHERE id = 7 RETURNING balance}),
+	qr/ShardModify/, 'an UPDATE with RETURNING keeps postgres_fdw');
+
+# --- autocommit: alone, one round trip ------------------------------------------------
+is($coord->safe_psql('postgres', q{UPDATE accounts SET balance = balance + 5 WHERE id = 7; \echo :ROW_COUNT}),
+	'1', 'an autocommit UPDATE by key updates one row');
+is(stored(7), 'o7 105', 'on its shard');
+is($coord->safe_psql('postgres', q{UPDATE accounts SET balance = 0 WHERE id = 4000; \echo :ROW_COUNT}),
+	'0', 'a key without a row updates none');
+is($coord->safe_psql('postgres', q{DELETE FROM accounts WHERE id = 8; \echo :ROW_COUNT}),
+	'1', 'an autocommit DELETE by key deletes one row');
+is(stored(8), 'none', 'from its shard');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM accounts}), '39', 'and no other');
+
+# The statement runs on a connection of the coordinator's own, named
+# write_scaling, as a statement of its own.
+my $session = $coord->background_psql('postgres');
+$session->query_safe(q{UPDATE accounts SET owner = 'seen' WHERE id = 9});
+like(on_shard(9, q{SELECT query FROM pg_stat_activity WHERE application_name = 'write_scaling'}),
+	qr/^UPDATE public\.accounts_s\d+ SET owner = 'seen'::text WHERE \(\(id = 9\)\)$/m,
+	'it ran on the coordinator\'s own connection, as postgres_fdw wrote it');
+$session->quit;
+is(stored(9), 'seen 100', 'with its value');
+
+# Errors keep the shard's SQLSTATE, and nothing is written.
+my ($rc, $out, $err) = $coord->psql('postgres', q{\set VERBOSITY verbose
+UPDATE accounts SET balance = -1 WHERE id = 10});
+like($err, qr/23514: new row for relation "accounts_s\d+" violates check constraint/, 'a shard\'s error keeps its SQLSTATE');
+like($err, qr/remote SQL command: UPDATE public\.accounts_s\d+ SET balance = .* WHERE \(\(id = 10\)\)/,
+	'and says what the shard ran');
+is(stored(10), 'o10 100', 'nothing was written');
+
+# Parameters: a generic plan whose key is a constant keeps the node and
+# sends the other values as parameters.
+($rc, $out, $err) = $coord->psql('postgres', q{
+	SET plan_cache_mode = force_generic_plan;
+	PREPARE pay(int, text) AS UPDATE accounts SET balance = balance - $1, owner = $2 WHERE id = 11;
+	EXPLAIN (COSTS OFF) EXECUTE pay(30, 'paid');
+	EXECUTE pay(30, 'paid');
+	EXECUTE pay(30, NULL);});
+like($out, qr/ShardModify/, 'a generic plan whose key is a constant keeps the node');
+like($err, qr/23502: |null value in column "owner"/, 'a NULL parameter reaches the shard as NULL');
+is(stored(11), 'paid 70', 'the parameters reached the shard');
+
+# --- anything else: postgres_fdw's remote transaction --------------------------------
+$coord->safe_psql('postgres', q{BEGIN; UPDATE accounts SET balance = 0 WHERE id = 12; ROLLBACK;});
+is(stored(12), 'o12 100', 'in a transaction block, a rollback takes the UPDATE back');
+is($coord->safe_psql('postgres', q{BEGIN; DELETE FROM accounts WHERE id = 12; SELECT count(*) FROM accounts WHERE id = 12; COMMIT;}),
+	'0', 'and the transaction reads its own DELETE');
+is(stored(12), 'none', 'which its commit keeps');
+$coord->safe_psql('postgres', q{
+	CREATE FUNCTION pay_and_fail(k bigint) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		UPDATE accounts SET balance = 0 WHERE id = k;
+		RAISE EXCEPTION 'changed my mind';
+	END $$;});
+($rc, $out, $err) = $coord->psql('postgres', q{SELECT pay_and_fail(13)});
+like($err, qr/changed my mind/, 'a function that updates and then fails');
+is(stored(13), 'o13 100', 'leaves the row as it was: its UPDATE ran in the transaction');
+$coord->safe_psql('postgres', q{UPDATE accounts SET balance = 1 WHERE id = 14 \; SELECT 1});
+is(stored(14), 'o14 1', 'two statements in one query string: the UPDATE commits with the transaction');
+($rc, $out, $err) = $coord->psql('postgres', q{UPDATE accounts SET balance = 2 WHERE id = 14 \; SELECT 1/0});
+like($err, qr/division by zero/, 'a later error in the same query string');
+is(stored(14), 'o14 1', 'takes it back');
+$coord->safe_psql('postgres', q{SET write_scaling.shard_one_round_trip = off; UPDATE accounts SET balance = 3 WHERE id = 14});
+is(stored(14), 'o14 3', 'with write_scaling.shard_one_round_trip off, through postgres_fdw');
+
+# A statement trigger on the table in ws_dist would run after a shard
+# committed alone: such a table keeps postgres_fdw.
+$coord->safe_psql('postgres', q{
+	CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+	CREATE TRIGGER refuse AFTER UPDATE ON ws_dist.accounts FOR EACH STATEMENT EXECUTE FUNCTION refuse();});
+unlike($coord->safe_psql('postgres', q{EXPLAIN (COSTS OFF) UPDATE accounts SET balance = 0 WHERE id = 15}),
+	qr/ShardModify/, 'a table with a trigger keeps postgres_fdw');
+($rc, $out, $err) = $coord->psql('postgres', q{UPDATE accounts SET balance = 0 WHERE id = 15});
+like($err, qr/refused/, 'its trigger fails the UPDATE');
+is(stored(15), 'o15 100', 'which the shard did not keep');
+$coord->safe_psql('postgres', q{DROP TRIGGER refuse ON ws_dist.accounts});
+like($coord->safe_psql('postgres', q{EXPLAIN (COSTS OFF) UPDATE accounts SET balance = 0 WHERE id = 15}),
+	qr/ShardModify/, 'without it, the node again');
+
+# --- one row, four sessions ------------------------------------------------------------
+# Four sessions each add 1 to one balance 50 times, every statement its own
+# transaction: on the shard they wait for each other, as on a table, and
+# none fails.  A fifth session holds the row until all four wait for it.
+my $add = q{UPDATE accounts SET balance = balance + 1 WHERE id = 16;};
+my $holder = $coord->background_psql('postgres');
+$holder->query_safe('SET write_scaling.shard_one_round_trip = off');
+$holder->query_safe("BEGIN; $add");
+my @adding;
+for my $session (1 .. 4)
+{
+	my $psql = $coord->background_psql('postgres');
+	$psql->query_until(qr/go/, "\\echo go\n" . ("$add\n" x 50) . "\\echo added\n");
+	push @adding, $psql;
+}
+ok($shard{ $server_of->(16) }->poll_query_until('postgres', q{
+	SELECT count(*) = 4 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'write_scaling'}),
+	'the four sessions wait on the shard for the holder of the row');
+$holder->query_safe('COMMIT');
+$holder->quit;
+for my $psql (@adding)
+{
+	like($psql->query_until(qr/added/, ''), qr/added/, 'a session finished');
+	is($psql->{stderr}, '', 'without an error');
+	$psql->quit;
+}
+is(stored(16), 'o16 301', 'one UPDATE and four sessions of 50 on one row: 100 + 201');
+
+# --- a shard that is down ----------------------------------------------------------------
+my ($on_s1) = grep { $server_of->($_) eq 's1' } 20 .. 40;
+my ($on_s2) = grep { $server_of->($_) eq 's2' } 20 .. 40;
+$shard{s1}->stop;
+($rc, $out, $err) = $coord->psql('postgres', qq{\\set VERBOSITY verbose
+UPDATE accounts SET balance = 0 WHERE id = $on_s1});
+like($err, qr/08001: could not connect to server "s1"/, 'an UPDATE for a shard that is down fails, naming its server');
+is($coord->safe_psql('postgres', qq{UPDATE accounts SET balance = 0 WHERE id = $on_s2; \\echo :ROW_COUNT}),
+	'1', 'one for the other shard goes on');
+$shard{s1}->start;
+is(stored($on_s1), "o$on_s1 100", 'the row of the shard that was down is as it was');
+is($coord->safe_psql('postgres', qq{UPDATE accounts SET balance = 7 WHERE id = $on_s1; \\echo :ROW_COUNT}),
+	'1', 'once the shard is back, its UPDATE works');
+is(stored($on_s1), "o$on_s1 7", 'and is stored');
+
+$coord->stop;
+$shard{$_}->stop for keys %shard;
+done_testing();
