@@ -36,6 +36,7 @@ extern AttrNumber ws_shard_key_column(Relation view);
 struct WsUpsert;
 extern void ws_shard_upsert_flush(struct WsUpsert *upsert);
 extern int	ws_shard_transmission_modes(void);
+extern int	ws_shard_parameter_modes(void);
 extern struct pg_result *ws_shard_run_in_transaction(Oid serverid, Oid userid, const char *sql,
 													 int nparams, const char *const *values);
 extern int	ws_shard_spi_connect(void);
@@ -93,10 +94,12 @@ extern bool ws_shard_streaming_now(Oid view);
 extern bool ws_shard_can_run_alone(Oid serverid, Oid userid);
 extern bool ws_socket_readable(pgsocket sock);
 extern struct pg_result *ws_shard_run_alone(Oid serverid, Oid userid, const char *sql,
-											int nparams, const char *const *values);
+											int nparams, const char *const *values,
+											bool prepare);
 
 /* shard_defer.c */
 extern bool ws_defer_may_wait(Oid serverid, Oid userid);
+extern bool ws_defer_may_run_now(Oid serverid, Oid userid);
 extern void ws_defer_single_row(Oid serverid, Oid userid, const char *sql, const char *literals,
 								int nvalues, const char *const *values, const char *table,
 								int slot, const char *remote_table);

@@ -2,13 +2,14 @@
  *
  * shard_conn.c
  *	  Connections of our own to shard servers, outside any remote
- *	  transaction, for the single row of an autocommit INSERT.
+ *	  transaction, for statements that commit on a shard by themselves.
  *
  * postgres_fdw wraps every use of a shard in a remote transaction: START
  * TRANSACTION, the statement, COMMIT, three round trips.  An autocommit
  * INSERT of one row needs none of that: sent alone, the remote INSERT
- * commits by itself, in one round trip.  These connections exist for that
- * (shard_route.c decides when it applies).
+ * commits by itself, in one round trip; so do an autocommit single-row
+ * upsert and an autocommit UPDATE or DELETE by key.  These connections
+ * exist for that (shard_defer.c decides when it applies).
  *
  * They are opened as postgres_fdw opens its own: the foreign server's and
  * the user mapping's libpq options, and the same session settings, so
@@ -410,14 +411,16 @@ last_result(OwnConnection *entry)
 /*
  * ws_shard_run_alone runs sql, a statement with nparams text parameters,
  * on our own connection to serverid as a statement of its own: it commits
- * on the shard by itself.  It is prepared there once per connection.  A
+ * on the shard by itself.  With prepare, it is prepared there once per
+ * connection (for statements that come back often, and are few: one per
+ * slot table); without, it goes unnamed, kept by neither side.  A
  * connection that fails before the statement went out is opened again,
  * once.  Raises the shard's error, if any; returns the statement's result,
  * for the caller to PQclear.
  */
 PGresult *
 ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
-				   const char *const *values)
+				   const char *const *values, bool prepare)
 {
 	OwnConnection *volatile entry = NULL;
 	PGresult   *volatile result = NULL;
@@ -441,6 +444,22 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 						 errmsg("could not connect to server \"%s\"",
 								GetForeignServer(serverid)->servername),
 						 errdetail_internal("%s", connect_error)));
+			if (!prepare)
+			{
+				if (PQsendQueryParams(entry->conn, sql, nparams, NULL, values, NULL, NULL, 0))
+				{
+					res = last_result(entry);
+					if (PQresultStatus(res) != PGRES_COMMAND_OK &&
+						PQresultStatus(res) != PGRES_TUPLES_OK)
+						report_remote_error(entry->conn, res);
+					result = res;
+					break;
+				}
+				if (attempt > 0)
+					report_remote_error(entry->conn, NULL);
+				close_entry(entry);
+				continue;
+			}
 			statement = hash_search(entry->statements, &sql_hash, HASH_FIND, &found);
 			if (found && strcmp(statement->sql, sql) != 0)
 				ereport(ERROR,

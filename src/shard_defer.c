@@ -24,6 +24,12 @@
  *	  goes.  Like postgres_fdw's own commits, the row stays committed on the
  *	  shard if the local commit fails after that.
  *
+ * Statements that cannot wait
+ *	  An autocommit single-row upsert, and an UPDATE or DELETE by key, need
+ *	  the shard's answer before the statement ends; they commit on the
+ *	  shard at once (ws_defer_may_run_now), and only when the statement is
+ *	  all its transaction does.
+ *
  * When it cannot wait any longer
  *	  Anything the transaction does before its commit (a statement, a
  *	  utility command other than transaction control, a routed write) sends
@@ -44,12 +50,23 @@
 #include "nodes/parsenodes.h"
 #include "optimizer/planner.h"
 #include "parser/parsetree.h"
+#include "tcop/pquery.h"
 #include "tcop/utility.h"
 #include "utils/memutils.h"
 
 #include "bulk.h"
 #include "guc.h"
 #include "shard.h"
+
+/*
+ * From libpq/libpq.h, which cannot be included here: it brings in
+ * libpq-be.h, and with it GSSAPI's headers, which a Debian server build
+ * does not install.
+ */
+extern void pq_startmsgread(void);
+extern void pq_endmsgread(void);
+extern int	pq_peekbyte(void);
+extern bool pq_buffer_has_data(void);
 
 typedef struct DeferredRow
 {
@@ -107,6 +124,48 @@ ws_defer_may_wait(Oid serverid, Oid userid)
 		!fdw_used && nesting == 1 && statements == 1 && !IsTransactionBlock() &&
 		GetCurrentTransactionNestLevel() == 1 && !ws_bulk_has_rows() &&
 		ws_shard_can_run_alone(serverid, userid);
+}
+
+/*
+ * next_message_is_sync tells whether the client's next message, already
+ * read from the socket, is a Sync: the Execute running now is the last of
+ * its implicit transaction.  Peeking changes nothing: the message is read
+ * as usual afterwards.
+ */
+static bool
+next_message_is_sync(void)
+{
+	int			next;
+
+	if (!pq_buffer_has_data())
+		return false;
+	pq_startmsgread();
+	next = pq_peekbyte();
+	pq_endmsgread();
+	return next == 'S';
+}
+
+/*
+ * ws_defer_may_run_now tells whether the statement running now, for
+ * serverid under userid's user mapping, may commit on the shard at once,
+ * alone: ws_defer_may_wait's conditions, and the statement is all its
+ * transaction will do.  Its portal must run this one plan (a rule can add
+ * others), and come from a simple Query message with one statement
+ * (several make an implicit transaction block) or from an Execute message
+ * that a Sync follows: in a pipeline, Execute messages before the Sync
+ * share one transaction, which must roll back whole.  A portal of the
+ * extended protocol runs a plan of the plan cache; a Query message's, its
+ * own.
+ */
+bool
+ws_defer_may_run_now(Oid serverid, Oid userid)
+{
+	if (running_query == NULL || ActivePortal == NULL ||
+		list_length(ActivePortal->stmts) != 1 ||
+		linitial(ActivePortal->stmts) != running_query->plannedstmt ||
+		!ws_defer_may_wait(serverid, userid))
+		return false;
+	return ActivePortal->cplan == NULL || next_message_is_sync();
 }
 
 /*
@@ -183,7 +242,7 @@ send_alone(void)
 	PG_TRY();
 	{
 		PQclear(ws_shard_run_alone(row->serverid, row->userid, row->sql, row->nvalues,
-								   (const char *const *) row->values));
+								   (const char *const *) row->values, true));
 	}
 	PG_CATCH();
 	{

@@ -16,11 +16,12 @@
  * puts our node in place of postgres_fdw's.  It runs the statement
  * postgres_fdw wrote, with the parameters postgres_fdw would send:
  *
- *	- as the only statement of an autocommit transaction (when the single
- *	  row of an INSERT could wait for the commit, shard_defer.c), on a
- *	  connection of ours, as a statement that commits on the shard by
- *	  itself: one round trip, at the shard's READ COMMITTED, so that
- *	  sessions updating one row wait for each other, as on a table;
+ *	- when it is all its autocommit transaction does (ws_defer_may_run_now:
+ *	  no pipeline, no other statement), on a connection of ours, as a
+ *	  statement that commits on the shard by itself: one round trip, at the
+ *	  shard's READ COMMITTED, so that sessions updating one row wait for
+ *	  each other, as on a table.  Unprepared: postgres_fdw writes the
+ *	  constants in, so each key has a text of its own;
  *	- otherwise in postgres_fdw's remote transaction, as postgres_fdw would.
  *
  * Like a single row sent alone, the statement commits on the shard before
@@ -111,6 +112,19 @@ has_triggers(Oid relid)
 }
 
 /*
+ * uses_postgres_fdw tells whether a server's wrapper is postgres_fdw's, whose
+ * fdw_private we read.
+ */
+static bool
+uses_postgres_fdw(Oid serverid)
+{
+	ForeignDataWrapper *fdw = GetForeignDataWrapper(GetForeignServer(serverid)->fdwid);
+	char	   *handler = OidIsValid(fdw->fdwhandler) ? get_func_name(fdw->fdwhandler) : NULL;
+
+	return handler != NULL && strcmp(handler, "postgres_fdw_handler") == 0;
+}
+
+/*
  * ws_shard_modify_plan puts our node in place of postgres_fdw's when stmt
  * is an UPDATE or DELETE of one slot's foreign table of a distributed table
  * that postgres_fdw runs as a direct modify without RETURNING.
@@ -136,7 +150,8 @@ ws_shard_modify_plan(PlannedStmt *stmt)
 		flag_value(list_nth(scan->fdw_private, FDW_MODIFY_RETURNING)))
 		return;
 	relid = rt_fetch(scan->scan.scanrelid, stmt->rtable)->relid;
-	if (!ws_shard_is_slot_table(relid) || has_triggers(relid) ||
+	if (!ws_shard_is_slot_table(relid) || !uses_postgres_fdw(scan->fs_server) ||
+		has_triggers(relid) ||
 		(modify->rootRelation != 0 &&
 		 has_triggers(rt_fetch(modify->rootRelation, stmt->rtable)->relid)))
 		return;
@@ -156,6 +171,7 @@ ws_shard_modify_plan(PlannedStmt *stmt)
 	outerPlan(modify) = (Plan *) cscan;
 }
 
+/* The executor's state of our node, from its plan. */
 static Node *
 create_modify_state(CustomScan *cscan)
 {
@@ -168,6 +184,7 @@ create_modify_state(CustomScan *cscan)
 	return (Node *) state;
 }
 
+/* Prepares the parameters' expressions and output functions. */
 static void
 begin_modify(CustomScanState *node, EState *estate, int eflags)
 {
@@ -212,9 +229,12 @@ exec_modify(CustomScanState *node)
 	Oid			userid = OidIsValid(rte->checkAsUser) ? rte->checkAsUser : GetUserId();
 	Oid			serverid = GetForeignTable(RelationGetRelid(rel))->serverid;
 	int			nparams = list_length(state->params);
+	Datum	   *datums = palloc(sizeof(Datum) * Max(nparams, 1));
+	bool	   *nulls = palloc(sizeof(bool) * Max(nparams, 1));
 	const char **values = palloc(sizeof(char *) * Max(nparams, 1));
 	MemoryContext old;
 	PGresult   *res;
+	uint64		processed;
 	int			guc_level;
 	int			n = 0;
 	ListCell   *lc;
@@ -225,20 +245,21 @@ exec_modify(CustomScanState *node)
 
 	/* The parameters in the forms postgres_fdw sends them in. */
 	old = MemoryContextSwitchTo(econtext->ecxt_per_tuple_memory);
-	guc_level = ws_shard_transmission_modes();
 	foreach(lc, state->params)
 	{
-		bool		isnull;
-		Datum		value = ExecEvalExpr(lfirst(lc), econtext, &isnull);
-
-		values[n] = isnull ? NULL : OutputFunctionCall(&state->param_out[n], value);
+		datums[n] = ExecEvalExpr(lfirst(lc), econtext, &nulls[n]);
 		n++;
 	}
-	if (guc_level >= 0)
+	if (nparams > 0)
+	{
+		guc_level = ws_shard_parameter_modes();
+		for (n = 0; n < nparams; n++)
+			values[n] = nulls[n] ? NULL : OutputFunctionCall(&state->param_out[n], datums[n]);
 		AtEOXact_GUC(true, guc_level);
+	}
 	MemoryContextSwitchTo(old);
 
-	if (ws_defer_may_wait(serverid, userid))
+	if (ws_defer_may_run_now(serverid, userid))
 	{
 		ErrorContextCallback context = {
 			.callback = remote_sql_context,
@@ -246,15 +267,20 @@ exec_modify(CustomScanState *node)
 			.previous = error_context_stack,
 		};
 
+		/* Unprepared: postgres_fdw writes constants in, each key its own text. */
 		error_context_stack = &context;
-		res = ws_shard_run_alone(serverid, userid, state->sql, nparams, values);
+		res = ws_shard_run_alone(serverid, userid, state->sql, nparams, values, false);
 		error_context_stack = context.previous;
 	}
 	else
 		res = ws_shard_run_in_transaction(serverid, userid, state->sql, nparams, values);
-	if (state->set_processed)
-		estate->es_processed += strtoul(PQcmdTuples(res), NULL, 10);
+	processed = strtoul(PQcmdTuples(res), NULL, 10);
 	PQclear(res);
+	if (state->set_processed)
+		estate->es_processed += processed;
+	/* For EXPLAIN ANALYZE, as postgres_fdw counts them. */
+	if (node->ss.ps.instrument)
+		node->ss.ps.instrument->tuplecount += processed;
 	ResetExprContext(econtext);
 	return NULL;
 }
@@ -264,12 +290,14 @@ end_modify(CustomScanState *node)
 {
 }
 
+/* A ModifyTable never rescans its subplan; running the statement twice would be wrong. */
 static void
 rescan_modify(CustomScanState *node)
 {
-	((ModifyState *) node)->done = false;
+	elog(ERROR, "ShardModify cannot be rescanned");
 }
 
+/* EXPLAIN VERBOSE shows the statement, as postgres_fdw does. */
 static void
 explain_modify(CustomScanState *node, List *ancestors, ExplainState *es)
 {

@@ -1236,6 +1236,25 @@ ws_shard_transmission_modes(void)
 }
 
 /*
+ * ws_shard_parameter_modes sets postgres_fdw's settings for the parameters
+ * it sends (its set_transmission_modes): ws_shard_transmission_modes' and
+ * a search_path of pg_catalog alone, so that a regclass or regconfig value
+ * names its schema.  Returns the GUC nest level to undo; for values
+ * converted once per statement.
+ */
+int
+ws_shard_parameter_modes(void)
+{
+	int			level = ws_shard_transmission_modes();
+
+	if (level < 0)
+		level = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
+/*
  * append_line appends a row (its values, deformed) to out as a COPY line for
  * slot, the slot last, in COPY's binary format if the table's rows travel so.
  */
@@ -1640,7 +1659,7 @@ upsert_row(Relation view, WsUpsert *upsert, HeapTuple tuple, Datum *values, bool
 
 	/* A row waiting for the commit goes first, with its own error. */
 	ws_defer_flush();
-	alone = upsert->single_row && ws_defer_may_wait(info->serverid, mapping_user(dist));
+	alone = upsert->single_row && ws_defer_may_run_now(info->serverid, mapping_user(dist));
 	if (upsert->batched && !alone)
 	{
 		batch_row(upsert, dist, slot, params, nparams);
@@ -1651,7 +1670,7 @@ upsert_row(Relation view, WsUpsert *upsert, HeapTuple tuple, Datum *values, bool
 	PG_TRY();
 	{
 		if (alone)
-			res = ws_shard_run_alone(info->serverid, mapping_user(dist), sql, nparams, params);
+			res = ws_shard_run_alone(info->serverid, mapping_user(dist), sql, nparams, params, true);
 		else
 			res = ws_shard_run_in_transaction(info->serverid, mapping_user(dist), sql,
 											  nparams, params);

@@ -487,10 +487,9 @@ compute_values(WsUpsert *upsert)
 		int			level;
 
 		getTypeOutputInfo(exprType((Node *) expr), &output, &varlena);
-		level = ws_shard_transmission_modes();
+		level = ws_shard_parameter_modes();
 		upsert->values[i++] = isnull ? NULL : OidOutputFunctionCall(output, value);
-		if (level >= 0)
-			AtEOXact_GUC(true, level);
+		AtEOXact_GUC(true, level);
 	}
 	FreeExprContext(econtext, true);
 	upsert->computed = true;

@@ -328,6 +328,21 @@ for my $case (
 	is(stored($id), 'first 1', "$how: one row, the first session's");
 }
 
+# In a pipeline, Execute messages before the Sync share one transaction: a
+# single-row upsert that is not the last does not go alone, and a later
+# error takes it back.
+$coord->safe_psql('postgres', q{INSERT INTO counters (id, name) VALUES (4501, 'piped')});
+$coord->pgbench('-n -M extended -t 1', 2, [qr/actually processed: 0\/1/], [qr/division by zero/],
+	'an upsert in a pipeline, then an error', {
+		'pipeline' => "\\startpipeline\nINSERT INTO counters (id, name) VALUES (4501, 'piped') ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 100;\nSELECT 1/0;\n\\endpipeline\n" },
+	'postgres');
+is(stored(4501), 'piped 1', 'the pipeline\'s error takes its upsert back');
+$coord->pgbench('-n -M prepared -t 2', 0, [qr/actually processed: 2\/2/], [qr/^$/],
+	'a prepared single-row upsert, each Execute followed by a Sync', {
+		'upsert' => "INSERT INTO counters (id, name) VALUES (4501, 'piped') ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 100 RETURNING hits;\n" },
+	'postgres');
+is(stored(4501), 'piped 201', 'goes alone and is kept');
+
 # Counting from four sessions at once, each statement its own transaction:
 # no increment lost, none failed.  A fifth session holds the key until all
 # four wait for it, so that they start together.

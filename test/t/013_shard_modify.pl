@@ -29,6 +29,9 @@ for my $name (qw(s1 s2))
 {
 	my $node = PostgreSQL::Test::Cluster->new("shard_$name");
 	$node->init;
+	# Each statement logged with its application_name: write_scaling for
+	# the coordinator's own connections, postgres_fdw for postgres_fdw's.
+	$node->append_conf('postgresql.conf', "log_statement = 'all'");
 	$node->start;
 	$shard{$name} = $node;
 	$coord->safe_psql('postgres', sprintf(q{
@@ -63,6 +66,17 @@ sub stored
 
 # on_shard ID, SQL: runs SQL on the shard of key ID.
 sub on_shard { my ($id, $sql) = @_; return $shard{ $server_of->($id) }->safe_psql('postgres', $sql) }
+
+# logged_by ID, CODE: runs CODE and returns what the shard of key ID logged
+# meanwhile.
+sub logged_by
+{
+	my ($id, $code) = @_;
+	my $node = $shard{ $server_of->($id) };
+	my $offset = -s $node->logfile;
+	$code->();
+	return PostgreSQL::Test::Utils::slurp_file($node->logfile, $offset);
+}
 
 # --- the plan ----------------------------------------------------------------------
 like($coord->safe_psql('postgres', q{EXPLAIN (VERBOSE, COSTS OFF) UPDATE accounts SET balance = balance + 1 WHERE id = 7}),
@@ -105,6 +119,34 @@ like($err, qr/remote SQL command: UPDATE public\.accounts_s\d+ SET balance = .* 
 	'and says what the shard ran');
 is(stored(10), 'o10 100', 'nothing was written');
 
+# The extended protocol: an Execute that a Sync follows is all its
+# transaction does, and runs alone, unprepared (postgres_fdw writes each key
+# in: prepared, each would stay on the shard).  A generic plan whose key is
+# a constant keeps the node and sends its parameters as postgres_fdw would.
+my $log = logged_by(17, sub {
+	local $ENV{PGOPTIONS} = '-c plan_cache_mode=force_generic_plan';
+	$coord->pgbench('-n -M prepared -t 3', 0, [qr/actually processed: 3\/3/], [qr/^$/],
+		'a prepared UPDATE by key', { 'pay' => "\\set n 10\nUPDATE accounts SET balance = balance - :n WHERE id = 17;\n" },
+		'postgres');
+});
+like($log, qr/\] write_scaling LOG:  execute <unnamed>: UPDATE public\.accounts_s\d+ SET balance = \(balance - \$1::integer\) WHERE \(\(id = 17\)\)\n.*DETAIL:  parameters: \$1 = '10'/,
+	'runs alone, unprepared, its parameter sent as postgres_fdw sends it');
+unlike($log, qr/\] postgres_fdw /, 'and without postgres_fdw');
+is(stored(17), 'o17 70', 'three times 10 taken off');
+
+# A pipeline's Execute messages share a transaction: one that is not the
+# last before the Sync runs in postgres_fdw's remote transaction, and a later
+# error takes it back.
+$log = logged_by(18, sub {
+	$coord->pgbench('-n -M extended -t 1', 2, [qr/actually processed: 0\/1/], [qr/division by zero/],
+		'an UPDATE in a pipeline, then an error', {
+			'pipeline' => "\\startpipeline\nUPDATE accounts SET balance = 0 WHERE id = 18;\nSELECT 1/0;\n\\endpipeline\n" },
+		'postgres');
+});
+is(stored(18), 'o18 100', 'the pipeline\'s error takes its UPDATE back');
+like($log, qr/\] postgres_fdw LOG:  execute <unnamed>: UPDATE public\.accounts_s\d+ SET balance = 0 WHERE \(\(id = 18\)\)/,
+	'which ran in postgres_fdw\'s remote transaction');
+
 # Parameters: a generic plan whose key is a constant keeps the node and
 # sends the other values as parameters.
 ($rc, $out, $err) = $coord->psql('postgres', q{
@@ -137,8 +179,17 @@ is(stored(14), 'o14 1', 'two statements in one query string: the UPDATE commits 
 ($rc, $out, $err) = $coord->psql('postgres', q{UPDATE accounts SET balance = 2 WHERE id = 14 \; SELECT 1/0});
 like($err, qr/division by zero/, 'a later error in the same query string');
 is(stored(14), 'o14 1', 'takes it back');
-$coord->safe_psql('postgres', q{SET write_scaling.shard_one_round_trip = off; UPDATE accounts SET balance = 3 WHERE id = 14});
-is(stored(14), 'o14 3', 'with write_scaling.shard_one_round_trip off, through postgres_fdw');
+$log = logged_by(14, sub {
+	$coord->safe_psql('postgres', q{SET write_scaling.shard_one_round_trip = off; UPDATE accounts SET balance = 3 WHERE id = 14});
+});
+is(stored(14), 'o14 3', 'with write_scaling.shard_one_round_trip off');
+like($log, qr/\] postgres_fdw LOG:  execute <unnamed>: UPDATE public\.accounts_s\d+ SET balance = 3 WHERE \(\(id = 14\)\)/,
+	'through postgres_fdw');
+is($coord->safe_psql('postgres', q{BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = 14; \echo :ROW_COUNT
+ROLLBACK;}), '1', 'in a transaction block, the row count is right too');
+like($coord->safe_psql('postgres', q{BEGIN; EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) UPDATE accounts SET balance = balance + 1 WHERE id = 14; ROLLBACK;}),
+	qr/Custom Scan \(ShardModify\) on accounts_s\d+ accounts_1 \(actual rows=1 loops=1\)/,
+	'and EXPLAIN ANALYZE counts the row');
 
 # A statement trigger on the table in ws_dist would run after a shard
 # committed alone: such a table keeps postgres_fdw.
