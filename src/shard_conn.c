@@ -58,6 +58,13 @@ typedef struct ConnectionKey
 	bool		superuser;		/* its user is one */
 } ConnectionKey;
 
+/*
+ * Statements kept prepared per connection: one per slot table serves
+ * INSERTs; an upsert's statements differ by the constants of their clause,
+ * so past this many the connection starts afresh.
+ */
+#define MAX_PREPARED 1000
+
 typedef struct OwnConnection
 {
 	ConnectionKey key;			/* hash key */
@@ -461,6 +468,12 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 				continue;
 			}
 			statement = hash_search(entry->statements, &sql_hash, HASH_FIND, &found);
+			/* Statements that differ by their constants (an upsert's) stop at a bound. */
+			if (!found && hash_get_num_entries(entry->statements) >= MAX_PREPARED)
+			{
+				close_entry(entry);
+				continue;
+			}
 			if (found && strcmp(statement->sql, sql) != 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_INTERNAL_ERROR),

@@ -65,6 +65,7 @@
  */
 extern void pq_startmsgread(void);
 extern void pq_endmsgread(void);
+extern bool pq_is_reading_msg(void);
 extern int	pq_peekbyte(void);
 extern bool pq_buffer_has_data(void);
 
@@ -137,7 +138,7 @@ next_message_is_sync(void)
 {
 	int			next;
 
-	if (!pq_buffer_has_data())
+	if (pq_is_reading_msg() || !pq_buffer_has_data())
 		return false;
 	pq_startmsgread();
 	next = pq_peekbyte();
@@ -155,17 +156,22 @@ next_message_is_sync(void)
  * that a Sync follows: in a pipeline, Execute messages before the Sync
  * share one transaction, which must roll back whole.  A portal of the
  * extended protocol runs a plan of the plan cache; a Query message's, its
- * own.
+ * own, and it is unnamed and hidden from pg_cursors (an SPI cursor is
+ * not; a background worker's portal may run a string of statements in one
+ * transaction).
  */
 bool
 ws_defer_may_run_now(Oid serverid, Oid userid)
 {
-	if (running_query == NULL || ActivePortal == NULL ||
-		list_length(ActivePortal->stmts) != 1 ||
-		linitial(ActivePortal->stmts) != running_query->plannedstmt ||
-		!ws_defer_may_wait(serverid, userid))
+	Portal		portal = ActivePortal;
+
+	if (running_query == NULL || portal == NULL || list_length(portal->stmts) != 1 ||
+		linitial(portal->stmts) != running_query->plannedstmt ||
+		MyBackendType != B_BACKEND || !ws_defer_may_wait(serverid, userid))
 		return false;
-	return ActivePortal->cplan == NULL || next_message_is_sync();
+	if (portal->cplan == NULL)
+		return !portal->visible && portal->name[0] == '\0';
+	return next_message_is_sync();
 }
 
 /*

@@ -229,9 +229,9 @@ exec_modify(CustomScanState *node)
 	Oid			userid = OidIsValid(rte->checkAsUser) ? rte->checkAsUser : GetUserId();
 	Oid			serverid = GetForeignTable(RelationGetRelid(rel))->serverid;
 	int			nparams = list_length(state->params);
-	Datum	   *datums = palloc(sizeof(Datum) * Max(nparams, 1));
-	bool	   *nulls = palloc(sizeof(bool) * Max(nparams, 1));
-	const char **values = palloc(sizeof(char *) * Max(nparams, 1));
+	Datum	   *datums;
+	bool	   *nulls;
+	const char **values;
 	MemoryContext old;
 	PGresult   *res;
 	uint64		processed;
@@ -245,6 +245,9 @@ exec_modify(CustomScanState *node)
 
 	/* The parameters in the forms postgres_fdw sends them in. */
 	old = MemoryContextSwitchTo(econtext->ecxt_per_tuple_memory);
+	datums = palloc(sizeof(Datum) * Max(nparams, 1));
+	nulls = palloc(sizeof(bool) * Max(nparams, 1));
+	values = palloc(sizeof(char *) * Max(nparams, 1));
 	foreach(lc, state->params)
 	{
 		datums[n] = ExecEvalExpr(lfirst(lc), econtext, &nulls[n]);

@@ -1659,7 +1659,9 @@ upsert_row(Relation view, WsUpsert *upsert, HeapTuple tuple, Datum *values, bool
 
 	/* A row waiting for the commit goes first, with its own error. */
 	ws_defer_flush();
-	alone = upsert->single_row && ws_defer_may_run_now(info->serverid, mapping_user(dist));
+	/* A trigger of the user's could still fail the statement: not alone. */
+	alone = upsert->single_row && ws_shard_routes_only(view) &&
+		ws_defer_may_run_now(info->serverid, mapping_user(dist));
 	if (upsert->batched && !alone)
 	{
 		batch_row(upsert, dist, slot, params, nparams);

@@ -343,6 +343,23 @@ $coord->pgbench('-n -M prepared -t 2', 0, [qr/actually processed: 2\/2/], [qr/^$
 	'postgres');
 is(stored(4501), 'piped 201', 'goes alone and is kept');
 
+# A trigger of the user's on the table could still fail the statement after
+# the shard answered: with one, a single-row upsert does not go alone.
+$coord->safe_psql('postgres', q{
+	CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+	CREATE TRIGGER refuse AFTER INSERT ON counters FOR EACH STATEMENT EXECUTE FUNCTION refuse();});
+my ($rc, $out, $err) = $coord->psql('postgres',
+	q{INSERT INTO counters (id, name) VALUES (4501, 'piped') ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 1000});
+like($err, qr/refused/, 'a trigger of the user\'s fails the upsert');
+is(stored(4501), 'piped 201', 'and the shard did not keep it');
+$coord->safe_psql('postgres', q{DROP TRIGGER refuse ON counters});
+
+# Each upsert whose clause has other constants is a statement of its own
+# on the shard: past 1,000 of them, the connection starts afresh.
+$coord->safe_psql('postgres', join('', map {
+	"INSERT INTO counters (id, name) VALUES (4502, 'many') ON CONFLICT (id) DO UPDATE SET hits = counters.hits + $_;\n" } 1 .. 1100));
+is(stored(4502), 'many ' . (1 + (1100 * 1101) / 2 - 1), '1,100 upserts, each with other constants, all kept');
+
 # Counting from four sessions at once, each statement its own transaction:
 # no increment lost, none failed.  A fifth session holds the key until all
 # four wait for it, so that they start together.
