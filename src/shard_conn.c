@@ -452,57 +452,47 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 								GetForeignServer(serverid)->servername),
 						 errdetail_internal("%s", connect_error)));
 			if (!prepare)
-			{
-				if (PQsendQueryParams(entry->conn, sql, nparams, NULL, values, NULL, NULL, 0))
-				{
-					res = last_result(entry);
-					if (PQresultStatus(res) != PGRES_COMMAND_OK &&
-						PQresultStatus(res) != PGRES_TUPLES_OK)
-						report_remote_error(entry->conn, res);
-					result = res;
-					break;
-				}
-				if (attempt > 0)
-					report_remote_error(entry->conn, NULL);
-				close_entry(entry);
-				continue;
-			}
-			statement = hash_search(entry->statements, &sql_hash, HASH_FIND, &found);
-			/* Statements that differ by their constants (an upsert's) stop at a bound. */
-			if (!found && hash_get_num_entries(entry->statements) >= MAX_PREPARED)
-			{
-				close_entry(entry);
-				continue;
-			}
-			if (found && strcmp(statement->sql, sql) != 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_INTERNAL_ERROR),
-						 errmsg("two statements for shard server \"%s\" share a hash",
-								GetForeignServer(serverid)->servername)));
-			if (!found)
-			{
-				/* Prepared first; remembered only once it is. */
-				int			number = entry->statements_made++;
-
-				snprintf(name, sizeof(name), "ws_%d", number);
-				sent = PQsendPrepare(entry->conn, name, sql, nparams, NULL);
-				if (sent)
-				{
-					char	   *copy;
-
-					res = last_result(entry);
-					if (PQresultStatus(res) != PGRES_COMMAND_OK)
-						report_remote_error(entry->conn, res);
-					PQclear(res);
-					copy = MemoryContextStrdup(entry->memory, sql);
-					statement = hash_search(entry->statements, &sql_hash, HASH_ENTER, NULL);
-					statement->number = number;
-					statement->sql = copy;
-				}
-			}
+				sent = PQsendQueryParams(entry->conn, sql, nparams, NULL, values, NULL, NULL, 0);
 			else
-				snprintf(name, sizeof(name), "ws_%d", statement->number);
-			if (sent && PQsendQueryPrepared(entry->conn, name, nparams, values, NULL, NULL, 0))
+			{
+				statement = hash_search(entry->statements, &sql_hash, HASH_FIND, &found);
+				/* Statements that differ by their constants (an upsert's) stop at a bound. */
+				if (!found && hash_get_num_entries(entry->statements) >= MAX_PREPARED)
+				{
+					close_entry(entry);
+					continue;
+				}
+				if (found && strcmp(statement->sql, sql) != 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_INTERNAL_ERROR),
+							 errmsg("two statements for shard server \"%s\" share a hash",
+									GetForeignServer(serverid)->servername)));
+				if (!found)
+				{
+					/* Prepared first; remembered only once it is. */
+					int			number = entry->statements_made++;
+
+					snprintf(name, sizeof(name), "ws_%d", number);
+					sent = PQsendPrepare(entry->conn, name, sql, nparams, NULL);
+					if (sent)
+					{
+						char	   *copy;
+
+						res = last_result(entry);
+						if (PQresultStatus(res) != PGRES_COMMAND_OK)
+							report_remote_error(entry->conn, res);
+						PQclear(res);
+						copy = MemoryContextStrdup(entry->memory, sql);
+						statement = hash_search(entry->statements, &sql_hash, HASH_ENTER, NULL);
+						statement->number = number;
+						statement->sql = copy;
+					}
+				}
+				else
+					snprintf(name, sizeof(name), "ws_%d", statement->number);
+				sent = sent && PQsendQueryPrepared(entry->conn, name, nparams, values, NULL, NULL, 0);
+			}
+			if (sent)
 			{
 				const char *sqlstate;
 
@@ -513,7 +503,7 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 				 * A shard that lost the prepared statement (a pooler between
 				 * us, say) ran nothing: once more, on a new connection.
 				 */
-				if (attempt == 0 && sqlstate != NULL && strcmp(sqlstate, "26000") == 0)
+				if (prepare && attempt == 0 && sqlstate != NULL && strcmp(sqlstate, "26000") == 0)
 				{
 					PQclear(res);
 					close_entry(entry);
