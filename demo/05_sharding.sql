@@ -33,7 +33,7 @@ SELECT ws.shard_for('accounts', '42');
 -- Updates go to the row's shard: by key, as one statement for its slot's
 -- table, alone (one round trip, the shard's READ COMMITTED) when autocommit.
 EXPLAIN (VERBOSE, COSTS OFF) UPDATE accounts SET balance = balance + 5 WHERE id = 42;
-UPDATE accounts SET balance = balance + 5 WHERE id = 42;
+UPDATE accounts SET balance = balance + 5 WHERE id = 42 RETURNING id, balance;
 -- Its key cannot change (the row would stay in its old key's slot): delete
 -- it and insert it anew.
 \set ON_ERROR_STOP 0

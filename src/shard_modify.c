@@ -12,12 +12,14 @@
  * the first and then update the row as the first left it.
  *
  * When partition pruning leaves one slot's foreign table and postgres_fdw
- * chose a direct modify without RETURNING, the planner hook (shard_guard.c)
- * puts our node in place of postgres_fdw's.  It runs the statement
- * postgres_fdw wrote, with the parameters postgres_fdw would send:
+ * chose a direct modify, the planner hook (shard_guard.c) puts our node in
+ * place of postgres_fdw's.  It runs the statement postgres_fdw wrote, with
+ * the parameters postgres_fdw would send, and gives the rows the shard
+ * returns to the local RETURNING as postgres_fdw would:
  *
  *	- when it is all its autocommit transaction does (ws_defer_may_run_now:
- *	  no pipeline, no other statement), on a connection of ours, as a
+ *	  no pipeline, no other statement) and its RETURNING, if any, lists
+ *	  columns only (nothing left to fail), on a connection of ours, as a
  *	  statement that commits on the shard by itself: one round trip, at the
  *	  shard's READ COMMITTED, so that sessions updating one row wait for
  *	  each other, as on a table.  Unprepared: postgres_fdw writes the
@@ -52,20 +54,36 @@
 /* postgres_fdw's fdw_private of a direct modify (postgres_fdw.c) */
 #define FDW_MODIFY_SQL			0
 #define FDW_MODIFY_RETURNING	1
+#define FDW_MODIFY_RETRIEVED	2
 #define FDW_MODIFY_SET_PROCESSED 3
 
-/* Ours, in custom_private: the statement and whether it counts its rows. */
+/*
+ * Ours, in custom_private: the statement, whether it counts its rows,
+ * whether it returns columns (and which), and whether the local RETURNING
+ * list is columns only (nothing of the statement's own left to fail once
+ * the shard committed alone).
+ */
 #define MODIFY_SQL				0
 #define MODIFY_SET_PROCESSED	1
+#define MODIFY_RETURNING		2
+#define MODIFY_RETRIEVED		3
+#define MODIFY_RETURNS_COLUMNS	4
 
 typedef struct ModifyState
 {
 	CustomScanState css;
 	char	   *sql;
 	bool		set_processed;	/* the statement's row count is ours */
+	bool		has_returning;	/* the shard returns columns */
+	List	   *retrieved;		/* their attribute numbers */
+	bool		returns_columns;	/* may run alone */
 	List	   *params;			/* ExprState of each parameter */
 	FmgrInfo   *param_out;		/* their output functions */
+	FmgrInfo   *column_in;		/* the table's input functions, for RETURNING */
+	Oid		   *column_ioparams;
+	ResultRelInfo *result_rel;
 	bool		done;
+	List	   *returned;		/* rows for the local RETURNING, not yet given */
 } ModifyState;
 
 static Node *create_modify_state(CustomScan *cscan);
@@ -125,6 +143,27 @@ uses_postgres_fdw(Oid serverid)
 }
 
 /*
+ * returns_columns_only tells whether a ModifyTable's RETURNING, if any, lists
+ * columns of the table only: nothing to compute that could fail.
+ */
+static bool
+returns_columns_only(ModifyTable *modify)
+{
+	ListCell   *lc;
+
+	if (modify->returningLists == NIL)
+		return true;
+	foreach(lc, linitial(modify->returningLists))
+	{
+		Var		   *var = (Var *) ((TargetEntry *) lfirst(lc))->expr;
+
+		if (!IsA(var, Var) || var->varattno <= 0)
+			return false;
+	}
+	return true;
+}
+
+/*
  * ws_shard_modify_plan puts our node in place of postgres_fdw's when stmt
  * is an UPDATE or DELETE of one slot's foreign table of a distributed table
  * that postgres_fdw runs as a direct modify without RETURNING.
@@ -135,6 +174,8 @@ ws_shard_modify_plan(PlannedStmt *stmt)
 	ModifyTable *modify;
 	ForeignScan *scan;
 	CustomScan *cscan;
+	List	   *retrieved;
+	ListCell   *lc;
 	Oid			relid;
 
 	if ((stmt->commandType != CMD_UPDATE && stmt->commandType != CMD_DELETE) ||
@@ -142,13 +183,17 @@ ws_shard_modify_plan(PlannedStmt *stmt)
 		return;
 	modify = (ModifyTable *) stmt->planTree;
 	scan = (ForeignScan *) outerPlan(modify);
-	if (modify->returningLists != NIL || list_length(modify->resultRelations) != 1 ||
+	if (list_length(modify->returningLists) > 1 || list_length(modify->resultRelations) != 1 ||
 		modify->plan.initPlan != NIL || scan == NULL || !IsA(scan, ForeignScan) ||
 		scan->operation != stmt->commandType || scan->scan.scanrelid == 0 ||
 		scan->resultRelation != scan->scan.scanrelid || scan->scan.plan.initPlan != NIL ||
-		scan->scan.plan.qual != NIL || list_length(scan->fdw_private) <= FDW_MODIFY_SET_PROCESSED ||
-		flag_value(list_nth(scan->fdw_private, FDW_MODIFY_RETURNING)))
+		scan->scan.plan.qual != NIL || scan->fdw_scan_tlist != NIL ||
+		list_length(scan->fdw_private) <= FDW_MODIFY_SET_PROCESSED)
 		return;
+	retrieved = list_nth(scan->fdw_private, FDW_MODIFY_RETRIEVED);
+	foreach(lc, retrieved)
+		if (lfirst_int(lc) <= 0)
+			return;				/* a system column: postgres_fdw's own business */
 	relid = rt_fetch(scan->scan.scanrelid, stmt->rtable)->relid;
 	if (!ws_shard_is_slot_table(relid) || !uses_postgres_fdw(scan->fs_server) ||
 		has_triggers(relid) ||
@@ -163,8 +208,11 @@ ws_shard_modify_plan(PlannedStmt *stmt)
 	cscan->flags = 0;
 	cscan->custom_plans = NIL;
 	cscan->custom_exprs = scan->fdw_exprs;
-	cscan->custom_private = list_make2(list_nth(scan->fdw_private, FDW_MODIFY_SQL),
-									   list_nth(scan->fdw_private, FDW_MODIFY_SET_PROCESSED));
+	cscan->custom_private = list_make5(list_nth(scan->fdw_private, FDW_MODIFY_SQL),
+									   list_nth(scan->fdw_private, FDW_MODIFY_SET_PROCESSED),
+									   list_nth(scan->fdw_private, FDW_MODIFY_RETURNING),
+									   retrieved,
+									   makeBoolean(returns_columns_only(modify)));
 	cscan->custom_scan_tlist = NIL;
 	cscan->custom_relids = scan->fs_relids;
 	cscan->methods = &modify_plan_methods;
@@ -179,8 +227,11 @@ create_modify_state(CustomScan *cscan)
 
 	NodeSetTag(state, T_CustomScanState);
 	state->css.methods = &modify_exec_methods;
-	state->sql = strVal(linitial(cscan->custom_private));
-	state->set_processed = flag_value(lsecond(cscan->custom_private));
+	state->sql = strVal(list_nth(cscan->custom_private, MODIFY_SQL));
+	state->set_processed = flag_value(list_nth(cscan->custom_private, MODIFY_SET_PROCESSED));
+	state->has_returning = flag_value(list_nth(cscan->custom_private, MODIFY_RETURNING));
+	state->retrieved = list_nth(cscan->custom_private, MODIFY_RETRIEVED);
+	state->returns_columns = flag_value(list_nth(cscan->custom_private, MODIFY_RETURNS_COLUMNS));
 	return (Node *) state;
 }
 
@@ -195,6 +246,34 @@ begin_modify(CustomScanState *node, EState *estate, int eflags)
 
 	if (eflags & EXEC_FLAG_EXPLAIN_ONLY)
 		return;
+	/* ModifyTable sets up its result relations before its subplan. */
+	state->result_rel = estate->es_result_relations[cscan->scan.scanrelid - 1];
+
+	/*
+	 * Rows for RETURNING come as heap tuples, as postgres_fdw's do, whose
+	 * ctid and tableoid the ModifyTable above reads: a heap tuple slot, and
+	 * the projection built for it, in place of the virtual slot that
+	 * PostgreSQL 15 gives a custom scan.
+	 */
+	ExecInitScanTupleSlot(estate, &node->ss, RelationGetDescr(node->ss.ss_currentRelation),
+						  &TTSOpsHeapTuple);
+	ExecAssignScanProjectionInfoWithVarno(&node->ss, cscan->scan.scanrelid);
+	if (state->has_returning)
+	{
+		TupleDesc	desc = RelationGetDescr(node->ss.ss_currentRelation);
+
+		state->column_in = palloc(sizeof(FmgrInfo) * desc->natts);
+		state->column_ioparams = palloc(sizeof(Oid) * desc->natts);
+		for (int i = 0; i < desc->natts; i++)
+		{
+			Oid			input;
+
+			if (TupleDescAttr(desc, i)->attisdropped)
+				continue;
+			getTypeInputInfo(TupleDescAttr(desc, i)->atttypid, &input, &state->column_ioparams[i]);
+			fmgr_info(input, &state->column_in[i]);
+		}
+	}
 	state->params = ExecInitExprList(cscan->custom_exprs, &node->ss.ps);
 	state->param_out = palloc(sizeof(FmgrInfo) * list_length(cscan->custom_exprs));
 	foreach(lc, cscan->custom_exprs)
@@ -215,13 +294,56 @@ remote_sql_context(void *arg)
 }
 
 /*
- * exec_modify runs the statement, once, and returns no row: the ModifyTable
- * above has nothing left to do.
+ * returned_rows turns the rows the shard returned into tuples of the
+ * table's row type, in the query's memory, for the local RETURNING.
  */
-static TupleTableSlot *
-exec_modify(CustomScanState *node)
+static List *
+returned_rows(ModifyState *state, PGresult *res)
 {
-	ModifyState *state = (ModifyState *) node;
+	Relation	rel = state->css.ss.ss_currentRelation;
+	TupleDesc	desc = RelationGetDescr(rel);
+	MemoryContext old = MemoryContextSwitchTo(state->css.ss.ps.state->es_query_cxt);
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+	List	   *rows = NIL;
+
+	/* Without columns to return (RETURNING 1, say), a row of nulls per row. */
+	int			nrows = state->has_returning ? PQntuples(res) :
+		strtol(PQcmdTuples(res), NULL, 10);
+
+	for (int row = 0; row < nrows; row++)
+	{
+		HeapTuple	tuple;
+		int			column = 0;
+		ListCell   *lc;
+
+		memset(nulls, true, sizeof(bool) * desc->natts);
+		foreach(lc, state->retrieved)
+		{
+			int			i = lfirst_int(lc) - 1;
+
+			nulls[i] = PQgetisnull(res, row, column);
+			values[i] = nulls[i] ? (Datum) 0 :
+				InputFunctionCall(&state->column_in[i], PQgetvalue(res, row, column),
+								  state->column_ioparams[i], TupleDescAttr(desc, i)->atttypmod);
+			column++;
+		}
+		tuple = heap_form_tuple(desc, values, nulls);
+		tuple->t_tableOid = RelationGetRelid(rel);
+		rows = lappend(rows, tuple);
+	}
+	MemoryContextSwitchTo(old);
+	return rows;
+}
+
+/*
+ * run_statement runs the statement on the shard and keeps what the local
+ * RETURNING needs, if any.
+ */
+static void
+run_statement(ModifyState *state)
+{
+	CustomScanState *node = &state->css;
 	EState	   *estate = node->ss.ps.state;
 	ExprContext *econtext = node->ss.ps.ps_ExprContext;
 	Relation	rel = node->ss.ss_currentRelation;
@@ -233,15 +355,11 @@ exec_modify(CustomScanState *node)
 	bool	   *nulls;
 	const char **values;
 	MemoryContext old;
-	PGresult   *res;
+	PGresult   *volatile res;
 	uint64		processed;
 	int			guc_level;
 	int			n = 0;
 	ListCell   *lc;
-
-	if (state->done)
-		return NULL;
-	state->done = true;
 
 	/* The parameters in the forms postgres_fdw sends them in. */
 	old = MemoryContextSwitchTo(econtext->ecxt_per_tuple_memory);
@@ -262,7 +380,7 @@ exec_modify(CustomScanState *node)
 	}
 	MemoryContextSwitchTo(old);
 
-	if (ws_defer_may_run_now(serverid, userid))
+	if (state->returns_columns && ws_defer_may_run_now(serverid, userid))
 	{
 		ErrorContextCallback context = {
 			.callback = remote_sql_context,
@@ -277,15 +395,55 @@ exec_modify(CustomScanState *node)
 	}
 	else
 		res = ws_shard_run_in_transaction(serverid, userid, state->sql, nparams, values);
-	processed = strtoul(PQcmdTuples(res), NULL, 10);
-	PQclear(res);
-	if (state->set_processed)
-		estate->es_processed += processed;
-	/* For EXPLAIN ANALYZE, as postgres_fdw counts them. */
-	if (node->ss.ps.instrument)
-		node->ss.ps.instrument->tuplecount += processed;
+	PG_TRY();
+	{
+		processed = strtoul(PQcmdTuples(res), NULL, 10);
+		if (state->set_processed)
+			estate->es_processed += processed;
+		if (state->result_rel->ri_projectReturning == NULL)
+		{
+			/* For EXPLAIN ANALYZE, as postgres_fdw counts them. */
+			if (node->ss.ps.instrument)
+				node->ss.ps.instrument->tuplecount += processed;
+		}
+		else
+			state->returned = returned_rows(state, res);
+	}
+	PG_FINALLY();
+	{
+		PQclear(res);
+	}
+	PG_END_TRY();
 	ResetExprContext(econtext);
-	return NULL;
+}
+
+/*
+ * exec_modify runs the statement, once, then gives the local RETURNING the
+ * rows the shard returned, one at a time, as postgres_fdw does: the
+ * ModifyTable above computes RETURNING from the scan tuple.
+ */
+static TupleTableSlot *
+exec_modify(CustomScanState *node)
+{
+	ModifyState *state = (ModifyState *) node;
+	TupleTableSlot *slot = node->ss.ss_ScanTupleSlot;
+
+	if (!state->done)
+	{
+		state->done = true;
+		run_statement(state);
+	}
+	if (state->returned == NIL)
+		return NULL;
+	ExecStoreHeapTuple(linitial(state->returned), slot, false);
+	state->returned = list_delete_first(state->returned);
+	state->result_rel->ri_projectReturning->pi_exprContext->ecxt_scantuple = slot;
+	/* The ModifyTable finds the result relation's tableoid in our targetlist. */
+	if (node->ss.ps.ps_ProjInfo == NULL)
+		return slot;
+	ResetExprContext(node->ss.ps.ps_ExprContext);
+	node->ss.ps.ps_ExprContext->ecxt_scantuple = slot;
+	return ExecProject(node->ss.ps.ps_ProjInfo);
 }
 
 static void

@@ -87,8 +87,8 @@ like($coord->safe_psql('postgres', q{EXPLAIN (COSTS OFF) DELETE FROM accounts WH
 my $many = $coord->safe_psql('postgres', q{EXPLAIN (COSTS OFF) UPDATE accounts SET balance = balance + 1 WHERE id IN (7, 8, 9, 10, 11, 12)});
 unlike($many, qr/ShardModify/, 'an UPDATE of several slots keeps postgres_fdw');
 like($many, qr/Foreign Update/, 'and its direct modify');
-unlike($coord->safe_psql('postgres', q{EXPLAIN (COSTS OFF) UPDATE accounts SET balance = balance + 1 WHERE id = 7 RETURNING balance}),
-	qr/ShardModify/, 'an UPDATE with RETURNING keeps postgres_fdw');
+like($coord->safe_psql('postgres', q{EXPLAIN (COSTS OFF) UPDATE accounts SET balance = balance + 1 WHERE id = 7 RETURNING balance}),
+	qr/ShardModify/, 'so does one with RETURNING');
 
 # --- autocommit: alone, one round trip ------------------------------------------------
 is($coord->safe_psql('postgres', q{UPDATE accounts SET balance = balance + 5 WHERE id = 7; \echo :ROW_COUNT}),
@@ -100,6 +100,28 @@ is($coord->safe_psql('postgres', q{DELETE FROM accounts WHERE id = 8; \echo :ROW
 	'1', 'an autocommit DELETE by key deletes one row');
 is(stored(8), 'none', 'from its shard');
 is($coord->safe_psql('postgres', q{SELECT count(*) FROM accounts}), '39', 'and no other');
+
+# RETURNING: the rows as the shard left them.
+is($coord->safe_psql('postgres', q{UPDATE accounts SET balance = balance + 1 WHERE id = 19 RETURNING owner, balance}),
+	'o19|101', 'an UPDATE by key returns the row as updated');
+is($coord->safe_psql('postgres', q{UPDATE accounts SET balance = balance + 1 WHERE id = 4000 RETURNING balance}),
+	'', 'none for a key without a row');
+is($coord->safe_psql('postgres', q{UPDATE accounts SET balance = balance + 1 WHERE id = 19 RETURNING 1}),
+	'1', 'a RETURNING of no column gives a row per row updated');
+is($coord->safe_psql('postgres', q{DELETE FROM accounts WHERE id = 20 RETURNING *}),
+	'20|o20|100', 'a DELETE by key returns the row deleted');
+is(stored(20), 'none', 'which is gone');
+my $log = logged_by(19, sub {
+	is($coord->safe_psql('postgres', q{UPDATE accounts SET balance = balance + 1 WHERE id = 19 RETURNING balance * 2}),
+		'206', 'a RETURNING that computes');
+});
+like($log, qr/\] postgres_fdw LOG:  execute <unnamed>: UPDATE public\.accounts_s\d+ SET balance = \(balance \+ 1\) WHERE \(\(id = 19\)\) RETURNING balance/,
+	'runs in postgres_fdw\'s remote transaction: it could fail after the shard committed alone');
+$log = logged_by(19, sub {
+	$coord->safe_psql('postgres', q{UPDATE accounts SET balance = balance + 1 WHERE id = 19 RETURNING balance});
+});
+like($log, qr/\] write_scaling LOG:  execute <unnamed>: UPDATE public\.accounts_s\d+ SET balance = \(balance \+ 1\) WHERE \(\(id = 19\)\) RETURNING balance/,
+	'one that returns columns runs alone');
 
 # The statement runs on a connection of the coordinator's own, named
 # write_scaling, as a statement of its own.
@@ -123,7 +145,7 @@ is(stored(10), 'o10 100', 'nothing was written');
 # transaction does, and runs alone, unprepared (postgres_fdw writes each key
 # in: prepared, each would stay on the shard).  A generic plan whose key is
 # a constant keeps the node and sends its parameters as postgres_fdw would.
-my $log = logged_by(17, sub {
+$log = logged_by(17, sub {
 	local $ENV{PGOPTIONS} = '-c plan_cache_mode=force_generic_plan';
 	$coord->pgbench('-n -M prepared -t 3', 0, [qr/actually processed: 3\/3/], [qr/^$/],
 		'a prepared UPDATE by key', { 'pay' => "\\set n 10\nUPDATE accounts SET balance = balance - :n WHERE id = 17;\n" },
@@ -233,9 +255,16 @@ for my $psql (@adding)
 }
 is(stored(16), 'o16 301', 'one UPDATE and four sessions of 50 on one row: 100 + 201');
 
+# The same with RETURNING, through the extended protocol: no session fails.
+$coord->pgbench('-n -M prepared -c 4 -t 25', 0, [qr/actually processed: 100\/100/], [qr/^$/],
+	'four clients add 1 to one balance 25 times, with RETURNING', {
+		'add' => "UPDATE accounts SET balance = balance + 1 WHERE id = 16 RETURNING balance;\n" },
+	'postgres');
+is(stored(16), 'o16 401', 'and every one counted');
+
 # --- a shard that is down ----------------------------------------------------------------
-my ($on_s1) = grep { $server_of->($_) eq 's1' } 20 .. 40;
-my ($on_s2) = grep { $server_of->($_) eq 's2' } 20 .. 40;
+my ($on_s1) = grep { $server_of->($_) eq 's1' } 21 .. 40;
+my ($on_s2) = grep { $server_of->($_) eq 's2' } 21 .. 40;
 $shard{s1}->stop;
 ($rc, $out, $err) = $coord->psql('postgres', qq{\\set VERBOSITY verbose
 UPDATE accounts SET balance = 0 WHERE id = $on_s1});
