@@ -42,6 +42,7 @@
 #include "libpq-fe.h"
 #include "miscadmin.h"
 #include "nodes/extensible.h"
+#include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
 #include "nodes/plannodes.h"
 #include "parser/parsetree.h"
@@ -83,7 +84,9 @@ typedef struct ModifyState
 	Oid		   *column_ioparams;
 	ResultRelInfo *result_rel;
 	bool		done;
-	List	   *returned;		/* rows for the local RETURNING, not yet given */
+	ProjectionInfo *projection; /* of the returned rows, for the ModifyTable */
+	List	   *returned;		/* rows for the local RETURNING */
+	int			next;			/* the next of them to give */
 } ModifyState;
 
 static Node *create_modify_state(CustomScan *cscan);
@@ -166,7 +169,8 @@ returns_columns_only(ModifyTable *modify)
 /*
  * ws_shard_modify_plan puts our node in place of postgres_fdw's when stmt
  * is an UPDATE or DELETE of one slot's foreign table of a distributed table
- * that postgres_fdw runs as a direct modify without RETURNING.
+ * that postgres_fdw runs as a direct modify whose RETURNING asks the shard
+ * for no system column (a ctid).
  */
 void
 ws_shard_modify_plan(PlannedStmt *stmt)
@@ -235,7 +239,33 @@ create_modify_state(CustomScan *cscan)
 	return (Node *) state;
 }
 
-/* Prepares the parameters' expressions and output functions. */
+/*
+ * tableoid_only returns a copy of our targetlist (postgres_fdw's, with the
+ * UPDATE's new values and the row's junk columns) where only the tableoid,
+ * by which the ModifyTable finds the result relation, is computed: the
+ * rest is never read, and the new values computed again from a row the
+ * shard already updated could fail (an overflow, say) after it committed.
+ */
+static List *
+tableoid_only(List *targetlist)
+{
+	List	   *result = NIL;
+	ListCell   *lc;
+
+	foreach(lc, targetlist)
+	{
+		TargetEntry *entry = flatCopyTargetEntry(lfirst(lc));
+		Node	   *expr = (Node *) entry->expr;
+
+		if (!entry->resjunk || entry->resname == NULL || strcmp(entry->resname, "tableoid") != 0)
+			entry->expr = (Expr *) makeNullConst(exprType(expr), exprTypmod(expr),
+												 exprCollation(expr));
+		result = lappend(result, entry);
+	}
+	return result;
+}
+
+/* Prepares the parameters' expressions and output functions, and RETURNING's slot. */
 static void
 begin_modify(CustomScanState *node, EState *estate, int eflags)
 {
@@ -250,14 +280,17 @@ begin_modify(CustomScanState *node, EState *estate, int eflags)
 	state->result_rel = estate->es_result_relations[cscan->scan.scanrelid - 1];
 
 	/*
-	 * Rows for RETURNING come as heap tuples, as postgres_fdw's do, whose
-	 * ctid and tableoid the ModifyTable above reads: a heap tuple slot, and
-	 * the projection built for it, in place of the virtual slot that
-	 * PostgreSQL 15 gives a custom scan.
+	 * Rows for RETURNING come as heap tuples, as postgres_fdw's do, which
+	 * RETURNING may ask for system columns of: a heap tuple slot in place
+	 * of the virtual one PostgreSQL 15 gives a custom scan, and a
+	 * projection of our targetlist for it.
 	 */
 	ExecInitScanTupleSlot(estate, &node->ss, RelationGetDescr(node->ss.ss_currentRelation),
 						  &TTSOpsHeapTuple);
-	ExecAssignScanProjectionInfoWithVarno(&node->ss, cscan->scan.scanrelid);
+	state->projection = ExecBuildProjectionInfo(tableoid_only(cscan->scan.plan.targetlist),
+												node->ss.ps.ps_ExprContext,
+												node->ss.ps.ps_ResultTupleSlot, &node->ss.ps,
+												RelationGetDescr(node->ss.ss_currentRelation));
 	if (state->has_returning)
 	{
 		TupleDesc	desc = RelationGetDescr(node->ss.ss_currentRelation);
@@ -302,7 +335,9 @@ returned_rows(ModifyState *state, PGresult *res)
 {
 	Relation	rel = state->css.ss.ss_currentRelation;
 	TupleDesc	desc = RelationGetDescr(rel);
-	MemoryContext old = MemoryContextSwitchTo(state->css.ss.ps.state->es_query_cxt);
+	MemoryContext query_memory = state->css.ss.ps.state->es_query_cxt;
+	MemoryContext row_memory = state->css.ss.ps.ps_ExprContext->ecxt_per_tuple_memory;
+	MemoryContext old = MemoryContextSwitchTo(query_memory);
 	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
 	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
 	List	   *rows = NIL;
@@ -311,12 +346,16 @@ returned_rows(ModifyState *state, PGresult *res)
 	int			nrows = state->has_returning ? PQntuples(res) :
 		strtol(PQcmdTuples(res), NULL, 10);
 
+	if (state->has_returning && PQnfields(res) != list_length(state->retrieved))
+		elog(ERROR, "shard returned %d columns where %d were asked for",
+			 PQnfields(res), list_length(state->retrieved));
 	for (int row = 0; row < nrows; row++)
 	{
 		HeapTuple	tuple;
 		int			column = 0;
 		ListCell   *lc;
 
+		MemoryContextSwitchTo(row_memory);
 		memset(nulls, true, sizeof(bool) * desc->natts);
 		foreach(lc, state->retrieved)
 		{
@@ -328,9 +367,15 @@ returned_rows(ModifyState *state, PGresult *res)
 								  state->column_ioparams[i], TupleDescAttr(desc, i)->atttypmod);
 			column++;
 		}
+		MemoryContextSwitchTo(query_memory);
 		tuple = heap_form_tuple(desc, values, nulls);
+		/* As postgres_fdw: no transaction of ours wrote it. */
 		tuple->t_tableOid = RelationGetRelid(rel);
+		HeapTupleHeaderSetXmin(tuple->t_data, InvalidTransactionId);
+		HeapTupleHeaderSetXmax(tuple->t_data, InvalidTransactionId);
+		HeapTupleHeaderSetCmin(tuple->t_data, InvalidTransactionId);
 		rows = lappend(rows, tuple);
+		MemoryContextReset(row_memory);
 	}
 	MemoryContextSwitchTo(old);
 	return rows;
@@ -433,17 +478,14 @@ exec_modify(CustomScanState *node)
 		state->done = true;
 		run_statement(state);
 	}
-	if (state->returned == NIL)
+	if (state->next >= list_length(state->returned))
 		return NULL;
-	ExecStoreHeapTuple(linitial(state->returned), slot, false);
-	state->returned = list_delete_first(state->returned);
+	ExecStoreHeapTuple(list_nth(state->returned, state->next++), slot, false);
 	state->result_rel->ri_projectReturning->pi_exprContext->ecxt_scantuple = slot;
 	/* The ModifyTable finds the result relation's tableoid in our targetlist. */
-	if (node->ss.ps.ps_ProjInfo == NULL)
-		return slot;
 	ResetExprContext(node->ss.ps.ps_ExprContext);
 	node->ss.ps.ps_ExprContext->ecxt_scantuple = slot;
-	return ExecProject(node->ss.ps.ps_ProjInfo);
+	return ExecProject(state->projection);
 }
 
 static void

@@ -111,9 +111,30 @@ is($coord->safe_psql('postgres', q{UPDATE accounts SET balance = balance + 1 WHE
 is($coord->safe_psql('postgres', q{DELETE FROM accounts WHERE id = 20 RETURNING *}),
 	'20|o20|100', 'a DELETE by key returns the row deleted');
 is(stored(20), 'none', 'which is gone');
+is($coord->safe_psql('postgres', q{UPDATE accounts SET balance = balance + 1 WHERE id = 19 RETURNING balance \g
+\echo :ROW_COUNT}), "103\n1", 'the row count of an UPDATE with RETURNING');
+is($coord->safe_psql('postgres', q{BEGIN; UPDATE accounts SET balance = balance - 1 WHERE id = 19 RETURNING balance; COMMIT;}),
+	'102', 'in a transaction block too');
+is($coord->safe_psql('postgres', q{UPDATE ws_dist.accounts SET balance = balance + 1 WHERE id = 19 RETURNING xmin, xmax, balance}),
+	'0|0|103', 'system columns of the returned row are those of a row no local transaction wrote');
+# The UPDATE's new values are the shard's: computed again from the row it
+# returned, 1,500,000,000 + 600,000,000 would overflow after the commit.
+$coord->safe_psql('postgres', q{UPDATE accounts SET balance = 1500000000 WHERE id = 21});
+is($coord->safe_psql('postgres', q{UPDATE accounts SET balance = balance + 600000000 WHERE id = 21 RETURNING balance}),
+	'2100000000', 'nothing of the SET list is computed again from the returned row');
+$coord->safe_psql('postgres', q{UPDATE accounts SET balance = 100 WHERE id = 21});
+# A key may have several rows.
+$coord->safe_psql('postgres', q{
+	CREATE TABLE visits (tenant int NOT NULL, n int NOT NULL);
+	SELECT ws.distribute_table('visits', 'tenant', 'm');
+	INSERT INTO visits SELECT 1, i FROM generate_series(1, 3) i;
+	INSERT INTO visits VALUES (2, 9);});
+is(join(',', sort split /\n/, $coord->safe_psql('postgres', q{DELETE FROM visits WHERE tenant = 1 RETURNING n})),
+	'1,2,3', 'a DELETE by key returns every row of the key');
+is($coord->safe_psql('postgres', q{SELECT string_agg(tenant || ':' || n, ',') FROM visits}), '2:9', 'and deletes only those');
 my $log = logged_by(19, sub {
 	is($coord->safe_psql('postgres', q{UPDATE accounts SET balance = balance + 1 WHERE id = 19 RETURNING balance * 2}),
-		'206', 'a RETURNING that computes');
+		'208', 'a RETURNING that computes');
 });
 like($log, qr/\] postgres_fdw LOG:  execute <unnamed>: UPDATE public\.accounts_s\d+ SET balance = \(balance \+ 1\) WHERE \(\(id = 19\)\) RETURNING balance/,
 	'runs in postgres_fdw\'s remote transaction: it could fail after the shard committed alone');
