@@ -81,6 +81,8 @@ extern bool ws_shard_is_slot_table(Oid relid);
 struct PlannedStmt;
 extern void ws_shard_modify_plan(struct PlannedStmt *stmt);
 extern bool ws_shard_modify_planned(struct PlannedStmt *stmt);
+struct ModifyTable;
+extern bool ws_returns_columns_only(struct ModifyTable *modify);
 extern void ws_shard_modify_register(void);
 
 /* shard_utility.c */

@@ -146,11 +146,12 @@ uses_postgres_fdw(Oid serverid)
 }
 
 /*
- * returns_columns_only tells whether a ModifyTable's RETURNING, if any, lists
- * columns of the table only: nothing to compute that could fail.
+ * ws_returns_columns_only tells whether a ModifyTable's RETURNING, if any,
+ * lists columns of its table only: nothing to compute that could fail once
+ * a shard committed alone.
  */
-static bool
-returns_columns_only(ModifyTable *modify)
+bool
+ws_returns_columns_only(ModifyTable *modify)
 {
 	ListCell   *lc;
 
@@ -216,7 +217,7 @@ ws_shard_modify_plan(PlannedStmt *stmt)
 									   list_nth(scan->fdw_private, FDW_MODIFY_SET_PROCESSED),
 									   list_nth(scan->fdw_private, FDW_MODIFY_RETURNING),
 									   retrieved,
-									   makeBoolean(returns_columns_only(modify)));
+									   makeBoolean(ws_returns_columns_only(modify)));
 	cscan->custom_scan_tlist = NIL;
 	cscan->custom_relids = scan->fs_relids;
 	cscan->methods = &modify_plan_methods;

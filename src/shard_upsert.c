@@ -496,23 +496,6 @@ compute_values(WsUpsert *upsert)
 	MemoryContextSwitchTo(old);
 }
 
-/*
- * returns_columns_only tells whether an INSERT's RETURNING, if any, lists
- * columns only: nothing that can fail after the row is stored.
- */
-static bool
-returns_columns_only(ModifyTable *modify)
-{
-	ListCell   *lc;
-
-	if (modify->returningLists == NIL)
-		return true;
-	foreach(lc, linitial(modify->returningLists))
-		if (!IsA(((TargetEntry *) lfirst(lc))->expr, Var))
-			return false;
-	return true;
-}
-
 static void
 note_upserts(QueryDesc *queryDesc, Plan *plan)
 {
@@ -537,7 +520,7 @@ note_upserts(QueryDesc *queryDesc, Plan *plan)
 	upsert->clause = TextDatumGetCString(((Const *) linitial(call->args))->constvalue);
 	upsert->single_row = plan == queryDesc->plannedstmt->planTree &&
 		IsA(outerPlan(plan), Result) && outerPlan(outerPlan(plan)) == NULL &&
-		returns_columns_only(modify);
+		ws_returns_columns_only(modify);
 	/* Counted by the statement's command tag, which ExecutorRun corrects. */
 	upsert->batched = plan == queryDesc->plannedstmt->planTree && modify->canSetTag &&
 		modify->returningLists == NIL;
