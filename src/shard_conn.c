@@ -24,7 +24,9 @@
  * superuser: one opened for a superuser without a password must not serve
  * anyone else), for the session, each
  * with the statements prepared on it (one per slot table: the shard then
- * parses and plans each only once) and a wait event set of its own.  A
+ * parses and plans each only once; past MAX_PREPARED, the connection starts
+ * afresh) and a wait event set of its own.  A statement whose text changes
+ * with its values (postgres_fdw's UPDATE by key) goes unprepared.  A
  * change to a foreign server or user mapping closes them all: the next use
  * reconnects with the new options.
  *
@@ -435,11 +437,21 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 	PG_TRY();
 	{
 		PreparedStatement *statement;
-		uint64		sql_hash = hash_bytes_extended((const unsigned char *) sql, strlen(sql), 0);
+		uint64		sql_hash = 0;
 		char		name[32];
 		bool		found;
 		PGresult   *res;
 
+		if (prepare)
+		{
+			sql_hash = hash_bytes_extended((const unsigned char *) sql, strlen(sql), 0);
+			entry = own_connection(serverid, userid, true);
+			/* Statements that differ by their constants (an upsert's) stop at a bound. */
+			if (entry->conn != NULL &&
+				hash_get_num_entries(entry->statements) >= MAX_PREPARED &&
+				hash_search(entry->statements, &sql_hash, HASH_FIND, NULL) == NULL)
+				close_entry(entry);
+		}
 		for (int attempt = 0;; attempt++)
 		{
 			bool		sent = true;
@@ -456,12 +468,6 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 			else
 			{
 				statement = hash_search(entry->statements, &sql_hash, HASH_FIND, &found);
-				/* Statements that differ by their constants (an upsert's) stop at a bound. */
-				if (!found && hash_get_num_entries(entry->statements) >= MAX_PREPARED)
-				{
-					close_entry(entry);
-					continue;
-				}
 				if (found && strcmp(statement->sql, sql) != 0)
 					ereport(ERROR,
 							(errcode(ERRCODE_INTERNAL_ERROR),

@@ -39,28 +39,41 @@
 #include "parser/parsetree.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/inval.h"
 #include "utils/syscache.h"
 
 #include "shard.h"
 
 static planner_hook_type prev_planner = NULL;
 
+/* The extension's schema ws_dist, looked up again when schemas change. */
+static Oid	ws_dist_namespace = InvalidOid;
+static bool ws_dist_known = false;
+
+static void
+namespaces_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	ws_dist_known = false;
+}
+
 /*
  * in_ws_dist tells whether a relation lives in write_scaling's schema
  * ws_dist (a schema of that name that is not the extension's does not
- * count).
+ * count).  Each planned UPDATE asks: the answer is kept.
  */
 static bool
 in_ws_dist(Oid relid)
 {
-	Oid			nsp = get_rel_namespace(relid);
-	char	   *name = get_namespace_name(nsp);
-	Oid			extension;
+	if (!ws_dist_known)
+	{
+		Oid			nsp = get_namespace_oid("ws_dist", true);
+		Oid			extension = get_extension_oid("write_scaling", true);
 
-	if (name == NULL || strcmp(name, "ws_dist") != 0)
-		return false;
-	extension = get_extension_oid("write_scaling", true);
-	return OidIsValid(extension) && getExtensionOfObject(NamespaceRelationId, nsp) == extension;
+		ws_dist_namespace = OidIsValid(nsp) && OidIsValid(extension) &&
+			getExtensionOfObject(NamespaceRelationId, nsp) == extension ? nsp : InvalidOid;
+		ws_dist_known = true;
+	}
+	return OidIsValid(ws_dist_namespace) && get_rel_namespace(relid) == ws_dist_namespace;
 }
 
 /*
@@ -237,4 +250,5 @@ ws_shard_guard_register(void)
 {
 	prev_planner = planner_hook;
 	planner_hook = guard_planner;
+	CacheRegisterSyscacheCallback(NAMESPACEOID, namespaces_changed, (Datum) 0);
 }

@@ -59,15 +59,10 @@
 #define FDW_MODIFY_SET_PROCESSED 3
 
 /*
- * Ours, in custom_private: the statement, whether it counts its rows,
- * whether it returns columns (and which), and whether the local RETURNING
- * list is columns only (nothing of the statement's own left to fail once
- * the shard committed alone).
+ * Our custom_private: postgres_fdw's, and whether the local RETURNING, if
+ * any, lists columns only (nothing of the statement's own left to fail
+ * once the shard committed alone).
  */
-#define MODIFY_SQL				0
-#define MODIFY_SET_PROCESSED	1
-#define MODIFY_RETURNING		2
-#define MODIFY_RETRIEVED		3
 #define MODIFY_RETURNS_COLUMNS	4
 
 typedef struct ModifyState
@@ -75,8 +70,7 @@ typedef struct ModifyState
 	CustomScanState css;
 	char	   *sql;
 	bool		set_processed;	/* the statement's row count is ours */
-	bool		has_returning;	/* the shard returns columns */
-	List	   *retrieved;		/* their attribute numbers */
+	List	   *retrieved;		/* attribute numbers of the columns returned */
 	bool		returns_columns;	/* may run alone */
 	List	   *params;			/* ExprState of each parameter */
 	FmgrInfo   *param_out;		/* their output functions */
@@ -109,13 +103,6 @@ static CustomExecMethods modify_exec_methods = {
 	.ReScanCustomScan = rescan_modify,
 	.ExplainCustomScan = explain_modify,
 };
-
-/* A flag of fdw_private: a Boolean node since PostgreSQL 15, an Integer before. */
-static bool
-flag_value(Node *node)
-{
-	return IsA(node, Boolean) ? boolVal(node) : intVal(node) != 0;
-}
 
 /*
  * has_triggers tells whether a relation of the plan (locked) has triggers: a
@@ -213,11 +200,8 @@ ws_shard_modify_plan(PlannedStmt *stmt)
 	cscan->flags = 0;
 	cscan->custom_plans = NIL;
 	cscan->custom_exprs = scan->fdw_exprs;
-	cscan->custom_private = list_make5(list_nth(scan->fdw_private, FDW_MODIFY_SQL),
-									   list_nth(scan->fdw_private, FDW_MODIFY_SET_PROCESSED),
-									   list_nth(scan->fdw_private, FDW_MODIFY_RETURNING),
-									   retrieved,
-									   makeBoolean(ws_returns_columns_only(modify)));
+	cscan->custom_private = lappend(list_copy(scan->fdw_private),
+									makeBoolean(ws_returns_columns_only(modify)));
 	cscan->custom_scan_tlist = NIL;
 	cscan->custom_relids = scan->fs_relids;
 	cscan->methods = &modify_plan_methods;
@@ -232,11 +216,10 @@ create_modify_state(CustomScan *cscan)
 
 	NodeSetTag(state, T_CustomScanState);
 	state->css.methods = &modify_exec_methods;
-	state->sql = strVal(list_nth(cscan->custom_private, MODIFY_SQL));
-	state->set_processed = flag_value(list_nth(cscan->custom_private, MODIFY_SET_PROCESSED));
-	state->has_returning = flag_value(list_nth(cscan->custom_private, MODIFY_RETURNING));
-	state->retrieved = list_nth(cscan->custom_private, MODIFY_RETRIEVED);
-	state->returns_columns = flag_value(list_nth(cscan->custom_private, MODIFY_RETURNS_COLUMNS));
+	state->sql = strVal(list_nth(cscan->custom_private, FDW_MODIFY_SQL));
+	state->set_processed = boolVal(list_nth(cscan->custom_private, FDW_MODIFY_SET_PROCESSED));
+	state->retrieved = list_nth(cscan->custom_private, FDW_MODIFY_RETRIEVED);
+	state->returns_columns = boolVal(list_nth(cscan->custom_private, MODIFY_RETURNS_COLUMNS));
 	return (Node *) state;
 }
 
@@ -292,7 +275,7 @@ begin_modify(CustomScanState *node, EState *estate, int eflags)
 												node->ss.ps.ps_ExprContext,
 												node->ss.ps.ps_ResultTupleSlot, &node->ss.ps,
 												RelationGetDescr(node->ss.ss_currentRelation));
-	if (state->has_returning)
+	if (state->retrieved != NIL)
 	{
 		TupleDesc	desc = RelationGetDescr(node->ss.ss_currentRelation);
 
@@ -332,7 +315,7 @@ remote_sql_context(void *arg)
  * table's row type, in the query's memory, for the local RETURNING.
  */
 static List *
-returned_rows(ModifyState *state, PGresult *res)
+returned_rows(ModifyState *state, PGresult *res, uint64 processed)
 {
 	Relation	rel = state->css.ss.ss_currentRelation;
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -344,13 +327,13 @@ returned_rows(ModifyState *state, PGresult *res)
 	List	   *rows = NIL;
 
 	/* Without columns to return (RETURNING 1, say), a row of nulls per row. */
-	int			nrows = state->has_returning ? PQntuples(res) :
-		strtol(PQcmdTuples(res), NULL, 10);
+	uint64		nrows = state->retrieved != NIL ? PQntuples(res) : processed;
 
-	if (state->has_returning && PQnfields(res) != list_length(state->retrieved))
-		elog(ERROR, "shard returned %d columns where %d were asked for",
-			 PQnfields(res), list_length(state->retrieved));
-	for (int row = 0; row < nrows; row++)
+	if (state->retrieved != NIL && PQnfields(res) != list_length(state->retrieved))
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_COLUMN_NUMBER),
+				 errmsg("remote query result does not match the foreign table")));
+	for (uint64 row = 0; row < nrows; row++)
 	{
 		HeapTuple	tuple;
 		int			column = 0;
@@ -453,7 +436,7 @@ run_statement(ModifyState *state)
 				node->ss.ps.instrument->tuplecount += processed;
 		}
 		else
-			state->returned = returned_rows(state, res);
+			state->returned = returned_rows(state, res, processed);
 	}
 	PG_FINALLY();
 	{

@@ -20,10 +20,12 @@
  * Rows travel on postgres_fdw's own connection (GetConnection, looked up in
  * postgres_fdw.so), so they belong to the same remote transaction as the
  * reads, savepoints and commit that postgres_fdw manages: a rollback takes
- * them back, and a read later in the transaction sees them.  The exception
- * is the single row of an autocommit INSERT, which waits for the commit and
- * goes alone, unless the transaction does anything else first
- * (shard_defer.c).
+ * them back, and a read later in the transaction sees them.  The exceptions
+ * go alone, on a connection of ours: the single row of an autocommit
+ * INSERT, which waits for the commit unless the transaction does anything
+ * else first (shard_defer.c), and an autocommit single-row upsert (below)
+ * or UPDATE or DELETE by key (shard_modify.c), which go at once when they
+ * are all their transaction does.
  *
  * The trigger locks the slot's foreign table before trusting the cached
  * placement: ws.rebalance holds that table in SHARE mode while it moves the
@@ -1628,9 +1630,10 @@ batch_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *params
  * slot's table alone, in postgres_fdw's remote transaction, and returns what
  * the trigger returns: the row as the shard stored it, or NULL if the shard
  * skipped it (shard_upsert.c).  The single row of an autocommit statement
- * goes as a statement of its own instead, on our own connection, when a
- * row of an INSERT could wait for the commit (shard_defer.c): one round
- * trip, and the shard's READ COMMITTED rather than postgres_fdw's
+ * goes as a statement of its own instead, on our own connection, when the
+ * statement is all its transaction does (ws_defer_may_run_now) and the
+ * table has no trigger of the user's that could fail it afterwards: one
+ * round trip, and the shard's READ COMMITTED rather than postgres_fdw's
  * REPEATABLE READ.  Called in row_context.
  */
 static Datum

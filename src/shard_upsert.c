@@ -21,11 +21,12 @@
  *
  * One row, autocommit
  *	  The single row of an autocommit INSERT (one VALUES list, a RETURNING
- *	  of columns only, if any) goes as a statement of its own on a
- *	  connection of ours, as a row that may wait for the commit does
- *	  (shard_defer.c): its shard then decides at READ COMMITTED, and two
- *	  sessions counting on one key wait for each other rather than fail
- *	  with postgres_fdw's REPEATABLE READ serialization errors.
+ *	  of columns only, if any, no trigger of the user's) goes as a
+ *	  statement of its own on a connection of ours when the statement is
+ *	  all its transaction does: no other statement in its query string or
+ *	  pipeline (shard_defer.c).  Its shard then decides at READ COMMITTED,
+ *	  and two sessions counting on one key wait for each other rather than
+ *	  fail with postgres_fdw's REPEATABLE READ serialization errors.
  *
  * The clause is translated when the statement is planned, by the planner
  * hook of shard_guard.c (a view has no unique index, so PostgreSQL's planner
@@ -473,22 +474,36 @@ compute_values(WsUpsert *upsert)
 	int			i = 0;
 	ListCell   *lc;
 
+	Datum	   *datums;
+	bool	   *nulls;
+	int			level;
+
 	econtext->ecxt_param_list_info = upsert->params;
 	upsert->nvalues = list_length(upsert->locals);
 	upsert->values = palloc(sizeof(char *) * upsert->nvalues);
+	datums = palloc(sizeof(Datum) * upsert->nvalues);
+	nulls = palloc(sizeof(bool) * upsert->nvalues);
 	foreach(lc, upsert->locals)
 	{
-		Expr	   *expr = lfirst(lc);
-		ExprState  *state = ExecInitExprWithParams(expr, upsert->params);
-		bool		isnull;
-		Datum		value = ExecEvalExprSwitchContext(state, econtext, &isnull);
-		Oid			output;
-		bool		varlena;
-		int			level;
+		ExprState  *state = ExecInitExprWithParams(lfirst(lc), upsert->params);
 
-		getTypeOutputInfo(exprType((Node *) expr), &output, &varlena);
+		datums[i] = ExecEvalExprSwitchContext(state, econtext, &nulls[i]);
+		i++;
+	}
+	/* Then as text, in the forms postgres_fdw sends. */
+	if (upsert->nvalues > 0)
+	{
 		level = ws_shard_parameter_modes();
-		upsert->values[i++] = isnull ? NULL : OidOutputFunctionCall(output, value);
+		i = 0;
+		foreach(lc, upsert->locals)
+		{
+			Oid			output;
+			bool		varlena;
+
+			getTypeOutputInfo(exprType(lfirst(lc)), &output, &varlena);
+			upsert->values[i] = nulls[i] ? NULL : OidOutputFunctionCall(output, datums[i]);
+			i++;
+		}
 		AtEOXact_GUC(true, level);
 	}
 	FreeExprContext(econtext, true);

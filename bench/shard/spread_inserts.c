@@ -143,7 +143,7 @@ main(int argc, char **argv)
 			PQclear(res);
 			prepared[row->shard][row->table] = 1;
 		}
-		/* The values of pgbench's script: 'c' || :client_id, random cents. */
+		/* Values like pgbench's script's: a short customer, random cents. */
 		snprintf(customer, sizeof(customer), "c0");
 		snprintf(amount, sizeof(amount), "%.2f", (random() % 10000000 + 1) / 100.0);
 		values[0] = row->id;
