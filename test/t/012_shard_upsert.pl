@@ -11,31 +11,14 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use ShardTest;
 
 my $vnodes = 16;
-my $osuser = getpwuid($>);
 
-my $coord = PostgreSQL::Test::Cluster->new('coordinator');
-$coord->init;
-$coord->append_conf('postgresql.conf', "shared_preload_libraries = 'write_scaling'");
-$coord->start;
-$coord->safe_psql('postgres', q{
-	CREATE EXTENSION postgres_fdw;
-	CREATE EXTENSION write_scaling;
-});
-
-my %shard;
-for my $name (qw(s1 s2))
-{
-	my $node = PostgreSQL::Test::Cluster->new("shard_$name");
-	$node->init;
-	$node->start;
-	$shard{$name} = $node;
-	$coord->safe_psql('postgres', sprintf(q{
-		CREATE SERVER %s FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '%s', port '%s', dbname 'postgres');
-		CREATE USER MAPPING FOR CURRENT_USER SERVER %s OPTIONS (user '%s');},
-		$name, $node->host, $node->port, $name, $osuser));
-}
+my ($coord, $shards) = start_shards([qw(s1 s2)]);
+my %shard = %$shards;
 
 $coord->safe_psql('postgres', qq{
 	SELECT ws.create_shard_map('m', vnodes => $vnodes);
@@ -363,27 +346,9 @@ is(stored(4502), 'many ' . (1 + (1100 * 1101) / 2 - 1), '1,100 upserts, each wit
 # Counting from four sessions at once, each statement its own transaction:
 # no increment lost, none failed.  A fifth session holds the key until all
 # four wait for it, so that they start together.
-my $count_sql = q{INSERT INTO counters (id, name) VALUES (5001, 'count') ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 1;};
-my $holder = $coord->background_psql('postgres');
-$holder->query_safe("BEGIN; $count_sql");
-my @counting;
-for my $session (1 .. 4)
-{
-	my $psql = $coord->background_psql('postgres');
-	$psql->query_until(qr/go/, "\\echo go\n" . ("$count_sql\n" x 50) . "\\echo counted\n");
-	push @counting, $psql;
-}
-ok($shard{ $server_of->(5001) }->poll_query_until('postgres', q{
-	SELECT count(*) = 4 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'write_scaling'}),
-	'the four counting sessions wait for the holder of the key');
-$holder->query_safe('COMMIT');
-$holder->quit;
-for my $psql (@counting)
-{
-	like($psql->query_until(qr/counted/, ''), qr/counted/, 'a counting session finished');
-	is($psql->{stderr}, '', 'without an error');
-	$psql->quit;
-}
+four_sessions_at_once($coord, $shard{ $server_of->(5001) },
+	q{INSERT INTO counters (id, name) VALUES (5001, 'count') ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 1;},
+	50, 'counting by upsert');
 is(stored(5001), 'count 201', 'one upsert and four sessions of 50 on one key: 201');
 
 # --- many rows, no RETURNING ----------------------------------------------------

@@ -11,34 +11,17 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use ShardTest;
 
 my $vnodes = 16;
-my $osuser = getpwuid($>);
 
-my $coord = PostgreSQL::Test::Cluster->new('coordinator');
-$coord->init;
-$coord->append_conf('postgresql.conf', "shared_preload_libraries = 'write_scaling'");
-$coord->start;
-$coord->safe_psql('postgres', q{
-	CREATE EXTENSION postgres_fdw;
-	CREATE EXTENSION write_scaling;
-});
-
-my %shard;
-for my $name (qw(s1 s2))
-{
-	my $node = PostgreSQL::Test::Cluster->new("shard_$name");
-	$node->init;
-	# Each statement logged with its application_name: write_scaling for
-	# the coordinator's own connections, postgres_fdw for postgres_fdw's.
-	$node->append_conf('postgresql.conf', "log_statement = 'all'");
-	$node->start;
-	$shard{$name} = $node;
-	$coord->safe_psql('postgres', sprintf(q{
-		CREATE SERVER %s FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '%s', port '%s', dbname 'postgres');
-		CREATE USER MAPPING FOR CURRENT_USER SERVER %s OPTIONS (user '%s');},
-		$name, $node->host, $node->port, $name, $osuser));
-}
+# Each statement the shards run is logged with its application_name:
+# write_scaling for the coordinator's own connections, postgres_fdw for
+# postgres_fdw's.
+my ($coord, $shards) = start_shards([qw(s1 s2)], "log_statement = 'all'");
+my %shard = %$shards;
 
 $coord->safe_psql('postgres', qq{
 	SELECT ws.create_shard_map('m', vnodes => $vnodes);
@@ -252,28 +235,8 @@ like($coord->safe_psql('postgres', q{EXPLAIN (COSTS OFF) UPDATE accounts SET bal
 # Four sessions each add 1 to one balance 50 times, every statement its own
 # transaction: on the shard they wait for each other, as on a table, and
 # none fails.  A fifth session holds the row until all four wait for it.
-my $add = q{UPDATE accounts SET balance = balance + 1 WHERE id = 16;};
-my $holder = $coord->background_psql('postgres');
-$holder->query_safe('SET write_scaling.shard_one_round_trip = off');
-$holder->query_safe("BEGIN; $add");
-my @adding;
-for my $session (1 .. 4)
-{
-	my $psql = $coord->background_psql('postgres');
-	$psql->query_until(qr/go/, "\\echo go\n" . ("$add\n" x 50) . "\\echo added\n");
-	push @adding, $psql;
-}
-ok($shard{ $server_of->(16) }->poll_query_until('postgres', q{
-	SELECT count(*) = 4 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'write_scaling'}),
-	'the four sessions wait on the shard for the holder of the row');
-$holder->query_safe('COMMIT');
-$holder->quit;
-for my $psql (@adding)
-{
-	like($psql->query_until(qr/added/, ''), qr/added/, 'a session finished');
-	is($psql->{stderr}, '', 'without an error');
-	$psql->quit;
-}
+four_sessions_at_once($coord, $shard{ $server_of->(16) },
+	q{UPDATE accounts SET balance = balance + 1 WHERE id = 16;}, 50, 'UPDATE by key');
 is(stored(16), 'o16 301', 'one UPDATE and four sessions of 50 on one row: 100 + 201');
 
 # The same with RETURNING, through the extended protocol: no session fails.
