@@ -443,16 +443,8 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 		PGresult   *res;
 
 		if (prepare)
-		{
 			sql_hash = hash_bytes_extended((const unsigned char *) sql, strlen(sql), 0);
-			entry = own_connection(serverid, userid, true);
-			/* Statements that differ by their constants (an upsert's) stop at a bound. */
-			if (entry->conn != NULL &&
-				hash_get_num_entries(entry->statements) >= MAX_PREPARED &&
-				hash_search(entry->statements, &sql_hash, HASH_FIND, NULL) == NULL)
-				close_entry(entry);
-		}
-		for (int attempt = 0;; attempt++)
+		for (int attempt = 0;;)
 		{
 			bool		sent = true;
 
@@ -468,6 +460,12 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 			else
 			{
 				statement = hash_search(entry->statements, &sql_hash, HASH_FIND, &found);
+				/* Statements that differ by their constants (an upsert's) stop at a bound. */
+				if (!found && hash_get_num_entries(entry->statements) >= MAX_PREPARED)
+				{
+					close_entry(entry);
+					continue;	/* afresh, not a failed attempt */
+				}
 				if (found && strcmp(statement->sql, sql) != 0)
 					ereport(ERROR,
 							(errcode(ERRCODE_INTERNAL_ERROR),
@@ -513,6 +511,7 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 				{
 					PQclear(res);
 					close_entry(entry);
+					attempt++;
 					continue;
 				}
 				if (PQresultStatus(res) != PGRES_COMMAND_OK &&
@@ -524,6 +523,7 @@ ws_shard_run_alone(Oid serverid, Oid userid, const char *sql, int nparams,
 			if (attempt > 0)
 				report_remote_error(entry->conn, NULL);
 			close_entry(entry);
+			attempt++;
 		}
 	}
 	PG_CATCH();
