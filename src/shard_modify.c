@@ -54,7 +54,7 @@
 
 /* postgres_fdw's fdw_private of a direct modify (postgres_fdw.c) */
 #define FDW_MODIFY_SQL			0
-#define FDW_MODIFY_RETURNING	1
+/* 1: whether the shard returns columns, which FDW_MODIFY_RETRIEVED tells */
 #define FDW_MODIFY_RETRIEVED	2
 #define FDW_MODIFY_SET_PROCESSED 3
 
