@@ -59,8 +59,8 @@ typedef struct WsUpsert
 	Oid			view;			/* the distributed table */
 	bool		single_row;		/* the statement's only row, RETURNING only columns */
 	bool		batched;		/* the statement's rows, no RETURNING: in batches */
-	List	   *batches;		/* rows waiting, per server (shard_route.c) */
-	uint64		skipped;		/* rows of the batches sent that the shards skipped */
+	struct UpsertRows *waiting; /* rows not sent yet (shard_route.c) */
+	uint64		skipped;		/* rows sent that the shards skipped */
 	char	   *clause;			/* " ON CONFLICT ...", for the shards */
 	List	   *locals;			/* what its parameters after the row's are */
 	struct ParamListInfoData *params;	/* the query's, for locals */

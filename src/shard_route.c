@@ -152,6 +152,7 @@ typedef struct DistEntry
 	FmgrInfo   *out_functions;	/* per column of the view */
 	FmgrInfo   *in_functions;	/* per column of the view: upserts' rows */
 	Oid		   *typioparams;	/* per column of the view, for in_functions */
+	char	   *upsert_rows;	/* " (columns) SELECT ... FROM unnest($1) ..." */
 } DistEntry;
 
 /* Rows buffered for one slot; marks remember where each subtransaction began. */
@@ -565,6 +566,44 @@ binary_safe(Oid type)
 }
 
 /*
+ * upsert_rows_sql returns the part of a batched upsert's statement that
+ * names the columns and reads the rows (send_waiting_upserts): each
+ * column's values travel as one text[] parameter, $1 the first column's,
+ * and the shard casts each value to the column's base type, as it reads a
+ * parameter's text.  The INSERT then applies the column's type modifier and
+ * domain, and fails a value too long where a cast to the column's own type
+ * would cut it.
+ */
+static char *
+upsert_rows_sql(TupleDesc desc, const char *column_list)
+{
+	StringInfoData casts;
+	StringInfoData arrays;
+	StringInfoData names;
+	int			n = 0;
+
+	initStringInfo(&casts);
+	initStringInfo(&arrays);
+	initStringInfo(&names);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		const char *separator = n > 0 ? ", " : "";
+
+		if (att->attisdropped)
+			continue;
+		n++;
+		appendStringInfo(&casts, "%sv%d::%s", separator, n,
+						 format_type_extended(getBaseType(att->atttypid), -1,
+											  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
+		appendStringInfo(&arrays, "%spg_catalog.unnest($%d::pg_catalog.text[])", separator, n);
+		appendStringInfo(&names, "%sv%d", separator, n);
+	}
+	return psprintf(" (%s) SELECT %s FROM ROWS FROM (%s) AS ws_rows (%s)",
+					column_list, casts.data, arrays.data, names.data);
+}
+
+/*
  * fill_entry reads a distributed table's slots: the partitions of its
  * partitioned table, in slot order, with their servers and remote names.
  * The new entry is built in a memory context of its own and replaces the
@@ -670,6 +709,7 @@ fill_entry(DistEntry *entry, Relation view)
 		appendStringInfo(&columns, "%s$%d", i > 1 ? ", " : "(", i);
 	appendStringInfoChar(&columns, ')');
 	fresh.parameters = columns.data;
+	fresh.upsert_rows = upsert_rows_sql(desc, fresh.column_list);
 	MemoryContextSwitchTo(old);
 
 	ws_shard_spi_finish(guc_level);
@@ -972,6 +1012,7 @@ ws_shard_rethrow_write_error(int nrows, const char *table, Oid serverid, int slo
 					nrows, nrows == 1 ? "" : "s", table,
 					GetForeignServer(serverid)->servername, edata->message),
 			 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+			 edata->hint ? errhint("%s", edata->hint) : 0,
 			 errcontext("slot %d, remote table %s", slot, remote_table)));
 }
 
@@ -1420,31 +1461,44 @@ returned_row(HeapTuple tuple, MemoryContext caller_context)
 }
 
 /*
- * Rows of a batched upsert (shard_upsert.c) waiting to go to one server:
- * each an INSERT ... ON CONFLICT of its own, without RETURNING, sent
- * together in one pipeline when 100 rows or 256kB wait.  Each batch keeps
- * its rows in a memory context of its own, emptied when they are sent.
+ * Rows of a batched upsert (shard_upsert.c) waiting to be sent, by slot:
+ * each slot's rows go as one INSERT ... SELECT ... ON CONFLICT into its
+ * table, each column's values a text[] parameter (upsert_rows_sql), so
+ * that the shard checks the rows of a key against each other as
+ * PostgreSQL does in one statement ("cannot affect row a second time").
+ * They wait until the statement ends, or until 8MB wait, in a memory
+ * context emptied when they are sent.
  */
-#define UPSERT_BATCH_ROWS	100
+#define UPSERT_WAIT_BYTES	(8 * 1024 * 1024)
 
-typedef struct UpsertRow
+typedef struct UpsertSlot
 {
-	char	   *sql;
-	const char **params;
-	int			slot;			/* for messages */
+	int			slot;
 	char	   *remote_table;
-} UpsertRow;
+	int			rows;
+	StringInfoData *columns;	/* per column, its values: an array literal */
+	char	   *sql;			/* once sent */
+} UpsertSlot;
 
-typedef struct UpsertBatch
+typedef struct UpsertServer
 {
 	Oid			serverid;
+	List	   *slots;			/* UpsertSlot, in the order of their first rows */
+	PGconn	   *conn;			/* once sending */
+} UpsertServer;
+
+typedef struct UpsertRows
+{
+	MemoryContext memory;		/* the rows, and the lists below */
 	Oid			userid;
 	const char *table;			/* for messages */
-	int			nparams;
-	MemoryContext memory;		/* the rows */
-	List	   *rows;			/* UpsertRow */
-	Size		bytes;			/* their parameters' and statements' */
-} UpsertBatch;
+	const char *rows_sql;		/* the statements' part after the table */
+	int			ncolumns;
+	int			nslots;
+	UpsertSlot **slots;			/* by slot number, NULL if none waits */
+	List	   *servers;		/* UpsertServer, those with rows waiting */
+	Size		bytes;			/* of the values waiting */
+} UpsertRows;
 
 /*
  * flush_output sends what libpq holds for conn, a connection in
@@ -1473,156 +1527,251 @@ flush_output(PGconn *conn, const char *sql)
 }
 
 /*
- * send_upsert_batch sends a batch's rows on postgres_fdw's connection, in
- * its remote transaction, as one pipeline (one round trip), and adds to
- * *skipped the rows the shard skipped.  After a shard's error the
- * connection leaves pipeline mode before the error is raised, so that
- * postgres_fdw finds it as it was; after an interrupt in the middle, it
- * stays in pipeline mode, and postgres_fdw then gives it up at abort (the
- * shard rolls back; in a subtransaction, the rest of the transaction can
- * no longer use that server).
+ * append_array_value adds value (NULL for NULL) to array, an array literal
+ * being written: always quoted, so that the empty string, spaces and the
+ * word NULL stay what they are.
  */
 static void
-send_upsert_batch(UpsertBatch *batch, uint64 *skipped)
+append_array_value(StringInfo array, const char *value)
 {
-	int			nrows = list_length(batch->rows);
-	uint64		skipped_here = 0;
-	PGresult   *volatile error = NULL;
-	UpsertRow  *volatile failed = NULL;
-
-	if (nrows == 0)
+	if (array->len > 1)
+		appendStringInfoChar(array, ',');
+	if (value == NULL)
+	{
+		appendStringInfoString(array, "NULL");
 		return;
-	failed = linitial(batch->rows);
+	}
+	appendStringInfoChar(array, '"');
+	for (;;)
+	{
+		size_t		plain = strcspn(value, "\"\\");
+
+		appendBinaryStringInfo(array, value, plain);
+		if (value[plain] == '\0')
+			break;
+		appendStringInfoChar(array, '\\');
+		appendStringInfoChar(array, value[plain]);
+		value += plain + 1;
+	}
+	appendStringInfoChar(array, '"');
+}
+
+/*
+ * send_waiting_upserts sends the rows of an upsert that wait, each server's
+ * statements in one pipeline (one round trip) on postgres_fdw's connection,
+ * in its remote transaction, all servers at once; and adds to
+ * upsert->skipped the rows the shards skipped.  After a shard's error,
+ * every connection is read to the end and leaves pipeline mode before the
+ * error is raised, so that postgres_fdw finds it as it was; after an
+ * interrupt in the middle, it stays in pipeline mode, and postgres_fdw then
+ * gives it up at abort (the shard rolls back; in a subtransaction, the rest
+ * of the transaction can no longer use that server).
+ */
+static void
+send_waiting_upserts(WsUpsert *upsert)
+{
+	UpsertRows *waiting = upsert->waiting;
+	int			nparams;
+	const char **params;
+	UpsertServer *volatile server = NULL;
+	UpsertSlot *volatile failed = NULL;
+	UpsertServer *volatile failed_server = NULL;
+	UpsertSlot *volatile failed_rows = NULL;
+	PGresult   *volatile error = NULL;
+	uint64		skipped = 0;
+	ListCell   *lc;
+	MemoryContext old;
+
+	if (waiting == NULL || waiting->servers == NIL)
+		return;
+	old = MemoryContextSwitchTo(waiting->memory);
+	nparams = waiting->ncolumns + upsert->nvalues;
+	params = palloc(sizeof(char *) * nparams);
+	for (int i = 0; i < upsert->nvalues; i++)
+		params[waiting->ncolumns + i] = upsert->values[i];
 	PG_TRY();
 	{
-		PGconn	   *conn = connection_as(batch->serverid, batch->userid);
-		ListCell   *lc;
-		PGresult   *sync;
-
-		if (PQsetnonblocking(conn, 1) != 0 || !PQenterPipelineMode(conn))
-			fdw_report_error(ERROR, NULL, conn, false, failed->sql);
-		foreach(lc, batch->rows)
+		/* Connections first: a server that is down fails before any sends. */
+		foreach(lc, waiting->servers)
 		{
-			UpsertRow  *row = lfirst(lc);
-
-			/* Non-blocking: libpq sends what the socket takes, keeps the rest. */
-			if (!PQsendQueryParams(conn, row->sql, batch->nparams, NULL, row->params,
-								   NULL, NULL, 0))
-				fdw_report_error(ERROR, NULL, conn, false, row->sql);
+			server = lfirst(lc);
+			failed = linitial(server->slots);
+			server->conn = connection_as(server->serverid, waiting->userid);
 		}
-		if (!PQpipelineSync(conn))
-			fdw_report_error(ERROR, NULL, conn, false, failed->sql);
-		flush_output(conn, failed->sql);
-		foreach(lc, batch->rows)
+		foreach(lc, waiting->servers)
 		{
-			UpsertRow  *row = lfirst(lc);
-			PGresult   *res;
+			ListCell   *ls;
 
-			while ((res = wait_result(conn, row->sql)) != NULL)
+			server = lfirst(lc);
+			failed = linitial(server->slots);
+			failed->sql = psprintf("INSERT INTO %s AS ws_target%s%s", failed->remote_table,
+								   waiting->rows_sql, upsert->clause);
+			if (PQsetnonblocking(server->conn, 1) != 0 || !PQenterPipelineMode(server->conn))
+				fdw_report_error(ERROR, NULL, server->conn, false, failed->sql);
+			foreach(ls, server->slots)
 			{
-				if (PQresultStatus(res) == PGRES_COMMAND_OK)
-					skipped_here += strcmp(PQcmdTuples(res), "0") == 0 ? 1 : 0;
-				else if (PQresultStatus(res) != PGRES_PIPELINE_ABORTED && error == NULL)
+				UpsertSlot *rows = lfirst(ls);
+
+				failed = rows;
+				rows->sql = psprintf("INSERT INTO %s AS ws_target%s%s", rows->remote_table,
+									 waiting->rows_sql, upsert->clause);
+				for (int i = 0; i < waiting->ncolumns; i++)
 				{
-					error = res;
-					failed = row;
-					continue;
+					appendStringInfoChar(&rows->columns[i], '}');
+					params[i] = rows->columns[i].data;
 				}
-				PQclear(res);
+				/* Non-blocking: libpq sends what the socket takes, keeps the rest. */
+				if (!PQsendQueryParams(server->conn, rows->sql, nparams, NULL, params,
+									   NULL, NULL, 0))
+					fdw_report_error(ERROR, NULL, server->conn, false, rows->sql);
 			}
+			if (!PQpipelineSync(server->conn))
+				fdw_report_error(ERROR, NULL, server->conn, false, failed->sql);
+			flush_output(server->conn, failed->sql);
 		}
-		sync = wait_result(conn, failed->sql);
-		if (PQresultStatus(sync) != PGRES_PIPELINE_SYNC)
-			fdw_report_error(ERROR, sync, conn, true, failed->sql);
-		PQclear(sync);
-		if (!PQexitPipelineMode(conn) || PQsetnonblocking(conn, 0) != 0)
-			fdw_report_error(ERROR, NULL, conn, false, failed->sql);
+		/* Then each server's answers, to the end. */
+		foreach(lc, waiting->servers)
+		{
+			ListCell   *ls;
+			uint64		stored_here = 0;
+			PGresult   *sync;
+
+			server = lfirst(lc);
+			foreach(ls, server->slots)
+			{
+				UpsertSlot *rows = lfirst(ls);
+				PGresult   *res;
+
+				failed = rows;
+				while ((res = wait_result(server->conn, rows->sql)) != NULL)
+				{
+					if (PQresultStatus(res) == PGRES_COMMAND_OK)
+					{
+						uint64		stored = strtou64(PQcmdTuples(res), NULL, 10);
+
+						stored_here += stored;
+						skipped += rows->rows - Min(stored, rows->rows);
+					}
+					else if (PQresultStatus(res) != PGRES_PIPELINE_ABORTED && error == NULL)
+					{
+						error = res;
+						failed_server = server;
+						failed_rows = rows;
+						continue;
+					}
+					PQclear(res);
+				}
+			}
+			sync = wait_result(server->conn, failed->sql);
+			if (PQresultStatus(sync) != PGRES_PIPELINE_SYNC)
+				fdw_report_error(ERROR, sync, server->conn, true, failed->sql);
+			PQclear(sync);
+			if (!PQexitPipelineMode(server->conn) || PQsetnonblocking(server->conn, 0) != 0)
+				fdw_report_error(ERROR, NULL, server->conn, false, failed->sql);
+			note_routed(server->serverid, stored_here);
+		}
 		if (error != NULL)
 		{
 			PGresult   *res = error;
 
 			error = NULL;
-			fdw_report_error(ERROR, res, conn, true, failed->sql);
+			server = failed_server;
+			failed = failed_rows;
+			fdw_report_error(ERROR, res, server->conn, true, failed->sql);
 		}
 	}
 	PG_CATCH();
 	{
 		/* The rows go with the upsert, which the error ends. */
 		PQclear(error);
-		ws_shard_rethrow_write_error(nrows, batch->table, batch->serverid, failed->slot,
-									 failed->remote_table);
+		ws_shard_rethrow_write_error(failed->rows, waiting->table, server->serverid,
+									 failed->slot, failed->remote_table);
 	}
 	PG_END_TRY();
-	note_routed(batch->serverid, nrows - skipped_here);
-	*skipped += skipped_here;
-	MemoryContextReset(batch->memory);
-	batch->rows = NIL;
-	batch->bytes = 0;
+	MemoryContextSwitchTo(old);
+	upsert->skipped += skipped;
+	MemoryContextReset(waiting->memory);
+	memset(waiting->slots, 0, sizeof(UpsertSlot *) * waiting->nslots);
+	waiting->servers = NIL;
+	waiting->bytes = 0;
 }
 
 /*
- * ws_shard_upsert_flush sends the rows of an upsert's batches, adding the
+ * ws_shard_upsert_flush sends the rows of an upsert that wait, adding the
  * rows the shards skipped to upsert->skipped.
  */
 void
 ws_shard_upsert_flush(WsUpsert *upsert)
 {
-	ListCell   *lc;
-
-	foreach(lc, upsert->batches)
-		send_upsert_batch(lfirst(lc), &upsert->skipped);
+	send_waiting_upserts(upsert);
 }
 
 /*
- * batch_row adds a row's parameters to its server's batch of upsert, and
- * sends the batch when full.
+ * wait_row adds a row's values (as text, NULL for NULL) to the rows of
+ * upsert waiting for its slot, and sends all that wait past 8MB.
  */
 static void
-batch_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *params, int nparams)
+wait_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *values)
 {
-	SlotInfo   *info = &dist->slots[slot];
-	UpsertBatch *batch = NULL;
-	UpsertRow  *row;
+	UpsertRows *waiting = upsert->waiting;
+	UpsertSlot *rows;
 	MemoryContext old;
-	ListCell   *lc;
 
-	foreach(lc, upsert->batches)
-	{
-		UpsertBatch *candidate = lfirst(lc);
-
-		if (candidate->serverid == info->serverid && candidate->userid == mapping_user(dist))
-			batch = candidate;
-	}
-	if (batch == NULL)
+	if (waiting == NULL)
 	{
 		old = MemoryContextSwitchTo(upsert->memory);
-		batch = palloc0(sizeof(UpsertBatch));
-		batch->serverid = info->serverid;
-		batch->userid = mapping_user(dist);
-		batch->table = pstrdup(dist->name);
-		batch->nparams = nparams;
-		batch->memory = AllocSetContextCreate(upsert->memory, "write_scaling upsert batch",
-											  ALLOCSET_DEFAULT_SIZES);
-		upsert->batches = lappend(upsert->batches, batch);
+		waiting = palloc0(sizeof(UpsertRows));
+		waiting->memory = AllocSetContextCreate(upsert->memory, "write_scaling upserts waiting",
+												ALLOCSET_DEFAULT_SIZES);
+		waiting->userid = mapping_user(dist);
+		waiting->table = pstrdup(dist->name);
+		waiting->rows_sql = pstrdup(dist->upsert_rows);
+		waiting->ncolumns = dist->ncolumns;
+		waiting->nslots = dist->nslots;
+		waiting->slots = palloc0(sizeof(UpsertSlot *) * dist->nslots);
+		upsert->waiting = waiting;
 		MemoryContextSwitchTo(old);
 	}
-	old = MemoryContextSwitchTo(batch->memory);
-	row = palloc(sizeof(UpsertRow));
-	row->sql = psprintf("INSERT INTO %s AS ws_target (%s) VALUES %s%s", info->remote_table,
-						dist->column_list, dist->parameters, upsert->clause);
-	row->slot = slot;
-	row->remote_table = pstrdup(info->remote_table);
-	row->params = palloc(sizeof(char *) * nparams);
-	batch->bytes += strlen(row->sql);
-	for (int i = 0; i < nparams; i++)
+	old = MemoryContextSwitchTo(waiting->memory);
+	rows = waiting->slots[slot];
+	if (rows == NULL)
 	{
-		row->params[i] = params[i] ? pstrdup(params[i]) : NULL;
-		batch->bytes += params[i] ? strlen(params[i]) : 0;
+		SlotInfo   *info = &dist->slots[slot];
+		UpsertServer *server = NULL;
+		ListCell   *lc;
+
+		rows = palloc0(sizeof(UpsertSlot));
+		rows->slot = slot;
+		rows->remote_table = pstrdup(info->remote_table);
+		rows->columns = palloc(sizeof(StringInfoData) * waiting->ncolumns);
+		for (int i = 0; i < waiting->ncolumns; i++)
+		{
+			initStringInfo(&rows->columns[i]);
+			appendStringInfoChar(&rows->columns[i], '{');
+		}
+		waiting->slots[slot] = rows;
+		foreach(lc, waiting->servers)
+			if (((UpsertServer *) lfirst(lc))->serverid == info->serverid)
+				server = lfirst(lc);
+		if (server == NULL)
+		{
+			server = palloc0(sizeof(UpsertServer));
+			server->serverid = info->serverid;
+			waiting->servers = lappend(waiting->servers, server);
+		}
+		server->slots = lappend(server->slots, rows);
 	}
-	batch->rows = lappend(batch->rows, row);
+	for (int i = 0; i < waiting->ncolumns; i++)
+	{
+		int			before = rows->columns[i].len;
+
+		append_array_value(&rows->columns[i], values[i]);
+		waiting->bytes += rows->columns[i].len - before;
+	}
+	rows->rows++;
 	MemoryContextSwitchTo(old);
-	if (list_length(batch->rows) >= UPSERT_BATCH_ROWS || batch->bytes >= ROUTE_BATCH_BYTES)
-		send_upsert_batch(batch, &upsert->skipped);
+	if (waiting->bytes >= UPSERT_WAIT_BYTES)
+		send_waiting_upserts(upsert);
 }
 
 /*
@@ -1667,7 +1816,7 @@ upsert_row(Relation view, WsUpsert *upsert, HeapTuple tuple, Datum *values, bool
 		ws_defer_may_run_now(info->serverid, mapping_user(dist));
 	if (upsert->batched && !alone)
 	{
-		batch_row(upsert, dist, slot, params, nparams);
+		wait_row(upsert, dist, slot, params);
 		return returned_row(tuple, caller_context);
 	}
 	sql = psprintf("INSERT INTO %s AS ws_target (%s) VALUES %s%s RETURNING %s", info->remote_table,

@@ -14,10 +14,14 @@
  * commit.  Two exceptions:
  *
  * Many rows, no RETURNING
- *	  A top-level INSERT without RETURNING sends its rows in pipelines of 100
- *	  statements per server (shard_route.c); the trigger returns each row
- *	  as if stored, and ExecutorRun takes the rows the shards skipped off
- *	  the statement's count.
+ *	  A top-level INSERT without RETURNING keeps its rows until it ends, or
+ *	  until 8MB wait, then sends each slot's rows as one INSERT ... SELECT
+ *	  ... ON CONFLICT, each server's in one pipeline (shard_route.c); the
+ *	  trigger returns each row as if stored, and ExecutorRun takes the rows
+ *	  the shards skipped off the statement's count.  The shard sees a slot's
+ *	  rows in one statement, so a DO UPDATE that meets a key twice fails
+ *	  ("cannot affect row a second time") as on a table, unless the 8MB
+ *	  sent in between.
  *
  * One row, autocommit
  *	  The single row of an autocommit INSERT (one VALUES list, a RETURNING
@@ -44,9 +48,9 @@
  * subqueries are refused: PostgreSQL would run them for each conflicting
  * row only.
  *
- * Each row is a statement of its own on the shard, so where two rows of one
- * INSERT share a key, DO UPDATE updates the stored row twice instead of
- * failing ("cannot affect row a second time").
+ * Elsewhere each row is a statement of its own on the shard, so where two
+ * rows of one INSERT ... RETURNING share a key, DO UPDATE updates the
+ * stored row twice instead of failing.
  *
  *-------------------------------------------------------------------------
  */

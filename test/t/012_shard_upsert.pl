@@ -352,9 +352,9 @@ four_sessions_at_once($coord, $shard{ $server_of->(5001) },
 is(stored(5001), 'count 201', 'one upsert and four sessions of 50 on one key: 201');
 
 # --- many rows, no RETURNING ----------------------------------------------------
-# Such an INSERT sends its rows in batches, a pipeline of 100 statements
-# per server at a time; the command tag then leaves out what the shards
-# skipped.
+# Such an INSERT keeps its rows until it ends (or until 8MB wait), then
+# sends each slot's rows as one statement, each server's statements in one
+# pipeline; the command tag then leaves out what the shards skipped.
 
 $coord->safe_psql('postgres', q{
 	CREATE TABLE tallies (id bigint PRIMARY KEY, n int NOT NULL CHECK (n >= 0));
@@ -406,7 +406,72 @@ is($coord->safe_psql('postgres', q{
 	INSERT INTO notes SELECT i, repeat('y', 20000) || i FROM generate_series(1, 60) i
 	ON CONFLICT (id) DO UPDATE SET body = excluded.body;
 	SELECT count(*), sum(length(body)), count(*) FILTER (WHERE body = repeat('y', 20000) || id) FROM notes;}),
-	"\n60|1200111|60", 'wide rows go in batches of 256kB');
+	"\n60|1200111|60", 'wide rows');
+
+# Past 8MB waiting, the rows go before the statement ends: a key given
+# again after that is a second statement's, and updates the stored row
+# instead of failing.
+is($coord->safe_psql('postgres', q{
+	INSERT INTO notes SELECT i, repeat('z', 100000) FROM generate_series(1, 100) i
+	UNION ALL SELECT 1, 'last'
+	ON CONFLICT (id) DO UPDATE SET body = excluded.body;
+	\echo :ROW_COUNT
+	SELECT count(*), sum(length(body)) FROM notes;
+	SELECT body FROM notes WHERE id = 1;}),
+	"101\n100|9900004\nlast", 'past 8MB, the rows go in two rounds');
+
+# A slot's rows are one statement on its shard, which checks them against
+# each other as PostgreSQL does.
+my $first_tallies = $coord->safe_psql('postgres', 'SELECT count(*) || \' \' || sum(n) FROM tallies WHERE id <= 20');
+($ret, $out, $err) = $coord->psql('postgres', q{
+	\set VERBOSITY verbose
+	INSERT INTO tallies SELECT i % 20 + 1, 7 FROM generate_series(1, 40) i
+	ON CONFLICT (id) DO UPDATE SET n = tallies.n + excluded.n;});
+like($err, qr/21000: could not write \d+ rows of "tallies" to shard server "s\d": ON CONFLICT DO UPDATE command cannot affect row a second time.*HINT:  Ensure that no rows proposed for insertion/s,
+	'DO UPDATE of one key twice in a statement fails, as on a table');
+is($coord->safe_psql('postgres', 'SELECT count(*) || \' \' || sum(n) FROM tallies WHERE id <= 20'), $first_tallies,
+	'and nothing of it stays');
+is($coord->safe_psql('postgres', q{
+	INSERT INTO tallies SELECT i % 20 + 1001, 7 FROM generate_series(1, 40) i ON CONFLICT DO NOTHING;
+	\echo :ROW_COUNT
+	SELECT count(*) FROM tallies WHERE id > 1000}),
+	"20\n20", 'DO NOTHING keeps the first row of each key and counts it once');
+
+# Each column's values travel as a text[] that the shard casts back to the
+# column's base type: values that array syntax would read otherwise arrive
+# as written, and the column's type modifier applies as for one row: char
+# pads, varchar fails a value too long rather than cut it.
+$_->safe_psql('postgres', q{CREATE DOMAIN positive AS int CHECK (VALUE > 0)}) for values %shard;
+$coord->safe_psql('postgres', q{
+	CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+	CREATE TABLE shapes (id int PRIMARY KEY, label text, code varchar(4), pad char(3), n positive,
+						 tags text[], boxes box[], doc jsonb);
+	SELECT ws.distribute_table('shapes', 'id', 'm');});
+is($coord->safe_psql('postgres', q{
+	INSERT INTO shapes VALUES
+		(1, 'a"b\c', 'ab', 'x', 1, ARRAY['x y', NULL, '', 'NULL', '{}'], ARRAY['((1,1),(0,0))'::box, '((3,3),(2,2))'], '{"k": ["v", 1]}'),
+		(2, '', NULL, NULL, NULL, '{}', NULL, NULL),
+		(3, 'NULL', ' a ', 'yy', 2, NULL, '{}', 'null'),
+		(4, NULL, '{,}', ' ', 3, ARRAY[NULL]::text[], NULL, '"s"')
+	ON CONFLICT DO NOTHING;
+	\echo :ROW_COUNT
+	SELECT id, coalesce(label, '<null>'), length(label), code, octet_length(pad), n, tags, array_length(tags, 1), boxes, doc
+	FROM shapes ORDER BY id}),
+	qq{4
+1|a"b\\c|5|ab|3|1|{"x y",NULL,"","NULL","{}"}|5|{(1,1),(0,0);(3,3),(2,2)}|{"k": ["v", 1]}
+2||0||||{}|||
+3|NULL|4| a |3|2|||{}|null
+4|<null>||{,}|3|3|{NULL}|1||"s"},
+	'quotes, backslashes, braces, commas, the empty string, the word NULL, arrays with NULLs, a box array, json');
+my $shapes = $coord->safe_psql('postgres', 'SELECT count(*), md5(string_agg(shapes::text, \',\' ORDER BY id)) FROM shapes');
+($ret, $out, $err) = $coord->psql('postgres', q{
+	\set VERBOSITY verbose
+	INSERT INTO shapes (id, code) VALUES (10, 'ok'), (1, 'ok')
+	ON CONFLICT (id) DO UPDATE SET code = excluded.code || '-too-long';});
+like($err, qr/22001: could not write \d+ rows? of "shapes" to shard server "s\d": value too long for type character varying\(4\)/,
+	'a value too long for its column fails on the shard, not cut');
+is($coord->safe_psql('postgres', 'SELECT count(*), md5(string_agg(shapes::text, \',\' ORDER BY id)) FROM shapes'), $shapes,
+	'and nothing of it stays');
 
 # --- the table changes, a shard stops -------------------------------------------
 
