@@ -153,6 +153,7 @@ typedef struct DistEntry
 	FmgrInfo   *in_functions;	/* per column of the view: upserts' rows */
 	Oid		   *typioparams;	/* per column of the view, for in_functions */
 	char	   *upsert_rows;	/* " (columns) SELECT ... FROM unnest($1) ..." */
+	char	   *upsert_delimiters;	/* per column: between its values there */
 } DistEntry;
 
 /* Rows buffered for one slot; marks remember where each subtransaction began. */
@@ -567,40 +568,65 @@ binary_safe(Oid type)
 
 /*
  * upsert_rows_sql returns the part of a batched upsert's statement that
- * names the columns and reads the rows (send_waiting_upserts): each
- * column's values travel as one text[] parameter, $1 the first column's,
- * and the shard casts each value to the column's base type, as it reads a
- * parameter's text.  The INSERT then applies the column's type modifier and
- * domain, and fails a value too long where a cast to the column's own type
- * would cut it.
+ * names the columns and reads the rows (send_waiting_upserts), and sets
+ * delimiters[n] to what separates the values of the nth column in its
+ * array.  Each column's values travel as one array parameter, $1 the first
+ * column's: an array of the column's base type, whose elements the shard
+ * reads with the type's input function, as it reads a parameter's text (a
+ * cast could call a function of its own instead: text to regclass refuses
+ * an OID).  The INSERT then applies the column's type modifier and domain.
+ * unnest would flatten an array of arrays: array columns travel as text[],
+ * each value cast to the column's base type.
  */
 static char *
-upsert_rows_sql(TupleDesc desc, const char *column_list)
+upsert_rows_sql(TupleDesc desc, const char *column_list, char *delimiters)
 {
-	StringInfoData casts;
+	StringInfoData select;
 	StringInfoData arrays;
 	StringInfoData names;
 	int			n = 0;
 
-	initStringInfo(&casts);
+	initStringInfo(&select);
 	initStringInfo(&arrays);
 	initStringInfo(&names);
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		const char *separator = n > 0 ? ", " : "";
+		Oid			base;
+		Oid			array;
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+		Oid			typioparam;
+		Oid			func;
 
 		if (att->attisdropped)
 			continue;
 		n++;
-		appendStringInfo(&casts, "%sv%d::%s", separator, n,
-						 format_type_extended(getBaseType(att->atttypid), -1,
-											  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
-		appendStringInfo(&arrays, "%spg_catalog.unnest($%d::pg_catalog.text[])", separator, n);
+		base = getBaseType(att->atttypid);
+		array = get_array_type(base);
 		appendStringInfo(&names, "%sv%d", separator, n);
+		if (OidIsValid(array) && !OidIsValid(get_element_type(base)))
+		{
+			appendStringInfo(&select, "%sv%d", separator, n);
+			appendStringInfo(&arrays, "%spg_catalog.unnest($%d::%s)", separator, n,
+							 format_type_extended(array, -1,
+												  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
+			get_type_io_data(base, IOFunc_input, &typlen, &typbyval, &typalign,
+							 &delimiters[n - 1], &typioparam, &func);
+		}
+		else
+		{
+			appendStringInfo(&select, "%sv%d::%s", separator, n,
+							 format_type_extended(base, -1,
+												  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
+			appendStringInfo(&arrays, "%spg_catalog.unnest($%d::pg_catalog.text[])", separator, n);
+			delimiters[n - 1] = ',';
+		}
 	}
 	return psprintf(" (%s) SELECT %s FROM ROWS FROM (%s) AS ws_rows (%s)",
-					column_list, casts.data, arrays.data, names.data);
+					column_list, select.data, arrays.data, names.data);
 }
 
 /*
@@ -709,7 +735,8 @@ fill_entry(DistEntry *entry, Relation view)
 		appendStringInfo(&columns, "%s$%d", i > 1 ? ", " : "(", i);
 	appendStringInfoChar(&columns, ')');
 	fresh.parameters = columns.data;
-	fresh.upsert_rows = upsert_rows_sql(desc, fresh.column_list);
+	fresh.upsert_delimiters = palloc(fresh.ncolumns);
+	fresh.upsert_rows = upsert_rows_sql(desc, fresh.column_list, fresh.upsert_delimiters);
 	MemoryContextSwitchTo(old);
 
 	ws_shard_spi_finish(guc_level);
@@ -1473,6 +1500,7 @@ returned_row(HeapTuple tuple, MemoryContext caller_context)
 
 typedef struct UpsertSlot
 {
+	struct UpsertServer *server;
 	int			slot;
 	char	   *remote_table;
 	int			rows;
@@ -1483,6 +1511,7 @@ typedef struct UpsertSlot
 typedef struct UpsertServer
 {
 	Oid			serverid;
+	int			rows;
 	List	   *slots;			/* UpsertSlot, in the order of their first rows */
 	PGconn	   *conn;			/* once sending */
 } UpsertServer;
@@ -1494,6 +1523,7 @@ typedef struct UpsertRows
 	const char *table;			/* for messages */
 	const char *rows_sql;		/* the statements' part after the table */
 	int			ncolumns;
+	char	   *delimiters;		/* per column: between its values */
 	int			nslots;
 	UpsertSlot **slots;			/* by slot number, NULL if none waits */
 	List	   *servers;		/* UpsertServer, those with rows waiting */
@@ -1528,14 +1558,14 @@ flush_output(PGconn *conn, const char *sql)
 
 /*
  * append_array_value adds value (NULL for NULL) to array, an array literal
- * being written: always quoted, so that the empty string, spaces and the
- * word NULL stay what they are.
+ * being written whose values are separated by delimiter: always quoted, so
+ * that the empty string, spaces and the word NULL stay what they are.
  */
 static void
-append_array_value(StringInfo array, const char *value)
+append_array_value(StringInfo array, const char *value, char delimiter)
 {
 	if (array->len > 1)
-		appendStringInfoChar(array, ',');
+		appendStringInfoChar(array, delimiter);
 	if (value == NULL)
 	{
 		appendStringInfoString(array, "NULL");
@@ -1562,10 +1592,12 @@ append_array_value(StringInfo array, const char *value)
  * in its remote transaction, all servers at once; and adds to
  * upsert->skipped the rows the shards skipped.  After a shard's error,
  * every connection is read to the end and leaves pipeline mode before the
- * error is raised, so that postgres_fdw finds it as it was; after an
- * interrupt in the middle, it stays in pipeline mode, and postgres_fdw then
- * gives it up at abort (the shard rolls back; in a subtransaction, the rest
- * of the transaction can no longer use that server).
+ * error is raised, so that postgres_fdw finds it as it was.  After an
+ * interrupt while the servers work, or a connection lost while sending,
+ * the connections whose answers were not read stay in pipeline mode, and
+ * postgres_fdw gives them up at abort (the shards roll back; in a
+ * subtransaction, the rest of the transaction can no longer use those
+ * servers).
  */
 static void
 send_waiting_upserts(WsUpsert *upsert)
@@ -1577,6 +1609,7 @@ send_waiting_upserts(WsUpsert *upsert)
 	UpsertSlot *volatile failed = NULL;
 	UpsertServer *volatile failed_server = NULL;
 	UpsertSlot *volatile failed_rows = NULL;
+	volatile int failed_count = 0;
 	PGresult   *volatile error = NULL;
 	uint64		skipped = 0;
 	ListCell   *lc;
@@ -1596,6 +1629,7 @@ send_waiting_upserts(WsUpsert *upsert)
 		{
 			server = lfirst(lc);
 			failed = linitial(server->slots);
+			failed_count = server->rows;
 			server->conn = connection_as(server->serverid, waiting->userid);
 		}
 		foreach(lc, waiting->servers)
@@ -1604,6 +1638,7 @@ send_waiting_upserts(WsUpsert *upsert)
 
 			server = lfirst(lc);
 			failed = linitial(server->slots);
+			failed_count = server->rows;
 			failed->sql = psprintf("INSERT INTO %s AS ws_target%s%s", failed->remote_table,
 								   waiting->rows_sql, upsert->clause);
 			if (PQsetnonblocking(server->conn, 1) != 0 || !PQenterPipelineMode(server->conn))
@@ -1677,6 +1712,7 @@ send_waiting_upserts(WsUpsert *upsert)
 			error = NULL;
 			server = failed_server;
 			failed = failed_rows;
+			failed_count = failed->rows;
 			fdw_report_error(ERROR, res, server->conn, true, failed->sql);
 		}
 	}
@@ -1684,7 +1720,7 @@ send_waiting_upserts(WsUpsert *upsert)
 	{
 		/* The rows go with the upsert, which the error ends. */
 		PQclear(error);
-		ws_shard_rethrow_write_error(failed->rows, waiting->table, server->serverid,
+		ws_shard_rethrow_write_error(failed_count, waiting->table, server->serverid,
 									 failed->slot, failed->remote_table);
 	}
 	PG_END_TRY();
@@ -1727,6 +1763,8 @@ wait_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *values)
 		waiting->table = pstrdup(dist->name);
 		waiting->rows_sql = pstrdup(dist->upsert_rows);
 		waiting->ncolumns = dist->ncolumns;
+		waiting->delimiters = palloc(dist->ncolumns);
+		memcpy(waiting->delimiters, dist->upsert_delimiters, dist->ncolumns);
 		waiting->nslots = dist->nslots;
 		waiting->slots = palloc0(sizeof(UpsertSlot *) * dist->nslots);
 		upsert->waiting = waiting;
@@ -1748,6 +1786,7 @@ wait_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *values)
 		{
 			initStringInfo(&rows->columns[i]);
 			appendStringInfoChar(&rows->columns[i], '{');
+			waiting->bytes += rows->columns[i].maxlen;
 		}
 		waiting->slots[slot] = rows;
 		foreach(lc, waiting->servers)
@@ -1760,15 +1799,17 @@ wait_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *values)
 			waiting->servers = lappend(waiting->servers, server);
 		}
 		server->slots = lappend(server->slots, rows);
+		rows->server = server;
 	}
 	for (int i = 0; i < waiting->ncolumns; i++)
 	{
 		int			before = rows->columns[i].len;
 
-		append_array_value(&rows->columns[i], values[i]);
+		append_array_value(&rows->columns[i], values[i], waiting->delimiters[i]);
 		waiting->bytes += rows->columns[i].len - before;
 	}
 	rows->rows++;
+	rows->server->rows++;
 	MemoryContextSwitchTo(old);
 	if (waiting->bytes >= UPSERT_WAIT_BYTES)
 		send_waiting_upserts(upsert);

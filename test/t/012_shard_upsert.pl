@@ -432,44 +432,48 @@ like($err, qr/21000: could not write \d+ rows of "tallies" to shard server "s\d"
 is($coord->safe_psql('postgres', 'SELECT count(*) || \' \' || sum(n) FROM tallies WHERE id <= 20'), $first_tallies,
 	'and nothing of it stays');
 is($coord->safe_psql('postgres', q{
-	INSERT INTO tallies SELECT i % 20 + 1001, 7 FROM generate_series(1, 40) i ON CONFLICT DO NOTHING;
+	INSERT INTO tallies SELECT i % 20 + 1001, i FROM generate_series(1, 40) i ON CONFLICT DO NOTHING;
 	\echo :ROW_COUNT
-	SELECT count(*) FROM tallies WHERE id > 1000}),
-	"20\n20", 'DO NOTHING keeps the first row of each key and counts it once');
+	SELECT count(*), sum(n) FROM tallies WHERE id > 1000}),
+	"20\n20|210", 'DO NOTHING keeps the first row of each key (n 1 to 20) and counts it once');
 
-# Each column's values travel as a text[] that the shard casts back to the
-# column's base type: values that array syntax would read otherwise arrive
-# as written, and the column's type modifier applies as for one row: char
-# pads, varchar fails a value too long rather than cut it.
+# Each column's values travel as an array of the column's base type (an
+# array column's as a text[], each value cast back): values that array
+# syntax would read otherwise arrive as written, a box array keeps its
+# semicolons, a domain and char(n) hold, and a regclass of 0, which the
+# cast from text would refuse, goes through its input function.
 $_->safe_psql('postgres', q{CREATE DOMAIN positive AS int CHECK (VALUE > 0)}) for values %shard;
 $coord->safe_psql('postgres', q{
 	CREATE DOMAIN positive AS int CHECK (VALUE > 0);
 	CREATE TABLE shapes (id int PRIMARY KEY, label text, code varchar(4), pad char(3), n positive,
-						 tags text[], boxes box[], doc jsonb);
+						 tags text[], boxes box[], doc jsonb, rel regclass, at box);
 	SELECT ws.distribute_table('shapes', 'id', 'm');});
 is($coord->safe_psql('postgres', q{
 	INSERT INTO shapes VALUES
-		(1, 'a"b\c', 'ab', 'x', 1, ARRAY['x y', NULL, '', 'NULL', '{}'], ARRAY['((1,1),(0,0))'::box, '((3,3),(2,2))'], '{"k": ["v", 1]}'),
-		(2, '', NULL, NULL, NULL, '{}', NULL, NULL),
-		(3, 'NULL', ' a ', 'yy', 2, NULL, '{}', 'null'),
-		(4, NULL, '{,}', ' ', 3, ARRAY[NULL]::text[], NULL, '"s"')
+		(1, 'a"b\c', 'ab', 'x', 1, ARRAY['x y', NULL, '', 'NULL', '{}'], ARRAY['((1,1),(0,0))'::box, '((3,3),(2,2))'], '{"k": ["v", 1]}', 'pg_class', '((1,1),(0,0))'),
+		(2, '', NULL, NULL, NULL, '{}', NULL, NULL, 0, NULL),
+		(3, 'NULL', ' a ', 'yy', 2, NULL, '{}', 'null', NULL, '((2,2),(1,1))'),
+		(4, NULL, '{,}', ' ', 3, ARRAY[NULL]::text[], NULL, '"s"', NULL, NULL),
+		(5, 'x\"y', '\\', NULL, NULL, ARRAY['\"'], NULL, NULL, NULL, NULL)
 	ON CONFLICT DO NOTHING;
 	\echo :ROW_COUNT
-	SELECT id, coalesce(label, '<null>'), length(label), code, octet_length(pad), n, tags, array_length(tags, 1), boxes, doc
+	SELECT id, coalesce(label, '<null>'), length(label), code, octet_length(pad), n, tags, array_length(tags, 1), boxes, doc,
+		   rel, rel::oid, at
 	FROM shapes ORDER BY id}),
-	qq{4
-1|a"b\\c|5|ab|3|1|{"x y",NULL,"","NULL","{}"}|5|{(1,1),(0,0);(3,3),(2,2)}|{"k": ["v", 1]}
-2||0||||{}|||
-3|NULL|4| a |3|2|||{}|null
-4|<null>||{,}|3|3|{NULL}|1||"s"},
-	'quotes, backslashes, braces, commas, the empty string, the word NULL, arrays with NULLs, a box array, json');
+	qq{5
+1|a"b\\c|5|ab|3|1|{"x y",NULL,"","NULL","{}"}|5|{(1,1),(0,0);(3,3),(2,2)}|{"k": ["v", 1]}|pg_class|1259|(1,1),(0,0)
+2||0||||{}||||-|0|
+3|NULL|4| a |3|2|||{}|null|||(2,2),(1,1)
+4|<null>||{,}|3|3|{NULL}|1||"s"|||
+5|x\\"y|4|\\|||{"\\\\\\""}|1|||||},
+	'quotes, backslashes, braces, commas, the empty string, the word NULL, arrays with NULLs, boxes, json, regclass 0');
 my $shapes = $coord->safe_psql('postgres', 'SELECT count(*), md5(string_agg(shapes::text, \',\' ORDER BY id)) FROM shapes');
 ($ret, $out, $err) = $coord->psql('postgres', q{
 	\set VERBOSITY verbose
 	INSERT INTO shapes (id, code) VALUES (10, 'ok'), (1, 'ok')
 	ON CONFLICT (id) DO UPDATE SET code = excluded.code || '-too-long';});
 like($err, qr/22001: could not write \d+ rows? of "shapes" to shard server "s\d": value too long for type character varying\(4\)/,
-	'a value too long for its column fails on the shard, not cut');
+	'a DO UPDATE that makes a value too long for its column fails on the shard');
 is($coord->safe_psql('postgres', 'SELECT count(*), md5(string_agg(shapes::text, \',\' ORDER BY id)) FROM shapes'), $shapes,
 	'and nothing of it stays');
 
