@@ -147,6 +147,7 @@ typedef struct DistEntry
 	char	   *copy_columns;	/* the same and ws_slot: a COPY line's */
 	char	   *parameters;		/* ($1, ..., $ncolumns) */
 	bool		binary;			/* rows travel in COPY's binary format */
+	bool		names_objects;	/* a column's text names objects: row_modes */
 	FmgrInfo   *send_functions; /* per column of the view, if binary */
 	char	   *binary_forms;	/* per column of the view: copy_binary.c */
 	FmgrInfo   *out_functions;	/* per column of the view */
@@ -567,6 +568,25 @@ binary_safe(Oid type)
 }
 
 /*
+ * names_objects tells whether the text of a type's values can name
+ * database objects, which the shard then looks up by name: the reg* types,
+ * and, to be safe, every composite type.
+ */
+static bool
+names_objects(Oid type)
+{
+	Oid			base = getBaseType(type);
+	Oid			element = get_element_type(base);
+
+	if (OidIsValid(element))
+		return names_objects(element);
+	return base == REGPROCOID || base == REGPROCEDUREOID || base == REGOPEROID ||
+		base == REGOPERATOROID || base == REGCLASSOID || base == REGTYPEOID ||
+		base == REGCOLLATIONOID || base == REGCONFIGOID || base == REGDICTIONARYOID ||
+		base == REGNAMESPACEOID || base == REGROLEOID || type_is_rowtype(base);
+}
+
+/*
  * upsert_rows_sql returns the part of a batched upsert's statement that
  * names the columns and reads the rows (send_waiting_upserts), and sets
  * delimiters[n] to what separates the values of the nth column in its
@@ -705,6 +725,8 @@ fill_entry(DistEntry *entry, Relation view)
 
 		if (!att->attisdropped && !binary_safe(att->atttypid))
 			fresh.binary = false;
+		if (!att->attisdropped && names_objects(att->atttypid))
+			fresh.names_objects = true;
 	}
 	for (int i = 0; i < desc->natts; i++)
 	{
@@ -1325,6 +1347,20 @@ ws_shard_parameter_modes(void)
 }
 
 /*
+ * row_modes sets the settings that a row of dist is written under for its
+ * shard, and returns the GUC nest level to undo, or -1: postgres_fdw's
+ * where the text of a column's values names objects (a regclass of
+ * public.t written with a search_path of pg_catalog reads public.t, not a
+ * bare t that the shard would look up in pg_catalog), and otherwise only
+ * what the session's settings would get wrong, as each row pays for it.
+ */
+static int
+row_modes(DistEntry *dist)
+{
+	return dist->names_objects ? ws_shard_parameter_modes() : ws_shard_transmission_modes();
+}
+
+/*
  * append_line appends a row (its values, deformed) to out as a COPY line for
  * slot, the slot last, in COPY's binary format if the table's rows travel so.
  */
@@ -1332,7 +1368,7 @@ static void
 append_line(StringInfo out, DistEntry *dist, TupleDesc desc, Datum *values, bool *nulls,
 			int slot)
 {
-	int			guc_level = dist->binary ? -1 : ws_shard_transmission_modes();
+	int			guc_level = dist->binary ? -1 : row_modes(dist);
 
 	if (dist->binary)
 		pq_sendint16(out, dist->ncolumns + 1);
@@ -1382,7 +1418,7 @@ append_row(SlotBuffer *buf, TupleDesc desc, Datum *values, bool *nulls)
 {
 	if (buf->rows == 0)
 	{
-		int			guc_level = ws_shard_transmission_modes();
+		int			guc_level = row_modes(buf->dist);
 
 		for (int i = 0, n = 0; i < desc->natts; i++)
 		{
@@ -1836,7 +1872,7 @@ upsert_row(Relation view, WsUpsert *upsert, HeapTuple tuple, Datum *values, bool
 	SlotInfo   *info = &dist->slots[slot];
 	int			nparams = dist->ncolumns + upsert->nvalues;
 	const char **params = palloc(sizeof(char *) * nparams);
-	int			guc_level = ws_shard_transmission_modes();
+	int			guc_level = row_modes(dist);
 	char	   *sql;
 	bool		alone;
 	PGresult   *volatile res = NULL;

@@ -477,6 +477,27 @@ like($err, qr/22001: could not write \d+ rows? of "shapes" to shard server "s\d"
 is($coord->safe_psql('postgres', 'SELECT count(*), md5(string_agg(shapes::text, \',\' ORDER BY id)) FROM shapes'), $shapes,
 	'and nothing of it stays');
 
+# --- values that name objects -----------------------------------------------------
+# A regclass or regtype column's text names its object as this session's
+# search_path shows it; a shard looks names up with postgres_fdw's,
+# pg_catalog alone.  Routed rows are written with pg_catalog alone too, so
+# that the text names the schema.
+$_->safe_psql('postgres', q{CREATE TABLE lookup (id int)}) for ($coord, values %shard);
+$coord->safe_psql('postgres', q{
+	CREATE TABLE refs (id int PRIMARY KEY, rel regclass, typ regtype);
+	SELECT ws.distribute_table('refs', 'id', 'm');});
+is($coord->safe_psql('postgres', q{
+	INSERT INTO refs VALUES (1, 'lookup', 'lookup');
+	INSERT INTO refs VALUES (2, 'lookup', 'lookup'), (3, 'pg_class', 'int4');
+	INSERT INTO refs SELECT i, 'lookup', 'lookup[]' FROM generate_series(4, 40) i ON CONFLICT DO NOTHING;
+	SELECT count(*), count(*) FILTER (WHERE rel = 'lookup'::regclass), count(*) FILTER (WHERE typ = 'lookup[]'::regtype)
+	FROM refs;}),
+	'40|39|37', 'a regclass of public.lookup, one row, rows, upserted: read back as public.lookup');
+is(join(',', map { $_->safe_psql('postgres', q{SELECT string_agg(DISTINCT rel::oid::text, ',') FROM refs_shard WHERE id <> 3}) }
+		values %shard),
+	join(',', map { $_->safe_psql('postgres', q{SELECT 'lookup'::regclass::oid}) } values %shard),
+	'on each shard, the OID of its own public.lookup');
+
 # --- the table changes, a shard stops -------------------------------------------
 
 # A prepared upsert is planned again after a column is added.
