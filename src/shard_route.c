@@ -76,6 +76,7 @@
 #include "utils/memutils.h"
 #include "utils/partcache.h"
 #include "utils/rel.h"
+#include "utils/typcache.h"
 #include "utils/syscache.h"
 
 #include "bulk.h"
@@ -570,20 +571,31 @@ binary_safe(Oid type)
 /*
  * names_objects tells whether the text of a type's values can name
  * database objects, which the shard then looks up by name: the reg* types,
- * and, to be safe, every composite type.
+ * and arrays and composites of them.
  */
 static bool
 names_objects(Oid type)
 {
 	Oid			base = getBaseType(type);
 	Oid			element = get_element_type(base);
+	bool		names = false;
 
 	if (OidIsValid(element))
 		return names_objects(element);
+	if (type_is_rowtype(base))
+	{
+		TupleDesc	desc = lookup_rowtype_tupdesc(base, -1);
+
+		for (int i = 0; i < desc->natts && !names; i++)
+			names = !TupleDescAttr(desc, i)->attisdropped &&
+				names_objects(TupleDescAttr(desc, i)->atttypid);
+		ReleaseTupleDesc(desc);
+		return names;
+	}
 	return base == REGPROCOID || base == REGPROCEDUREOID || base == REGOPEROID ||
 		base == REGOPERATOROID || base == REGCLASSOID || base == REGTYPEOID ||
 		base == REGCOLLATIONOID || base == REGCONFIGOID || base == REGDICTIONARYOID ||
-		base == REGNAMESPACEOID || base == REGROLEOID || type_is_rowtype(base);
+		base == REGNAMESPACEOID || base == REGROLEOID;
 }
 
 /*
