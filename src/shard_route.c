@@ -1538,7 +1538,7 @@ returned_row(HeapTuple tuple, MemoryContext caller_context)
 /*
  * Rows of a batched upsert (shard_upsert.c) waiting to be sent, by slot:
  * each slot's rows go as one INSERT ... SELECT ... ON CONFLICT into its
- * table, each column's values a text[] parameter (upsert_rows_sql), so
+ * table, each column's values an array parameter (upsert_rows_sql), so
  * that the shard checks the rows of a key against each other as
  * PostgreSQL does in one statement ("cannot affect row a second time").
  * They wait until the statement ends, or until 8MB wait, in a memory
@@ -1553,7 +1553,7 @@ typedef struct UpsertSlot
 	char	   *remote_table;
 	int			rows;
 	StringInfoData *columns;	/* per column, its values: an array literal */
-	char	   *sql;			/* once sent */
+	char	   *sql;			/* what they go as */
 } UpsertSlot;
 
 typedef struct UpsertServer
@@ -1687,8 +1687,6 @@ send_waiting_upserts(WsUpsert *upsert)
 			server = lfirst(lc);
 			failed = linitial(server->slots);
 			failed_count = server->rows;
-			failed->sql = psprintf("INSERT INTO %s AS ws_target%s%s", failed->remote_table,
-								   waiting->rows_sql, upsert->clause);
 			if (PQsetnonblocking(server->conn, 1) != 0 || !PQenterPipelineMode(server->conn))
 				fdw_report_error(ERROR, NULL, server->conn, false, failed->sql);
 			foreach(ls, server->slots)
@@ -1696,8 +1694,6 @@ send_waiting_upserts(WsUpsert *upsert)
 				UpsertSlot *rows = lfirst(ls);
 
 				failed = rows;
-				rows->sql = psprintf("INSERT INTO %s AS ws_target%s%s", rows->remote_table,
-									 waiting->rows_sql, upsert->clause);
 				for (int i = 0; i < waiting->ncolumns; i++)
 				{
 					appendStringInfoChar(&rows->columns[i], '}');
@@ -1829,6 +1825,8 @@ wait_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *values)
 		rows = palloc0(sizeof(UpsertSlot));
 		rows->slot = slot;
 		rows->remote_table = pstrdup(info->remote_table);
+		rows->sql = psprintf("INSERT INTO %s AS ws_target%s%s", info->remote_table,
+							 waiting->rows_sql, upsert->clause);
 		rows->columns = palloc(sizeof(StringInfoData) * waiting->ncolumns);
 		for (int i = 0; i < waiting->ncolumns; i++)
 		{
