@@ -44,6 +44,16 @@ UPDATE accounts SET id = 42000 WHERE id = 42;
 INSERT INTO accounts (id, owner, balance) VALUES (42, 'ignored', 1), (12001, 'upserted', 1)
 ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + excluded.balance
 RETURNING id, owner, balance;
+-- Without RETURNING, each slot's rows go as one statement: 1,000 upserts in
+-- a few round trips, and a key given twice fails as on a table.
+INSERT INTO accounts (id, owner, balance)
+SELECT i, 'bulk', 1 FROM generate_series(11501, 12500) i
+ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + excluded.balance;
+\set ON_ERROR_STOP 0
+INSERT INTO accounts (id, owner, balance) VALUES (12500, 'twice', 1), (12500, 'twice', 2)
+ON CONFLICT (id) DO UPDATE SET balance = excluded.balance;
+\set ON_ERROR_STOP 1
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 -- A new column reaches every shard; the stored rows get its default.
 ALTER TABLE accounts ADD COLUMN currency text NOT NULL DEFAULT 'EUR';
 SELECT currency, count(*) FROM accounts GROUP BY currency;
