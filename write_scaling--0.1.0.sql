@@ -2136,6 +2136,10 @@ BEGIN
 		-- Serialised with ws.rebalance, as ws.undistribute_table is.
 		PERFORM FROM ws.shard_maps m WHERE m.map = d.map FOR UPDATE;
 		PERFORM ws._queue_shard_tables_drop(d);
+		-- A rebalance drops them once this commits: the commit must not be lost.
+		IF current_setting('synchronous_commit') IN ('off', 'local') THEN
+			PERFORM set_config('synchronous_commit', 'on', true);
+		END IF;
 		DELETE FROM ws.distributed_tables t WHERE t.table_name::oid = o.objid;
 		-- DROP OWNED drops it with the view: its owner owns both.
 		SELECT c.relowner INTO owner FROM pg_class c WHERE c.oid = d.partitioned::oid;

@@ -473,8 +473,15 @@ defer_xact_callback(XactEvent event, void *arg)
 				send_alone();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
-			/* PREPARE TRANSACTION, a command, has sent the row. */
-			Assert(waiting == NULL);
+			/*
+			 * PREPARE TRANSACTION, a command, has sent the row; a prepare
+			 * that bypasses commands (a logical replication apply worker's)
+			 * must not leave it behind.
+			 */
+			if (waiting != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has written to a distributed table")));
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_ABORT:

@@ -537,8 +537,15 @@ note_upserts(QueryDesc *queryDesc, Plan *plan)
 	upsert->view = rt_fetch(linitial_int(modify->resultRelations),
 							queryDesc->plannedstmt->rtable)->relid;
 	upsert->clause = TextDatumGetCString(((Const *) linitial(call->args))->constvalue);
+	/*
+	 * Nothing else of the statement may run after the row (a WITH clause's
+	 * INSERT runs at ExecutorFinish, a check option on the returned row):
+	 * it could fail the statement once the row went alone.
+	 */
 	upsert->single_row = plan == queryDesc->plannedstmt->planTree &&
 		IsA(outerPlan(plan), Result) && outerPlan(outerPlan(plan)) == NULL &&
+		plan->initPlan == NIL && queryDesc->plannedstmt->subplans == NIL &&
+		!queryDesc->plannedstmt->hasModifyingCTE && modify->withCheckOptionLists == NIL &&
 		ws_returns_columns_only(modify);
 	/* Counted by the statement's command tag, which ExecutorRun corrects. */
 	upsert->batched = plan == queryDesc->plannedstmt->planTree && modify->canSetTag &&

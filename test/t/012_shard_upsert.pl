@@ -337,6 +337,15 @@ like($err, qr/refused/, 'a trigger of the user\'s fails the upsert');
 is(stored(4501), 'piped 201', 'and the shard did not keep it');
 $coord->safe_psql('postgres', q{DROP TRIGGER refuse ON counters});
 
+# Nor does one whose statement still runs something after it: a WITH
+# clause's INSERT into a local table, which fails a check.
+$coord->safe_psql('postgres', q{CREATE TABLE local_log (n int CHECK (n > 0))});
+($rc, $out, $err) = $coord->psql('postgres', q{
+	WITH logged AS (INSERT INTO local_log VALUES (-1))
+	INSERT INTO counters (id, name) VALUES (4601, 'cte') ON CONFLICT (id) DO UPDATE SET hits = counters.hits + 1});
+like($err, qr/violates check constraint "local_log_n_check"/, 'a WITH clause\'s INSERT fails the upsert after it');
+is(stored(4601), 'none', 'and the shard did not keep it');
+
 # Each upsert whose clause has other constants is a statement of its own
 # on the shard: past 1,000 of them, the connection starts afresh.
 $coord->safe_psql('postgres', join('', map {
