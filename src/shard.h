@@ -76,6 +76,7 @@ extern void ws_shard_upsert_register(void);
 /* shard_guard.c */
 extern void ws_shard_guard_register(void);
 extern bool ws_shard_is_slot_table(Oid relid);
+extern void ws_shard_note_use(void);
 
 /* shard_modify.c */
 struct PlannedStmt;

@@ -20,11 +20,21 @@
  * planning, an UPDATE or DELETE of one slot gets the node of
  * shard_modify.c.
  *
+ * A slot that moved while a transaction was using the shards
+ *	  postgres_fdw's remote transactions are REPEATABLE READ: a transaction
+ *	  that began one on a server before ws.rebalance moved a slot there
+ *	  does not see the slot's rows, and its UPDATE or DELETE of them would
+ *	  find nothing to change, silently.  So the snapshot of the statement
+ *	  that first uses the shards in a transaction is kept, and an UPDATE or
+ *	  DELETE that reaches a slot whose foreign table that snapshot does not
+ *	  see (a move replaces it) fails with a serialization failure instead.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/parallel.h"
 #include "access/relation.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
@@ -38,13 +48,21 @@
 #include "optimizer/planner.h"
 #include "parser/parsetree.h"
 #include "utils/lsyscache.h"
+#include "access/xact.h"
+#include "executor/executor.h"
 #include "utils/rel.h"
 #include "utils/inval.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "shard.h"
 
 static planner_hook_type prev_planner = NULL;
+static ExecutorStart_hook_type prev_executor_start = NULL;
+
+/* The snapshot of the transaction's first statement that used the shards. */
+static Snapshot first_use = NULL;
 
 /* The extension's schema ws_dist, looked up again when schemas change. */
 static Oid	ws_dist_namespace = InvalidOid;
@@ -243,12 +261,92 @@ guard_planner(Query *parse, const char *query_string, int cursorOptions,
 }
 
 /*
- * ws_shard_guard_register installs the planner hook; called from _PG_init.
+ * ws_shard_note_use keeps the active snapshot as the one of the
+ * transaction's first use of the shards, unless one is kept already.
+ */
+void
+ws_shard_note_use(void)
+{
+	if (first_use == NULL && ActiveSnapshotSet())
+		first_use = RegisterSnapshotOnOwner(GetActiveSnapshot(), TopTransactionResourceOwner);
+}
+
+/*
+ * check_moved_slots fails an UPDATE or DELETE that reaches a slot moved
+ * since the transaction first used the shards (see the file header), and
+ * notes a first use.  A slot's foreign table is a foreign table in ws_dist.
+ */
+static void
+check_moved_slots(PlannedStmt *stmt)
+{
+	bool		modifies = stmt->commandType == CMD_UPDATE || stmt->commandType == CMD_DELETE ||
+		stmt->hasModifyingCTE;
+	ListCell   *lc;
+
+	if ((first_use != NULL && !modifies) || IsParallelWorker())
+		return;
+	foreach(lc, stmt->rtable)
+	{
+		RangeTblEntry *rte = lfirst(lc);
+		HeapTuple	tuple;
+		TransactionId xmin;
+
+		if (rte->rtekind != RTE_RELATION || rte->relkind != RELKIND_FOREIGN_TABLE ||
+			!in_ws_dist(rte->relid))
+			continue;
+		if (first_use == NULL)
+		{
+			ws_shard_note_use();
+			return;
+		}
+		tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(rte->relid));
+		if (!HeapTupleIsValid(tuple))
+			continue;
+		xmin = HeapTupleHeaderGetXmin(tuple->t_data);
+		ReleaseSysCache(tuple);
+		if (TransactionIdIsNormal(xmin) && XidInMVCCSnapshot(xmin, first_use))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access to \"%s\" due to a slot moved by ws.rebalance",
+							get_rel_name(rte->relid)),
+					 errdetail("The slot moved to another server after this transaction began to use the shards; its snapshot there does not see the slot's rows."),
+					 errhint("The transaction might succeed if retried.")));
+	}
+}
+
+static void
+guard_executor_start(QueryDesc *queryDesc, int eflags)
+{
+	if ((eflags & EXEC_FLAG_EXPLAIN_ONLY) == 0)
+		check_moved_slots(queryDesc->plannedstmt);
+	if (prev_executor_start != NULL)
+		prev_executor_start(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+}
+
+static void
+guard_xact_callback(XactEvent event, void *arg)
+{
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT && event != XACT_EVENT_PREPARE &&
+		event != XACT_EVENT_PARALLEL_COMMIT && event != XACT_EVENT_PARALLEL_ABORT)
+		return;
+	if (first_use != NULL && event != XACT_EVENT_ABORT && event != XACT_EVENT_PARALLEL_ABORT)
+		UnregisterSnapshotFromOwner(first_use, TopTransactionResourceOwner);
+	first_use = NULL;
+}
+
+/*
+ * ws_shard_guard_register installs the planner and executor hooks; called
+ * from _PG_init.
  */
 void
 ws_shard_guard_register(void)
 {
 	prev_planner = planner_hook;
 	planner_hook = guard_planner;
+	prev_executor_start = ExecutorStart_hook;
+	ExecutorStart_hook = guard_executor_start;
 	CacheRegisterSyscacheCallback(NAMESPACEOID, namespaces_changed, (Datum) 0);
+	RegisterXactCallback(guard_xact_callback, NULL);
 }

@@ -379,6 +379,7 @@ connection_as(Oid serverid, Oid userid)
 	/* A row waiting for the commit goes first: it was inserted first. */
 	ws_defer_flush();
 	ws_defer_note_fdw_use();
+	ws_shard_note_use();
 	ws_bulk_check_fdw_use();
 	load_postgres_fdw();
 	conn = fdw_get_connection(GetUserMapping(userid, serverid), false, &state);

@@ -261,6 +261,37 @@ is($coord->safe_psql('postgres', qq{UPDATE accounts SET balance = 7 WHERE id = $
 	'1', 'once the shard is back, its UPDATE works');
 is(stored($on_s1), "o$on_s1 7", 'and is stored');
 
+# --- a slot moved while a transaction uses the shards ----------------------------
+# postgres_fdw's remote transactions are REPEATABLE READ.  A transaction
+# that began one on s1 before s2's slots moved there would not see their
+# rows there: its UPDATE would change nothing, silently.  It fails with a
+# serialization failure instead.  Its first use of s1 is an INSERT into a
+# table of another map, which the move does not wait for.
+$coord->safe_psql('postgres', q{
+	SELECT ws.create_shard_map('solo', vnodes => 4);
+	SELECT ws.add_shard('solo', 's1');
+	CREATE TABLE memos (id int PRIMARY KEY, body text);
+	SELECT ws.distribute_table('memos', 'id', 'solo');});
+my ($moving) = grep { $_ != $on_s2 && $server_of->($_) eq 's2' } 21 .. 40;
+my $before_move = stored($moving);
+my $w = $coord->background_psql('postgres', on_error_stop => 0);
+$w->query_safe(q{BEGIN});
+$w->query_safe(q{INSERT INTO memos VALUES (1, 'begins a remote transaction on s1')});
+$coord->safe_psql('postgres', q{SELECT ws.remove_shard('m', 's2'); CALL ws.rebalance('m');});
+is($server_of->($moving), 's1', "row $moving now lives on s1");
+$w->query(qq{\\set VERBOSITY verbose
+UPDATE accounts SET balance = balance + 1 WHERE id = $moving;});
+like($w->{stderr}, qr/40001: could not serialize access to "accounts_s\d+" due to a slot moved by ws\.rebalance/,
+	'an UPDATE of a row whose slot moved since the transaction began to use the shards fails with 40001');
+$w->query(q{ROLLBACK});
+$w->quit;
+is(stored($moving), $before_move, 'and the row is as it was');
+is($coord->safe_psql('postgres', qq{BEGIN;
+INSERT INTO memos VALUES (2, 'x');
+UPDATE accounts SET balance = balance + 1 WHERE id = $moving;
+\\echo :ROW_COUNT
+COMMIT;}), '1', 'a transaction that begins after the move updates it');
+
 $coord->stop;
 $shard{$_}->stop for keys %shard;
 done_testing();
