@@ -2273,6 +2273,13 @@ BEGIN
 	slot := s.slot;
 	server := s.owner;
 	moved := 0;
+	-- An UPDATE or DELETE of the slot's rows holds ws_dist.<table> and waits
+	-- for the slot, which the switch below holds while it waits for
+	-- ws_dist.<table>: the rebalance checks for that deadlock first, and
+	-- gives way (the slot is started over), not the user's statement.
+	IF current_setting('is_superuser') = 'on' THEN
+		PERFORM set_config('deadlock_timeout', '50ms', true);
+	END IF;
 	BEGIN
 		-- Every table's slot is held before the first row is read.
 		FOR d IN SELECT * FROM ws.distributed_tables t WHERE t.map = p_map ORDER BY t.table_name::oid LOOP

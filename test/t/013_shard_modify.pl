@@ -292,6 +292,45 @@ UPDATE accounts SET balance = balance + 1 WHERE id = $moving;
 \\echo :ROW_COUNT
 COMMIT;}), '1', 'a transaction that begins after the move updates it');
 
+# --- an UPDATE of the slot being moved --------------------------------------------
+# It holds ws_dist.accounts and waits for the slot, which the rebalance holds
+# until its switch, which waits for ws_dist.accounts.  The rebalance checks
+# for the deadlock first and starts the slot over: the UPDATE goes through.
+# s2 comes back; the rebalance is held while it reads the first slot it
+# moves (a lock on that slot's table on s1) until the UPDATE waits for it.
+$coord->safe_psql('postgres', q{SELECT ws.add_shard('m', 's2')});
+my $first_slot = $coord->safe_psql('postgres', q{
+	SELECT min(slot) FROM ws.shard_slots WHERE map = 'm' AND owner IS DISTINCT FROM placed_on});
+my ($in_first) = grep {
+	$coord->safe_psql('postgres', "SELECT ws.key_slot('$_', $vnodes)") == $first_slot } 1 .. 40;
+my $row_before = $coord->safe_psql('postgres', "SELECT balance FROM accounts WHERE id = $in_first");
+my $first_table = sprintf('accounts_s%03d', $first_slot);
+my $hold = $shard{s1}->background_psql('postgres');
+$hold->query_safe("BEGIN; LOCK TABLE $first_table IN ACCESS EXCLUSIVE MODE");
+my $rebalance = $coord->background_psql('postgres', on_error_stop => 0);
+$rebalance->query_until(qr/started/, "\\echo started\nCALL ws.rebalance('m');\n\\echo rebalanced\n");
+ok($shard{s1}->poll_query_until('postgres', qq{
+	SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%$first_table%' AND pid <> pg_backend_pid()}),
+	'the rebalance holds the first slot and waits to read it on s1');
+my $update = $coord->background_psql('postgres', on_error_stop => 0);
+$update->query_until(qr/started/, "\\echo started\nUPDATE accounts SET balance = balance + 1 WHERE id = $in_first;\n\\echo updated\n");
+ok($coord->poll_query_until('postgres', q{
+	SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+	WHERE NOT l.granted AND a.query LIKE 'UPDATE accounts%'}),
+	'the UPDATE waits for the slot');
+$hold->query_safe('COMMIT');
+$hold->quit;
+like($update->query_until(qr/updated/, ''), qr/updated/, 'the UPDATE finishes');
+is($update->{stderr}, '', 'without an error: the rebalance gave way');
+$update->quit;
+like($rebalance->query_until(qr/rebalanced/, ''), qr/rebalanced/, 'the rebalance finishes');
+is($rebalance->{stderr}, '', 'it too without an error');
+$rebalance->quit;
+is($coord->safe_psql('postgres', "SELECT balance FROM accounts WHERE id = $in_first"), $row_before + 1,
+	'the UPDATE counted once');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM ws.shard_slots WHERE map = 'm' AND owner IS DISTINCT FROM placed_on}),
+	'0', 'every slot in place');
+
 $coord->stop;
 $shard{$_}->stop for keys %shard;
 done_testing();
