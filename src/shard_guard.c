@@ -304,7 +304,8 @@ check_moved_slots(PlannedStmt *stmt)
 			continue;
 		xmin = HeapTupleHeaderGetXmin(tuple->t_data);
 		ReleaseSysCache(tuple);
-		if (TransactionIdIsNormal(xmin) && XidInMVCCSnapshot(xmin, first_use))
+		if (TransactionIdIsNormal(xmin) && !TransactionIdIsCurrentTransactionId(xmin) &&
+			XidInMVCCSnapshot(xmin, first_use))
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("could not serialize access to \"%s\" due to a slot moved by ws.rebalance",

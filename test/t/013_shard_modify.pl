@@ -291,6 +291,12 @@ INSERT INTO memos VALUES (2, 'x');
 UPDATE accounts SET balance = balance + 1 WHERE id = $moving;
 \\echo :ROW_COUNT
 COMMIT;}), '1', 'a transaction that begins after the move updates it');
+is($coord->safe_psql('postgres', qq{BEGIN;
+INSERT INTO memos VALUES (3, 'x');
+ALTER TABLE accounts ADD COLUMN note text;
+UPDATE accounts SET note = 'changed here' WHERE id = $moving;
+\\echo :ROW_COUNT
+ROLLBACK;}), '1', 'and one that changed the slots itself since it began is not taken for a move');
 
 # --- an UPDATE of the slot being moved --------------------------------------------
 # It holds ws_dist.accounts and waits for the slot, which the rebalance holds
