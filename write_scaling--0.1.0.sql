@@ -2303,6 +2303,27 @@ BEGIN
 END
 $$;
 
+-- Whether a table queued for dropping holds rows that readers see: the
+-- table a slot's foreign table reads, or the table of slots of a
+-- distributed table with slots there.  Nothing should queue one; if
+-- something did, its rows stay.
+CREATE FUNCTION ws._shard_table_in_use(c ws.shard_cleanup)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT EXISTS (SELECT FROM pg_foreign_table f
+				   JOIN pg_foreign_server s ON s.oid = f.ftserver
+				   JOIN pg_class r ON r.oid = f.ftrelid
+				   WHERE r.relnamespace = 'ws_dist'::regnamespace AND s.srvname = c.server
+					 AND f.ftoptions @> ARRAY['schema_name=' || c.remote_schema, 'table_name=' || c.remote_table])
+		OR EXISTS (SELECT FROM ws.distributed_tables d
+				   WHERE d.remote_schema = c.remote_schema AND ws._shard_table(d.remote_table) = c.remote_table
+					 AND c.server IN (SELECT x.server FROM ws._table_servers(d) AS x (server)))
+$$;
+COMMENT ON FUNCTION ws._shard_table_in_use(ws.shard_cleanup) IS
+	'Internal: whether a table queued in ws.shard_cleanup holds rows that readers of a distributed table see';
+
 -- Drops the tables that moved slots left behind, one transaction each.
 CREATE FUNCTION ws._shard_cleanup_one()
 RETURNS boolean
@@ -2317,6 +2338,13 @@ BEGIN
 	ORDER BY y.queued_at LIMIT 1 FOR UPDATE SKIP LOCKED;
 	IF NOT FOUND THEN
 		RETURN false;
+	END IF;
+	IF ws._shard_table_in_use(c) THEN
+		RAISE WARNING 'old slot table %.% on server "%" is in use: not dropped', c.remote_schema,
+			c.remote_table, c.server;
+		DELETE FROM ws.shard_cleanup y
+		WHERE (y.server, y.remote_schema, y.remote_table) = (c.server, c.remote_schema, c.remote_table);
+		RETURN true;
 	END IF;
 	BEGIN
 		PERFORM ws._shard_exec(c.server, ws._drop_table_command(c.remote_schema, c.remote_table));
@@ -2568,6 +2596,7 @@ REVOKE ALL ON FUNCTION ws._grant_commands(regclass, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._move_slot(ws.distributed_tables, int, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._move_slots(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._shard_cleanup_one() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._shard_table_in_use(ws.shard_cleanup) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws._drop_old_copies(boolean) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.rebalance(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._undistribute(regclass) FROM PUBLIC;

@@ -337,6 +337,23 @@ is($coord->safe_psql('postgres', "SELECT balance FROM accounts WHERE id = $in_fi
 is($coord->safe_psql('postgres', q{SELECT count(*) FROM ws.shard_slots WHERE map = 'm' AND owner IS DISTINCT FROM placed_on}),
 	'0', 'every slot in place');
 
+# --- ws.shard_cleanup never drops what readers see --------------------------------
+# Should a row there ever name a slot's live table, or a table of slots
+# that holds slots, a rebalance forgets the row and keeps the table.
+my $live_server = $server_of->(1);
+my $live_table = sprintf('accounts_s%03d', $coord->safe_psql('postgres', "SELECT ws.key_slot('1', $vnodes)"));
+my $row_of_1 = stored(1);
+($rc, $out, $err) = $coord->psql('postgres', qq{
+	INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
+	VALUES ('$live_server', 'public', '$live_table'), ('$live_server', 'public', 'accounts_shard');
+	CALL ws.rebalance('m');});
+like($err, qr/WARNING:  old slot table public\.$live_table on server "$live_server" is in use: not dropped/,
+	'a queued table that a slot reads is not dropped, with a warning');
+like($err, qr/WARNING:  old slot table public\.accounts_shard on server "$live_server" is in use: not dropped/,
+	'nor is the table of slots');
+is(stored(1), $row_of_1, 'its rows are there');
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM ws.shard_cleanup'), '0', 'and the rows naming them are gone');
+
 $coord->stop;
 $shard{$_}->stop for keys %shard;
 done_testing();
