@@ -2324,6 +2324,25 @@ $$;
 COMMENT ON FUNCTION ws._shard_table_in_use(ws.shard_cleanup) IS
 	'Internal: whether a table queued in ws.shard_cleanup holds rows that readers of a distributed table see';
 
+-- Queues for dropping the tables that the next move of a map's slots makes
+-- on its new server (ws.rebalance).
+CREATE FUNCTION ws._queue_next_copies(p_map text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
+	SELECT s.owner, d.remote_schema, ws._slot_table(d.remote_table, s.slot)
+	FROM (SELECT x.slot, x.owner FROM ws.shard_slots x
+		  WHERE x.map = p_map AND x.owner IS NOT NULL AND x.owner IS DISTINCT FROM x.placed_on
+		  ORDER BY x.slot LIMIT 1) s
+	CROSS JOIN ws.distributed_tables d
+	WHERE d.map = p_map
+	ON CONFLICT DO NOTHING
+$$;
+COMMENT ON FUNCTION ws._queue_next_copies(text) IS
+	'Internal: queues in ws.shard_cleanup the copies that the next slot move of a map makes, until it commits';
+
 -- Drops the tables that moved slots left behind, one transaction each.
 CREATE FUNCTION ws._shard_cleanup_one()
 RETURNS boolean
@@ -2401,6 +2420,12 @@ BEGIN
 	CALL ws._drop_old_copies(retry_put_off => true);
 
 	LOOP
+		-- The next slot's new copies are queued for dropping first, in a
+		-- transaction of their own; the move takes them off the queue.  A
+		-- move whose copies committed there but not here leaves them
+		-- queued, and a later cleanup drops them.
+		PERFORM ws._queue_next_copies(map);
+		COMMIT;
 		SELECT * INTO step FROM ws._move_slots(map);
 		IF NOT FOUND THEN
 			-- Once more for the drops put off meanwhile.
@@ -2597,6 +2622,7 @@ REVOKE ALL ON FUNCTION ws._move_slot(ws.distributed_tables, int, name) FROM PUBL
 REVOKE ALL ON FUNCTION ws._move_slots(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._shard_cleanup_one() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._shard_table_in_use(ws.shard_cleanup) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ws._queue_next_copies(text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws._drop_old_copies(boolean) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE ws.rebalance(text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ws._undistribute(regclass) FROM PUBLIC;

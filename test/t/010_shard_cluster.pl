@@ -261,16 +261,21 @@ sub verify
 	{
 		next if $skip{$server};
 		my $node = $shard{$server};
-		my @want = (@{ $placed{$server} // [] }, @{ $cleanup{$server} // [] });
-		# The shard's table of slots, their parent, goes with the last.
-		@want = sort(@want, @want ? ('orders_shard') : ());
 		my @have = split /\n/, $node->safe_psql('postgres', q{
 			SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 			WHERE c.relkind IN ('r', 'p', 'f') AND (c.relname LIKE 'orders%' OR n.nspname = 'public')
 			ORDER BY c.relname});
+		# The slot tables placed there, and of those queued for cleanup the
+		# ones there (a move's new copy is queued until the move commits,
+		# and may not have been made).  The shard's table of slots, their
+		# parent, goes with the last.
+		my %queued = map { $_ => 1 } @{ $cleanup{$server} // [] };
+		my @want = (@{ $placed{$server} // [] }, grep { $queued{$_} } @have);
+		@want = sort(@want, @want ? ('orders_shard') : ());
+		@want = do { my %u; grep { !$u{$_}++ } @want };
 		is(join(',', @have), join(',', @want),
 			"$label: $server holds exactly the slot tables placed on it"
-			  . (@{ $cleanup{$server} // [] } ? ' and those queued for cleanup' : ''));
+			  . (@{ $cleanup{$server} // [] } ? ' and some queued for cleanup' : ''));
 		# The CHECK that let ATTACH skip its scan is gone: each row would pay for it.
 		is($node->safe_psql('postgres', q{
 			SELECT count(*) FROM pg_constraint
@@ -1144,8 +1149,12 @@ $s2_blocker->query_safe('ROLLBACK');
 is(moves_this_round(), 1, 'kill 1: one slot was moved before the kill');
 is($coord->safe_psql('postgres', qq{SELECT placed_on <> 's2' FROM ws.shard_slots WHERE map = 'm' AND slot = $leaving[0]}),
 	't', 'kill 1: that slot is placed on its new owner');
-is($coord->safe_psql('postgres', q{SELECT string_agg(server || '.' || remote_table, ',') FROM ws.shard_cleanup}),
+is($coord->safe_psql('postgres', qq{SELECT string_agg(server || '.' || remote_table, ',') FROM ws.shard_cleanup
+	WHERE remote_table <> '$leaving_tables[1]'}),
 	"s2.$leaving_tables[0]", 'kill 1: its old copy is still queued for cleanup');
+is($coord->safe_psql('postgres', qq{SELECT server FROM ws.shard_cleanup WHERE remote_table = '$leaving_tables[1]'}),
+	$coord->safe_psql('postgres', qq{SELECT owner FROM ws.shard_slots WHERE map = 'm' AND slot = $leaving[1]}),
+	'kill 1: and so is the copy the second slot was going to make on its new owner');
 verify('kill 1 (old copy left on s2)');
 
 # Kill 2: after a slot's rows were copied to its new owner, before the

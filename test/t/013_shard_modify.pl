@@ -324,6 +324,8 @@ ok($coord->poll_query_until('postgres', q{
 	SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
 	WHERE NOT l.granted AND a.query LIKE 'UPDATE accounts%'}),
 	'the UPDATE waits for the slot');
+is($coord->safe_psql('postgres', "SELECT server FROM ws.shard_cleanup WHERE remote_table = '$first_table'"), 's2',
+	'the copy under way on s2 is queued for dropping until the move commits');
 $hold->query_safe('COMMIT');
 $hold->quit;
 like($update->query_until(qr/updated/, ''), qr/updated/, 'the UPDATE finishes');
@@ -336,6 +338,8 @@ is($coord->safe_psql('postgres', "SELECT balance FROM accounts WHERE id = $in_fi
 	'the UPDATE counted once');
 is($coord->safe_psql('postgres', q{SELECT count(*) FROM ws.shard_slots WHERE map = 'm' AND owner IS DISTINCT FROM placed_on}),
 	'0', 'every slot in place');
+is($coord->safe_psql('postgres', "SELECT count(*) FROM ws.shard_cleanup WHERE server = 's2'"), '0',
+	'and no copy on s2 is queued any more');
 
 # --- ws.shard_cleanup never drops what readers see --------------------------------
 # Should a row there ever name a slot's live table, or a table of slots
