@@ -1451,7 +1451,7 @@ CREATE TABLE ws.shard_cleanup (
 	PRIMARY KEY (server, remote_schema, remote_table)
 );
 COMMENT ON TABLE ws.shard_cleanup IS
-	'Tables on shard servers that ws.rebalance moved away from and still has to drop; nothing reads them';
+	'Tables on shard servers that ws.rebalance moved away from and still has to drop, and the new copies of the next move until it commits; no reader sees them';
 
 CREATE TABLE ws.rebalance_log (
 	map text NOT NULL,
@@ -2277,7 +2277,7 @@ BEGIN
 	-- for the slot, which the switch below holds while it waits for
 	-- ws_dist.<table>: the rebalance checks for that deadlock first, and
 	-- gives way (the slot is started over), not the user's statement.
-	IF current_setting('is_superuser') = 'on' THEN
+	IF has_parameter_privilege('deadlock_timeout', 'SET') THEN
 		PERFORM set_config('deadlock_timeout', '50ms', true);
 	END IF;
 	BEGIN
@@ -2328,17 +2328,21 @@ COMMENT ON FUNCTION ws._shard_table_in_use(ws.shard_cleanup) IS
 -- on its new server (ws.rebalance).
 CREATE FUNCTION ws._queue_next_copies(p_map text)
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+	-- After any move under way, as ws._move_slots picks its slot.
+	PERFORM FROM ws.shard_maps m WHERE m.map = p_map FOR UPDATE;
 	INSERT INTO ws.shard_cleanup (server, remote_schema, remote_table)
 	SELECT s.owner, d.remote_schema, ws._slot_table(d.remote_table, s.slot)
 	FROM (SELECT x.slot, x.owner FROM ws.shard_slots x
-		  WHERE x.map = p_map AND x.owner IS NOT NULL AND x.owner IS DISTINCT FROM x.placed_on
+		  WHERE x.map = p_map AND x.owner IS DISTINCT FROM x.placed_on
 		  ORDER BY x.slot LIMIT 1) s
 	CROSS JOIN ws.distributed_tables d
-	WHERE d.map = p_map
-	ON CONFLICT DO NOTHING
+	WHERE d.map = p_map AND s.owner IS NOT NULL
+	ON CONFLICT DO NOTHING;
+END
 $$;
 COMMENT ON FUNCTION ws._queue_next_copies(text) IS
 	'Internal: queues in ws.shard_cleanup the copies that the next slot move of a map makes, until it commits';
@@ -2357,6 +2361,15 @@ BEGIN
 	ORDER BY y.queued_at LIMIT 1 FOR UPDATE SKIP LOCKED;
 	IF NOT FOUND THEN
 		RETURN false;
+	END IF;
+	-- The new copy of a slot whose move to that server is still to come
+	-- (queued by ws._queue_next_copies): the move takes the row off.
+	IF EXISTS (SELECT FROM ws.distributed_tables d JOIN ws.shard_slots x ON x.map = d.map
+			   WHERE d.remote_schema = c.remote_schema AND ws._slot_table(d.remote_table, x.slot) = c.remote_table
+				 AND x.owner = c.server AND x.owner IS DISTINCT FROM x.placed_on) THEN
+		UPDATE ws.shard_cleanup y SET next_try = clock_timestamp() + interval '1 minute'
+		WHERE (y.server, y.remote_schema, y.remote_table) = (c.server, c.remote_schema, c.remote_table);
+		RETURN true;
 	END IF;
 	IF ws._shard_table_in_use(c) THEN
 		RAISE WARNING 'old slot table %.% on server "%" is in use: not dropped', c.remote_schema,

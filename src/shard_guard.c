@@ -27,7 +27,9 @@
  *	  find nothing to change, silently.  So the snapshot of the statement
  *	  that first uses the shards in a transaction is kept, and an UPDATE or
  *	  DELETE that reaches a slot whose foreign table that snapshot does not
- *	  see (a move replaces it) fails with a serialization failure instead.
+ *	  see (a move makes a new one: its pg_foreign_table row, which ALTER
+ *	  TABLE leaves alone, is new) fails with a serialization failure
+ *	  instead.
  *
  *-------------------------------------------------------------------------
  */
@@ -268,7 +270,12 @@ void
 ws_shard_note_use(void)
 {
 	if (first_use == NULL && ActiveSnapshotSet())
+	{
+		/* A copy: the active snapshot itself may still be changed. */
+		PushCopiedSnapshot(GetActiveSnapshot());
 		first_use = RegisterSnapshotOnOwner(GetActiveSnapshot(), TopTransactionResourceOwner);
+		PopActiveSnapshot();
+	}
 }
 
 /*
@@ -299,7 +306,7 @@ check_moved_slots(PlannedStmt *stmt)
 			ws_shard_note_use();
 			return;
 		}
-		tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(rte->relid));
+		tuple = SearchSysCache1(FOREIGNTABLEREL, ObjectIdGetDatum(rte->relid));
 		if (!HeapTupleIsValid(tuple))
 			continue;
 		xmin = HeapTupleHeaderGetXmin(tuple->t_data);

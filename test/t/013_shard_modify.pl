@@ -297,6 +297,16 @@ ALTER TABLE accounts ADD COLUMN note text;
 UPDATE accounts SET note = 'changed here' WHERE id = $moving;
 \\echo :ROW_COUNT
 ROLLBACK;}), '1', 'and one that changed the slots itself since it began is not taken for a move');
+# A column added by another session meanwhile is not a move either.
+my $adds = $coord->background_psql('postgres', on_error_stop => 0);
+$adds->query_safe(q{BEGIN});
+$adds->query_safe(q{INSERT INTO memos VALUES (4, 'begins a remote transaction on s1')});
+$coord->safe_psql('postgres', q{ALTER TABLE accounts ADD COLUMN added_meanwhile int});
+is($adds->query(qq{UPDATE accounts SET balance = balance + 1 WHERE id = $moving;\n\\echo :ROW_COUNT}), '1',
+	'a transaction that began to use the shards before another session added a column updates the row');
+is($adds->{stderr}, '', 'without an error');
+$adds->query(q{ROLLBACK});
+$adds->quit;
 
 # --- an UPDATE of the slot being moved --------------------------------------------
 # It holds ws_dist.accounts and waits for the slot, which the rebalance holds
