@@ -322,6 +322,10 @@ check_moved_slots(PlannedStmt *stmt)
 	}
 }
 
+/*
+ * guard_executor_start checks a statement against slots moved under its
+ * transaction before it starts (plans made once run here each time).
+ */
 static void
 guard_executor_start(QueryDesc *queryDesc, int eflags)
 {
@@ -333,6 +337,10 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 		standard_ExecutorStart(queryDesc, eflags);
 }
 
+/*
+ * guard_xact_callback forgets the kept snapshot when the transaction ends;
+ * on abort the resource owner releases it.
+ */
 static void
 guard_xact_callback(XactEvent event, void *arg)
 {
