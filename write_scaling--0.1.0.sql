@@ -1467,11 +1467,11 @@ COMMENT ON TABLE ws.rebalance_log IS
 GRANT SELECT ON ws.rebalance_log TO PUBLIC;
 
 CREATE FUNCTION ws._shard_exec(server name, command text, as_user oid DEFAULT 0)
-RETURNS void
+RETURNS text
 LANGUAGE c STRICT
 AS 'MODULE_PATHNAME', 'write_scaling_shard_exec';
 COMMENT ON FUNCTION ws._shard_exec(name, text, oid) IS
-	'Internal: runs a command on a shard server in this transaction''s postgres_fdw remote transaction, under the user mapping of as_user (0: the current user)';
+	'Internal: runs a command on a shard server in this transaction''s postgres_fdw remote transaction, under the user mapping of as_user (0: the current user); returns the first value of its result, if any';
 
 CREATE FUNCTION ws._mapping_user(table_name regclass)
 RETURNS oid
@@ -2187,8 +2187,9 @@ DECLARE
 	owner_name name;
 	columns text;
 	moved bigint;
-	source_rows bigint;
-	copied_rows bigint;
+	check_query text;
+	source_check text;
+	copied_check text;
 BEGIN
 	SELECT m.vnodes INTO vnodes FROM ws.shard_maps m WHERE m.map = d.map;
 	-- Where the rows are is what the slot's foreign table says.
@@ -2218,13 +2219,24 @@ BEGIN
 
 	EXECUTE format('INSERT INTO ws_dist.%I SELECT * FROM %s', incoming, part);
 	GET DIAGNOSTICS moved = ROW_COUNT;
-	EXECUTE format('SELECT count(*) FROM %s', part) INTO source_rows;
-	EXECUTE format('SELECT count(*) FROM ws_dist.%I', incoming) INTO copied_rows;
-	IF source_rows <> moved OR copied_rows <> moved THEN
+	-- Verified on both servers, in the snapshots the copy used (no writer
+	-- got in: the slot is held): the count, and a sum of a hash of each row
+	-- in its text form (in UTF8), which postgres_fdw's connections write
+	-- alike (the same DateStyle, TimeZone, extra_float_digits...).  A row
+	-- lost, doubled or changed on the way shows.
+	SELECT format('SELECT count(*) || '' rows, checksum '' || coalesce(sum((''x'' || left(md5(convert_to(ROW(%s)::text, ''UTF8'')), 16))::bit(64)::bigint), 0) FROM %I.%I',
+				  string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum), d.remote_schema, slot_name)
+	INTO check_query
+	FROM pg_attribute a
+	WHERE a.attrelid = d.partitioned AND a.attnum > 0 AND NOT a.attisdropped;
+	source_check := ws._shard_exec(from_server, check_query);
+	copied_check := ws._shard_exec(to_server, check_query);
+	IF source_check <> copied_check OR split_part(source_check, ' ', 1)::bigint <> moved THEN
 		RAISE EXCEPTION 'slot % of "%" was not copied exactly', p_slot, d.table_name
 			USING ERRCODE = 'internal_error',
-				  DETAIL = format('%s rows on %s, %s copied, %s on %s.', source_rows, from_server,
-								  moved, copied_rows, to_server);
+				  DETAIL = format('On "%s": %s; copied: %s rows; on "%s": %s.', from_server, source_check,
+								  moved, to_server, copied_check),
+				  HINT = 'Nothing moved.  Look for a trigger or rule on the new server''s tables.';
 	END IF;
 
 	SELECT r.rolname INTO owner_name FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner

@@ -434,19 +434,25 @@ wait_result(PGconn *conn, const char *sql)
 }
 
 /*
- * remote_command runs sql on conn and raises the remote error, if any.
+ * remote_command runs sql on conn and raises the remote error, if any;
+ * returns the first value of the last result, palloc'd, or NULL if it has
+ * none.
  */
-static void
+static char *
 remote_command(PGconn *conn, const char *sql)
 {
 	PGresult   *res;
+	char	   *value = NULL;
 
 	if (!PQsendQuery(conn, sql))
 		fdw_report_error(ERROR, NULL, conn, false, sql);
 	res = fdw_get_result(conn, sql);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
 		fdw_report_error(ERROR, res, conn, true, sql);
+	if (PQntuples(res) > 0 && PQnfields(res) > 0 && !PQgetisnull(res, 0, 0))
+		value = pstrdup(PQgetvalue(res, 0, 0));
 	PQclear(res);
+	return value;
 }
 
 /*
@@ -454,7 +460,8 @@ remote_command(PGconn *conn, const char *sql)
  * inside this transaction's remote transaction: the one of as_user's user
  * mapping, or the current user's if as_user is 0.  Work on a distributed
  * table that its writes in the same transaction must see passes the
- * table's mapping user (ws._mapping_user).
+ * table's mapping user (ws._mapping_user).  Returns the first value of the
+ * command's result, or NULL.
  */
 Datum
 write_scaling_shard_exec(PG_FUNCTION_ARGS)
@@ -462,10 +469,13 @@ write_scaling_shard_exec(PG_FUNCTION_ARGS)
 	Name		server = PG_GETARG_NAME(0);
 	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	Oid			userid = PG_GETARG_OID(2);
+	char	   *value;
 
-	remote_command(connection_as(GetForeignServerByName(NameStr(*server), false)->serverid,
-								 OidIsValid(userid) ? userid : GetUserId()), sql);
-	PG_RETURN_VOID();
+	value = remote_command(connection_as(GetForeignServerByName(NameStr(*server), false)->serverid,
+										 OidIsValid(userid) ? userid : GetUserId()), sql);
+	if (value == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(value));
 }
 
 /*

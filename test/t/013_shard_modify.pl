@@ -368,6 +368,36 @@ like($err, qr/WARNING:  old slot table public\.accounts_shard on server "$live_s
 is(stored(1), $row_of_1, 'its rows are there');
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM ws.shard_cleanup'), '0', 'and the rows naming them are gone');
 
+# --- a copy that differs from its source ------------------------------------------
+# A move checks the copy against the source: the count of rows, and a
+# checksum of their contents.  A trigger on s1 that adds 1 to every balance
+# that arrives leaves the count right; the checksum stops the move, which
+# rolls back: the slot stays where it was, with its rows as they were.
+my $all_rows = q{SELECT count(*) || ' ' || sum(balance) FROM accounts};
+my $before_tamper = $coord->safe_psql('postgres', $all_rows);
+$shard{s1}->safe_psql('postgres', q{
+	CREATE FUNCTION tamper() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.balance := NEW.balance + 1; RETURN NEW; END $$;
+	CREATE TRIGGER tamper BEFORE INSERT ON accounts_shard FOR EACH ROW EXECUTE FUNCTION tamper();});
+($rc, $out, $err) = $coord->psql('postgres', qq{\\set VERBOSITY verbose
+SELECT ws.remove_shard('m', 's2');
+CALL ws.rebalance('m');});
+like($err, qr/XX000: slot (\d+) of "public\.accounts" was not copied exactly/, 'a copy that differs from its source stops the rebalance');
+my ($bad_slot) = $err =~ /slot (\d+) of "public\.accounts"/;
+like($err, qr/DETAIL:  On "s2": (\d+) rows, checksum -?\d+; copied: \1 rows; on "s1": \1 rows, checksum -?\d+\./,
+	'the detail shows the counts, which agree, and the checksums');
+unlike($err, qr/On "s2": \d+ rows, (checksum -?\d+); .* \1\./, 'which do not');
+is($coord->safe_psql('postgres', qq{SELECT placed_on FROM ws.shard_slots WHERE map = 'm' AND slot = $bad_slot}), 's2',
+	'the slot stays where it was');
+is($coord->safe_psql('postgres', $all_rows), $before_tamper, 'and every row reads as before');
+is($shard{s1}->safe_psql('postgres', sprintf(q{SELECT to_regclass('accounts_s%03d') IS NULL}, $bad_slot)), 't',
+	'no copy is left on s1');
+$shard{s1}->safe_psql('postgres', q{DROP TRIGGER tamper ON accounts_shard});
+$coord->safe_psql('postgres', q{CALL ws.rebalance('m')});
+is($coord->safe_psql('postgres', $all_rows), $before_tamper, 'without the trigger, the rerun moves every row unchanged');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM ws.shard_slots WHERE map = 'm' AND placed_on IS DISTINCT FROM 's1'}),
+	'0', 'and every slot to s1');
+is($shard{s2}->safe_psql('postgres', q{SELECT to_regclass('accounts_shard') IS NULL}), 't', 'and s2 keeps no table of them');
+
 $coord->stop;
 $shard{$_}->stop for keys %shard;
 done_testing();
