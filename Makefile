@@ -22,6 +22,7 @@ OBJS = \
 	src/shard_guard.o \
 	src/shard_utility.o \
 	src/shard_stream.o \
+	src/shard_send.o \
 	src/shard_upsert.o \
 	src/shard_modify.o \
 	src/shard_route.o \

@@ -18,7 +18,6 @@ extern uint64 ws_key_hash(const char *bytes, int len, uint64 seed);
 extern int	ws_key_slot(const char *bytes, int len, int nslots);
 
 /* shard_route.c */
-typedef struct RouteStream RouteStream;
 extern void ws_shard_register_callbacks(void);
 extern bool ws_shard_is_distributed(Relation view);
 extern void ws_shard_open_connections(Relation view);
@@ -33,20 +32,12 @@ extern bool ws_shard_routes(Relation view);
 extern Oid	ws_shard_partitioned_table(Relation view);
 extern Oid	ws_shard_mapping_user(Relation view);
 extern AttrNumber ws_shard_key_column(Relation view);
-struct WsUpsert;
-extern void ws_shard_upsert_flush(struct WsUpsert *upsert);
 extern int	ws_shard_transmission_modes(void);
 extern int	ws_shard_parameter_modes(void);
 extern struct pg_result *ws_shard_run_in_transaction(Oid serverid, Oid userid, const char *sql,
 													 int nparams, const char *const *values);
 extern int	ws_shard_spi_connect(void);
 extern void ws_shard_spi_finish(int level);
-extern RouteStream *ws_route_stream_begin(Relation view);
-extern void ws_route_stream_row(RouteStream *stream, Datum *values, bool *nulls);
-extern void ws_route_stream_send(RouteStream *stream);
-extern uint64 ws_route_stream_end(RouteStream *stream);
-extern void ws_route_stream_abort(RouteStream *stream);
-extern void ws_route_stream_statement_end(void);
 
 struct QueryDesc;
 
@@ -59,7 +50,7 @@ typedef struct WsUpsert
 	Oid			view;			/* the distributed table */
 	bool		single_row;		/* the statement's only row, RETURNING only columns */
 	bool		batched;		/* the statement's rows, no RETURNING: in batches */
-	struct UpsertRows *waiting; /* rows not sent yet (shard_route.c) */
+	struct UpsertRows *waiting; /* rows not sent yet */
 	uint64		skipped;		/* rows sent that the shards skipped */
 	char	   *clause;			/* " ON CONFLICT ...", for the shards */
 	List	   *locals;			/* what its parameters after the row's are */
@@ -71,6 +62,7 @@ typedef struct WsUpsert
 
 extern void ws_upsert_plan(Query *query, Relation view, List **functions);
 extern WsUpsert *ws_upsert_running(Oid view);
+extern void ws_shard_upsert_flush(WsUpsert *upsert);
 extern void ws_shard_upsert_register(void);
 
 /* shard_guard.c */
@@ -88,6 +80,15 @@ extern void ws_shard_modify_register(void);
 
 /* shard_utility.c */
 extern void ws_shard_utility_register(void);
+
+/* shard_send.c */
+typedef struct RouteStream RouteStream;
+extern RouteStream *ws_route_stream_begin(Relation view);
+extern void ws_route_stream_row(RouteStream *stream, Datum *values, bool *nulls);
+extern void ws_route_stream_send(RouteStream *stream);
+extern uint64 ws_route_stream_end(RouteStream *stream);
+extern void ws_route_stream_abort(RouteStream *stream);
+extern void ws_route_stream_statement_end(void);
 
 /* shard_stream.c */
 extern void ws_shard_stream_register(void);

@@ -14,8 +14,9 @@
  * INSERT statement trigger (ws._route_flush) sends each shard its rows in
  * one COPY into its table of slots (<table>_shard, partitioned by LIST
  * (ws_slot) over the slot tables), all shards at once; a single row goes as
- * an INSERT.  That COPY is a stream: a large statement (shard_stream.c)
- * hands each shard its rows while it runs rather than at its end.
+ * an INSERT.  That COPY is a stream (shard_send.c): a large statement
+ * (shard_stream.c) hands each shard its rows while it runs rather than at
+ * its end.
  *
  * Rows travel on postgres_fdw's own connection (GetConnection, looked up in
  * postgres_fdw.so), so they belong to the same remote transaction as the
@@ -23,8 +24,8 @@
  * them back, and a read later in the transaction sees them.  The exceptions
  * go alone, on a connection of ours: the single row of an autocommit
  * INSERT, which waits for the commit unless the transaction does anything
- * else first (shard_defer.c), and an autocommit single-row upsert (below)
- * or UPDATE or DELETE by key (shard_modify.c), which go at once when they
+ * else first (shard_defer.c), and an autocommit single-row upsert
+ * (shard_upsert.c) or UPDATE or DELETE by key (shard_modify.c), which go at once when they
  * are all their transaction does.
  *
  * The trigger locks the slot's foreign table before trusting the cached
@@ -35,9 +36,6 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
-
-#include <poll.h>
-#include <sys/socket.h>
 
 #include "access/htup_details.h"
 #include "access/relation.h"
@@ -52,7 +50,6 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "foreign/foreign.h"
-#include "lib/ilist.h"
 #include "libpq-fe.h"
 #include "libpq/pqformat.h"
 #include "miscadmin.h"
@@ -83,19 +80,12 @@
 #include "copy_binary.h"
 #include "guc.h"
 #include "send_encoding.h"
-#include "shard.h"
+#include "shard_route.h"
 #include "shmem.h"
 
 /* A slot's buffer is sent when it holds this many rows or bytes. */
 #define ROUTE_BATCH_ROWS	1000
 #define ROUTE_BATCH_BYTES	(256 * 1024)
-
-/* COPY's binary format: the header (no flags, no extension) and trailer. */
-static const char binary_header[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
-static const char binary_trailer[2] = "\377\377";
-
-/* A stream hands a server its rows in pieces of this size. */
-#define ROUTE_STREAM_BYTES	(16 * 1024)
 
 /*
  * postgres_fdw's connection functions (contrib/postgres_fdw/connection.c),
@@ -109,54 +99,11 @@ typedef struct FdwConnState
 typedef PGconn *(*GetConnection_fn) (UserMapping *user, bool will_prep_stmt,
 									 FdwConnState **state);
 typedef void (*process_pending_request_fn) (AsyncRequest *areq);
-typedef PGresult *(*pgfdw_get_result_fn) (PGconn *conn, const char *query);
-typedef void (*pgfdw_report_error_fn) (int elevel, PGresult *res, PGconn *conn,
-									   bool clear, const char *sql);
 
 static GetConnection_fn fdw_get_connection = NULL;
-static pgfdw_get_result_fn fdw_get_result = NULL;
-static pgfdw_report_error_fn fdw_report_error = NULL;
 static process_pending_request_fn fdw_process_pending_request = NULL;
-
-/* One slot of a distributed table, as the cache holds it. */
-typedef struct SlotInfo
-{
-	Oid			partition;		/* the slot's foreign table */
-	Oid			serverid;
-	char	   *remote_table;	/* schema-qualified, quoted */
-	/* Where this backend last locked the partition: no need to again. */
-	LocalTransactionId locked_lxid;
-	SubTransactionId locked_subid;
-} SlotInfo;
-
-typedef struct DistEntry
-{
-	Oid			view;			/* hash key: the distributed table */
-	bool		valid;
-	MemoryContext context;		/* holds all of the entry below */
-	Oid			partitioned;
-	char	   *name;			/* for messages */
-	Oid			owner;			/* of the view */
-	bool		invoker;		/* the view has security_invoker */
-	AttrNumber	key_attnum;
-	Oid			key_type;
-	int			nslots;
-	SlotInfo   *slots;
-	char	   *shard_table;	/* on every shard: its slots' parent */
-	int			ncolumns;
-	char	   *column_list;	/* quoted, comma-separated */
-	char	   *copy_columns;	/* the same and ws_slot: a COPY line's */
-	char	   *parameters;		/* ($1, ..., $ncolumns) */
-	bool		binary;			/* rows travel in COPY's binary format */
-	bool		names_objects;	/* a column's text names objects: row_modes */
-	FmgrInfo   *send_functions; /* per column of the view, if binary */
-	char	   *binary_forms;	/* per column of the view: copy_binary.c */
-	FmgrInfo   *out_functions;	/* per column of the view */
-	FmgrInfo   *in_functions;	/* per column of the view: upserts' rows */
-	Oid		   *typioparams;	/* per column of the view, for in_functions */
-	char	   *upsert_rows;	/* " (columns) SELECT ... FROM unnest($1) ..." */
-	char	   *upsert_delimiters;	/* per column: between its values there */
-} DistEntry;
+pgfdw_get_result_fn ws_fdw_get_result = NULL;
+pgfdw_report_error_fn ws_fdw_report_error = NULL;
 
 /* Rows buffered for one slot; marks remember where each subtransaction began. */
 typedef struct SavepointMark
@@ -213,15 +160,7 @@ static HTAB *dist_cache = NULL;
 static uint64 dist_invalidations = 0;	/* counts dist_cache_invalidate calls */
 static HTAB *buffers = NULL;	/* in TopTransactionContext */
 
-/* The stream of the INSERT that streams its rows (shard_stream.c). */
-static struct RouteStream *statement_stream = NULL;
-static bool stream_callbacks_ahead = false;
-
-static void stream_callbacks_ahead_of_fdw(void);
 static void forget_rows(SlotBuffer *buf, SavepointMark *from, int from_index);
-static RouteStream *stream_begin(DistEntry *dist, const char *table);
-static void stream_add(RouteStream *stream, Oid serverid, const char *lines, int len,
-					   int64 rows);
 static MemoryContext buffer_context = NULL;
 static MemoryContext row_context = NULL;
 
@@ -257,10 +196,10 @@ ws_shard_shmem_init(void)
 }
 
 /*
- * note_routed remembers rows sent to a server, for the commit callback.
+ * ws_shard_note_routed remembers rows sent to a server, for the commit callback.
  */
-static void
-note_routed(Oid serverid, int64 rows)
+void
+ws_shard_note_routed(Oid serverid, int64 rows)
 {
 	SubTransactionId subid = GetCurrentSubTransactionId();
 
@@ -353,9 +292,9 @@ load_postgres_fdw(void)
 {
 	if (fdw_get_connection != NULL)
 		return;
-	fdw_get_result = (pgfdw_get_result_fn)
+	ws_fdw_get_result = (pgfdw_get_result_fn)
 		load_external_function("$libdir/postgres_fdw", "pgfdw_get_result", true, NULL);
-	fdw_report_error = (pgfdw_report_error_fn)
+	ws_fdw_report_error = (pgfdw_report_error_fn)
 		load_external_function("$libdir/postgres_fdw", "pgfdw_report_error", true, NULL);
 	fdw_process_pending_request = (process_pending_request_fn)
 		load_external_function("$libdir/postgres_fdw", "process_pending_request", true, NULL);
@@ -364,14 +303,14 @@ load_postgres_fdw(void)
 }
 
 /*
- * connection_as returns postgres_fdw's connection to serverid for userid,
+ * ws_shard_connection returns postgres_fdw's connection to serverid for userid,
  * in the remote transaction that matches ours, ready for a command: a
  * fetch that a scan of the statement has in flight there (an asynchronous
  * Append reading a distributed table the rows come from) is taken in
  * first, as postgres_fdw does before its own writes.
  */
-static PGconn *
-connection_as(Oid serverid, Oid userid)
+PGconn *
+ws_shard_connection(Oid serverid, Oid userid)
 {
 	PGconn	   *conn;
 	FdwConnState *state = NULL;
@@ -400,24 +339,24 @@ PGresult *
 ws_shard_run_in_transaction(Oid serverid, Oid userid, const char *sql, int nparams,
 							const char *const *values)
 {
-	PGconn	   *conn = connection_as(serverid, userid);
+	PGconn	   *conn = ws_shard_connection(serverid, userid);
 	PGresult   *res;
 
 	if (!PQsendQueryParams(conn, sql, nparams, NULL, values, NULL, NULL, 0))
-		fdw_report_error(ERROR, NULL, conn, false, sql);
-	res = fdw_get_result(conn, sql);
+		ws_fdw_report_error(ERROR, NULL, conn, false, sql);
+	res = ws_fdw_get_result(conn, sql);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
-		fdw_report_error(ERROR, res, conn, true, sql);
+		ws_fdw_report_error(ERROR, res, conn, true, sql);
 	return res;
 }
 
 /*
- * wait_result waits, interruptibly, for conn's next result: that a COPY
+ * ws_shard_wait_result waits, interruptibly, for conn's next result: that a COPY
  * just sent was accepted, say.  (pgfdw_get_result waits for the end of the
  * command, which for COPY FROM STDIN never comes before the data.)
  */
-static PGresult *
-wait_result(PGconn *conn, const char *sql)
+PGresult *
+ws_shard_wait_result(PGconn *conn, const char *sql)
 {
 	while (PQisBusy(conn))
 	{
@@ -428,7 +367,7 @@ wait_result(PGconn *conn, const char *sql)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if ((rc & WL_SOCKET_READABLE) && !PQconsumeInput(conn))
-			fdw_report_error(ERROR, NULL, conn, false, sql);
+			ws_fdw_report_error(ERROR, NULL, conn, false, sql);
 	}
 	return PQgetResult(conn);
 }
@@ -445,10 +384,10 @@ remote_command(PGconn *conn, const char *sql)
 	char	   *value = NULL;
 
 	if (!PQsendQuery(conn, sql))
-		fdw_report_error(ERROR, NULL, conn, false, sql);
-	res = fdw_get_result(conn, sql);
+		ws_fdw_report_error(ERROR, NULL, conn, false, sql);
+	res = ws_fdw_get_result(conn, sql);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
-		fdw_report_error(ERROR, res, conn, true, sql);
+		ws_fdw_report_error(ERROR, res, conn, true, sql);
 	if (PQntuples(res) > 0 && PQnfields(res) > 0 && !PQgetisnull(res, 0, 0))
 		value = pstrdup(PQgetvalue(res, 0, 0));
 	PQclear(res);
@@ -471,7 +410,7 @@ write_scaling_shard_exec(PG_FUNCTION_ARGS)
 	Oid			userid = PG_GETARG_OID(2);
 	char	   *value;
 
-	value = remote_command(connection_as(GetForeignServerByName(NameStr(*server), false)->serverid,
+	value = remote_command(ws_shard_connection(GetForeignServerByName(NameStr(*server), false)->serverid,
 										 OidIsValid(userid) ? userid : GetUserId()), sql);
 	if (value == NULL)
 		PG_RETURN_NULL();
@@ -480,7 +419,7 @@ write_scaling_shard_exec(PG_FUNCTION_ARGS)
 
 /*
  * ws._mapping_user(table regclass) returns the role whose user mappings a
- * distributed table's rows travel under (mapping_user).
+ * distributed table's rows travel under (ws_dist_mapping_user).
  */
 Datum
 write_scaling_mapping_user(PG_FUNCTION_ARGS)
@@ -610,69 +549,6 @@ names_objects(Oid type)
 }
 
 /*
- * upsert_rows_sql returns the part of a batched upsert's statement that
- * names the columns and reads the rows (send_waiting_upserts), and sets
- * delimiters[n] to what separates the values of the nth column in its
- * array.  Each column's values travel as one array parameter, $1 the first
- * column's: an array of the column's base type, whose elements the shard
- * reads with the type's input function, as it reads a parameter's text (a
- * cast could call a function of its own instead: text to regclass refuses
- * an OID).  The INSERT then applies the column's type modifier and domain.
- * unnest would flatten an array of arrays: array columns travel as text[],
- * each value cast to the column's base type.
- */
-static char *
-upsert_rows_sql(TupleDesc desc, const char *column_list, char *delimiters)
-{
-	StringInfoData select;
-	StringInfoData arrays;
-	StringInfoData names;
-	int			n = 0;
-
-	initStringInfo(&select);
-	initStringInfo(&arrays);
-	initStringInfo(&names);
-	for (int i = 0; i < desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-		const char *separator = n > 0 ? ", " : "";
-		Oid			base;
-		Oid			array;
-		int16		typlen;
-		bool		typbyval;
-		char		typalign;
-		Oid			typioparam;
-		Oid			func;
-
-		if (att->attisdropped)
-			continue;
-		n++;
-		base = getBaseType(att->atttypid);
-		array = get_array_type(base);
-		appendStringInfo(&names, "%sv%d", separator, n);
-		if (OidIsValid(array) && !OidIsValid(get_element_type(base)))
-		{
-			appendStringInfo(&select, "%sv%d", separator, n);
-			appendStringInfo(&arrays, "%spg_catalog.unnest($%d::%s)", separator, n,
-							 format_type_extended(array, -1,
-												  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
-			get_type_io_data(base, IOFunc_input, &typlen, &typbyval, &typalign,
-							 &delimiters[n - 1], &typioparam, &func);
-		}
-		else
-		{
-			appendStringInfo(&select, "%sv%d::%s", separator, n,
-							 format_type_extended(base, -1,
-												  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
-			appendStringInfo(&arrays, "%spg_catalog.unnest($%d::pg_catalog.text[])", separator, n);
-			delimiters[n - 1] = ',';
-		}
-	}
-	return psprintf(" (%s) SELECT %s FROM ROWS FROM (%s) AS ws_rows (%s)",
-					column_list, select.data, arrays.data, names.data);
-}
-
-/*
  * fill_entry reads a distributed table's slots: the partitions of its
  * partitioned table, in slot order, with their servers and remote names.
  * The new entry is built in a memory context of its own and replaces the
@@ -781,7 +657,7 @@ fill_entry(DistEntry *entry, Relation view)
 	appendStringInfoChar(&columns, ')');
 	fresh.parameters = columns.data;
 	fresh.upsert_delimiters = palloc(fresh.ncolumns);
-	fresh.upsert_rows = upsert_rows_sql(desc, fresh.column_list, fresh.upsert_delimiters);
+	fresh.upsert_rows = ws_upsert_rows_sql(desc, fresh.column_list, fresh.upsert_delimiters);
 	MemoryContextSwitchTo(old);
 
 	ws_shard_spi_finish(guc_level);
@@ -821,8 +697,8 @@ fill_entry(DistEntry *entry, Relation view)
 	*entry = fresh;
 }
 
-static DistEntry *
-open_dist(Relation view)
+DistEntry *
+ws_dist_open(Relation view)
 {
 	DistEntry  *entry;
 	bool		found;
@@ -868,25 +744,25 @@ ws_shard_is_distributed(Relation view)
 }
 
 /*
- * mapping_user returns the role whose user mappings a distributed table's
+ * ws_dist_mapping_user returns the role whose user mappings a distributed table's
  * rows travel under: the one postgres_fdw uses for the view's reads,
  * updates and deletes (its owner, or the current user if the view has
  * security_invoker), so that they all share one remote session per shard
  * and a transaction reads what it wrote.
  */
-static Oid
-mapping_user(DistEntry *dist)
+Oid
+ws_dist_mapping_user(DistEntry *dist)
 {
 	return dist->invoker ? GetUserId() : dist->owner;
 }
 
 /*
- * ws_shard_mapping_user returns mapping_user of a distributed table.
+ * ws_shard_mapping_user returns ws_dist_mapping_user of a distributed table.
  */
 Oid
 ws_shard_mapping_user(Relation view)
 {
-	return mapping_user(open_dist(view));
+	return ws_dist_mapping_user(ws_dist_open(view));
 }
 
 /*
@@ -896,7 +772,7 @@ ws_shard_mapping_user(Relation view)
 AttrNumber
 ws_shard_key_column(Relation view)
 {
-	return open_dist(view)->key_attnum;
+	return ws_dist_open(view)->key_attnum;
 }
 
 /*
@@ -906,7 +782,7 @@ ws_shard_key_column(Relation view)
 Oid
 ws_shard_partitioned_table(Relation view)
 {
-	return open_dist(view)->partitioned;
+	return ws_dist_open(view)->partitioned;
 }
 
 /*
@@ -918,11 +794,11 @@ ws_shard_partitioned_table(Relation view)
 void
 ws_shard_open_connections(Relation view)
 {
-	DistEntry  *dist = open_dist(view);
+	DistEntry  *dist = ws_dist_open(view);
 
 	for (int s = 0; s < dist->nslots; s++)
 		if (OidIsValid(dist->slots[s].serverid))
-			(void) connection_as(dist->slots[s].serverid, mapping_user(dist));
+			(void) ws_shard_connection(dist->slots[s].serverid, ws_dist_mapping_user(dist));
 }
 
 /* --- buffers -------------------------------------------------------------- */
@@ -1038,10 +914,10 @@ current_rows(SlotBuffer *buf, int *index)
 }
 
 /*
- * copy_command appends the COPY that takes dist's rows into table.
+ * ws_dist_copy_command appends the COPY that takes dist's rows into table.
  */
-static void
-copy_command(StringInfo sql, DistEntry *dist, const char *table)
+void
+ws_dist_copy_command(StringInfo sql, DistEntry *dist, const char *table)
 {
 	appendStringInfo(sql, "COPY %s (%s) FROM STDIN%s", table, dist->copy_columns,
 					 dist->binary ? " (FORMAT binary)" : "");
@@ -1095,7 +971,7 @@ ws_shard_rethrow_write_error(int nrows, const char *table, Oid serverid, int slo
 static void
 rows_sent(SlotBuffer *buf, SavepointMark *from, int from_index)
 {
-	note_routed(buf->dist->slots[buf->slot].serverid, buf->rows - from->rows);
+	ws_shard_note_routed(buf->dist->slots[buf->slot].serverid, buf->rows - from->rows);
 	forget_rows(buf, from, from_index);
 }
 
@@ -1149,7 +1025,7 @@ send_buffer(SlotBuffer *buf)
 
 		PG_TRY();
 		{
-			remote_command(connection_as(slot->serverid, mapping_user(buf->dist)), sql);
+			remote_command(ws_shard_connection(slot->serverid, ws_dist_mapping_user(buf->dist)), sql);
 		}
 		PG_CATCH();
 		{
@@ -1162,10 +1038,10 @@ send_buffer(SlotBuffer *buf)
 		return;
 	}
 
-	stream = stream_begin(buf->dist, buf->dist->name);
+	stream = ws_route_stream_open(buf->dist, buf->dist->name);
 	PG_TRY();
 	{
-		stream_add(stream, slot->serverid, buf->copy_data.data + from->offset,
+		ws_route_stream_add(stream, slot->serverid, buf->copy_data.data + from->offset,
 				   buf->copy_data.len - from->offset, buf->rows - from->rows);
 		(void) ws_route_stream_end(stream);
 	}
@@ -1194,7 +1070,7 @@ defer_row(SlotBuffer *buf)
 	char	   *literals;
 
 	if (from == NULL || from->rows != 0 || buf->rows != 1 ||
-		!ws_defer_may_wait(slot->serverid, mapping_user(buf->dist)))
+		!ws_defer_may_wait(slot->serverid, ws_dist_mapping_user(buf->dist)))
 		return false;
 	values = palloc(sizeof(char *) * buf->dist->ncolumns);
 	for (int i = 0; i < buf->dist->ncolumns; i++)
@@ -1204,7 +1080,7 @@ defer_row(SlotBuffer *buf)
 				   buf->dist->column_list, buf->dist->parameters);
 	literals = psprintf("INSERT INTO %s (%s) VALUES %s", slot->remote_table,
 						buf->dist->column_list, first_row_literals(buf));
-	ws_defer_single_row(slot->serverid, mapping_user(buf->dist), sql, literals, buf->dist->ncolumns, values,
+	ws_defer_single_row(slot->serverid, ws_dist_mapping_user(buf->dist), sql, literals, buf->dist->ncolumns, values,
 						buf->dist->name, buf->slot, slot->remote_table);
 	rows_sent(buf, from, index);
 	return true;
@@ -1221,7 +1097,7 @@ ws_shard_insert_row(Oid serverid, Oid userid, const char *sql, const char *table
 {
 	PG_TRY();
 	{
-		remote_command(connection_as(serverid, userid), sql);
+		remote_command(ws_shard_connection(serverid, userid), sql);
 	}
 	PG_CATCH();
 	{
@@ -1232,8 +1108,8 @@ ws_shard_insert_row(Oid serverid, Oid userid, const char *sql, const char *table
 
 /*
  * send_table sends the rows of the current subtransaction that the buffers
- * of one distributed table hold: a stream (below) that each buffer's rows
- * join, ended at once.  Each server gets its share in one COPY into its
+ * of one distributed table hold: a stream (shard_send.c) that each
+ * buffer's rows join, ended at once.  Each server gets its share in one COPY into its
  * table of slots, which routes each line by its ws_slot to the slot's
  * table, and the servers work at the same time.
  */
@@ -1262,7 +1138,7 @@ send_table(DistEntry *dist)
 		return;
 	}
 
-	stream = stream_begin(dist, dist->name);
+	stream = ws_route_stream_open(dist, dist->name);
 	PG_TRY();
 	{
 		foreach(lc, sending)
@@ -1272,7 +1148,7 @@ send_table(DistEntry *dist)
 
 			buf = lfirst(lc);
 			from = current_rows(buf, &index);
-			stream_add(stream, dist->slots[buf->slot].serverid,
+			ws_route_stream_add(stream, dist->slots[buf->slot].serverid,
 					   buf->copy_data.data + from->offset, buf->copy_data.len - from->offset,
 					   buf->rows - from->rows);
 		}
@@ -1370,28 +1246,28 @@ ws_shard_parameter_modes(void)
 }
 
 /*
- * row_modes sets the settings that a row of dist is written under for its
+ * ws_dist_row_modes sets the settings that a row of dist is written under for its
  * shard, and returns the GUC nest level to undo, or -1: postgres_fdw's
  * where the text of a column's values names objects (a regclass of
  * public.t written with a search_path of pg_catalog reads public.t, not a
  * bare t that the shard would look up in pg_catalog), and otherwise only
  * what the session's settings would get wrong, as each row pays for it.
  */
-static int
-row_modes(DistEntry *dist)
+int
+ws_dist_row_modes(DistEntry *dist)
 {
 	return dist->names_objects ? ws_shard_parameter_modes() : ws_shard_transmission_modes();
 }
 
 /*
- * append_line appends a row (its values, deformed) to out as a COPY line for
+ * ws_dist_append_line appends a row (its values, deformed) to out as a COPY line for
  * slot, the slot last, in COPY's binary format if the table's rows travel so.
  */
-static void
-append_line(StringInfo out, DistEntry *dist, TupleDesc desc, Datum *values, bool *nulls,
+void
+ws_dist_append_line(StringInfo out, DistEntry *dist, TupleDesc desc, Datum *values, bool *nulls,
 			int slot)
 {
-	int			guc_level = dist->binary ? -1 : row_modes(dist);
+	int			guc_level = dist->binary ? -1 : ws_dist_row_modes(dist);
 
 	if (dist->binary)
 		pq_sendint16(out, dist->ncolumns + 1);
@@ -1441,7 +1317,7 @@ append_row(SlotBuffer *buf, TupleDesc desc, Datum *values, bool *nulls)
 {
 	if (buf->rows == 0)
 	{
-		int			guc_level = row_modes(buf->dist);
+		int			guc_level = ws_dist_row_modes(buf->dist);
 
 		for (int i = 0, n = 0; i < desc->natts; i++)
 		{
@@ -1458,16 +1334,16 @@ append_row(SlotBuffer *buf, TupleDesc desc, Datum *values, bool *nulls)
 		if (guc_level >= 0)
 			AtEOXact_GUC(true, guc_level);
 	}
-	append_line(&buf->copy_data, buf->dist, desc, values, nulls, buf->slot);
+	ws_dist_append_line(&buf->copy_data, buf->dist, desc, values, nulls, buf->slot);
 }
 
 /*
- * route_slot returns the slot of a row (deformed) of a distributed table,
+ * ws_dist_route_slot returns the slot of a row (deformed) of a distributed table,
  * having locked the slot's foreign table, and sets *dist to the table's
  * entry as it stands once the lock is held.
  */
-static int
-route_slot(Relation view, Datum *values, bool *nulls, DistEntry **dist_out)
+int
+ws_dist_route_slot(Relation view, Datum *values, bool *nulls, DistEntry **dist_out)
 {
 	TupleDesc	desc = RelationGetDescr(view);
 	SubTransactionId subid = GetCurrentSubTransactionId();
@@ -1482,7 +1358,7 @@ route_slot(Relation view, Datum *values, bool *nulls, DistEntry **dist_out)
 		int			key_len;
 		SlotInfo   *info;
 
-		dist = open_dist(view);
+		dist = ws_dist_open(view);
 		key = values[dist->key_attnum - 1];
 		if (nulls[dist->key_attnum - 1])
 			ereport(ERROR,
@@ -1532,434 +1408,18 @@ route_slot(Relation view, Datum *values, bool *nulls, DistEntry **dist_out)
 }
 
 /*
- * returned_row is what the trigger returns for the row it was given: a copy
+ * ws_returned_row is what the trigger returns for the row it was given: a copy
  * in the caller's per-row memory.  A view's rows come in a virtual slot, so
  * ExecIRInsertTriggers hands the trigger a copy of the row made in the
  * statement's memory, and frees it only if the trigger returns another
  * tuple: given its own back, an INSERT ... SELECT of a million rows would
  * hold a million copies until it ends.
  */
-static Datum
-returned_row(HeapTuple tuple, MemoryContext caller_context)
+Datum
+ws_returned_row(HeapTuple tuple, MemoryContext caller_context)
 {
 	MemoryContextSwitchTo(caller_context);
 	return PointerGetDatum(heap_copytuple(tuple));
-}
-
-/*
- * Rows of a batched upsert (shard_upsert.c) waiting to be sent, by slot:
- * each slot's rows go as one INSERT ... SELECT ... ON CONFLICT into its
- * table, each column's values an array parameter (upsert_rows_sql), so
- * that the shard checks the rows of a key against each other as
- * PostgreSQL does in one statement ("cannot affect row a second time").
- * They wait until the statement ends, or until 8MB wait, in a memory
- * context emptied when they are sent.
- */
-#define UPSERT_WAIT_BYTES	(8 * 1024 * 1024)
-
-typedef struct UpsertSlot
-{
-	struct UpsertServer *server;
-	int			slot;
-	char	   *remote_table;
-	int			rows;
-	StringInfoData *columns;	/* per column, its values: an array literal */
-	char	   *sql;			/* what they go as */
-} UpsertSlot;
-
-typedef struct UpsertServer
-{
-	Oid			serverid;
-	int			rows;
-	List	   *slots;			/* UpsertSlot, in the order of their first rows */
-	PGconn	   *conn;			/* once sending */
-} UpsertServer;
-
-typedef struct UpsertRows
-{
-	MemoryContext memory;		/* the rows, and the lists below */
-	Oid			userid;
-	const char *table;			/* for messages */
-	const char *rows_sql;		/* the statements' part after the table */
-	int			ncolumns;
-	char	   *delimiters;		/* per column: between its values */
-	int			nslots;
-	UpsertSlot **slots;			/* by slot number, NULL if none waits */
-	List	   *servers;		/* UpsertServer, those with rows waiting */
-	Size		bytes;			/* of the values waiting */
-} UpsertRows;
-
-/*
- * flush_output sends what libpq holds for conn, a connection in
- * non-blocking mode, waiting interruptibly (and reading what comes
- * meanwhile, so that the shard never waits for us to read).
- */
-static void
-flush_output(PGconn *conn, const char *sql)
-{
-	int			rc;
-
-	while ((rc = PQflush(conn)) > 0)
-	{
-		int			events = WaitLatchOrSocket(MyLatch,
-											   WL_LATCH_SET | WL_SOCKET_WRITEABLE |
-											   WL_SOCKET_READABLE | WL_EXIT_ON_PM_DEATH,
-											   PQsocket(conn), -1L, PG_WAIT_EXTENSION);
-
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-		if ((events & WL_SOCKET_READABLE) && !PQconsumeInput(conn))
-			fdw_report_error(ERROR, NULL, conn, false, sql);
-	}
-	if (rc < 0)
-		fdw_report_error(ERROR, NULL, conn, false, sql);
-}
-
-/*
- * append_array_value adds value (NULL for NULL) to array, an array literal
- * being written whose values are separated by delimiter: always quoted, so
- * that the empty string, spaces and the word NULL stay what they are.
- */
-static void
-append_array_value(StringInfo array, const char *value, char delimiter)
-{
-	if (array->len > 1)
-		appendStringInfoChar(array, delimiter);
-	if (value == NULL)
-	{
-		appendStringInfoString(array, "NULL");
-		return;
-	}
-	appendStringInfoChar(array, '"');
-	for (;;)
-	{
-		size_t		plain = strcspn(value, "\"\\");
-
-		appendBinaryStringInfo(array, value, plain);
-		if (value[plain] == '\0')
-			break;
-		appendStringInfoChar(array, '\\');
-		appendStringInfoChar(array, value[plain]);
-		value += plain + 1;
-	}
-	appendStringInfoChar(array, '"');
-}
-
-/*
- * send_waiting_upserts sends the rows of an upsert that wait, each server's
- * statements in one pipeline (one round trip) on postgres_fdw's connection,
- * in its remote transaction, all servers at once; and adds to
- * upsert->skipped the rows the shards skipped.  After a shard's error,
- * every connection is read to the end and leaves pipeline mode before the
- * error is raised, so that postgres_fdw finds it as it was.  After an
- * interrupt while the servers work, or a connection lost while sending,
- * the connections whose answers were not read stay in pipeline mode, and
- * postgres_fdw gives them up at abort (the shards roll back; in a
- * subtransaction, the rest of the transaction can no longer use those
- * servers).
- */
-static void
-send_waiting_upserts(WsUpsert *upsert)
-{
-	UpsertRows *waiting = upsert->waiting;
-	int			nparams;
-	const char **params;
-	UpsertServer *volatile server = NULL;
-	UpsertSlot *volatile failed = NULL;
-	UpsertServer *volatile failed_server = NULL;
-	UpsertSlot *volatile failed_rows = NULL;
-	volatile int failed_count = 0;
-	PGresult   *volatile error = NULL;
-	uint64		skipped = 0;
-	ListCell   *lc;
-	MemoryContext old;
-
-	if (waiting == NULL || waiting->servers == NIL)
-		return;
-	old = MemoryContextSwitchTo(waiting->memory);
-	nparams = waiting->ncolumns + upsert->nvalues;
-	params = palloc(sizeof(char *) * nparams);
-	for (int i = 0; i < upsert->nvalues; i++)
-		params[waiting->ncolumns + i] = upsert->values[i];
-	PG_TRY();
-	{
-		/* Connections first: a server that is down fails before any sends. */
-		foreach(lc, waiting->servers)
-		{
-			server = lfirst(lc);
-			failed = linitial(server->slots);
-			failed_count = server->rows;
-			server->conn = connection_as(server->serverid, waiting->userid);
-		}
-		foreach(lc, waiting->servers)
-		{
-			ListCell   *ls;
-
-			server = lfirst(lc);
-			failed = linitial(server->slots);
-			failed_count = server->rows;
-			if (PQsetnonblocking(server->conn, 1) != 0 || !PQenterPipelineMode(server->conn))
-				fdw_report_error(ERROR, NULL, server->conn, false, failed->sql);
-			foreach(ls, server->slots)
-			{
-				UpsertSlot *rows = lfirst(ls);
-
-				failed = rows;
-				for (int i = 0; i < waiting->ncolumns; i++)
-				{
-					appendStringInfoChar(&rows->columns[i], '}');
-					params[i] = rows->columns[i].data;
-				}
-				/* Non-blocking: libpq sends what the socket takes, keeps the rest. */
-				if (!PQsendQueryParams(server->conn, rows->sql, nparams, NULL, params,
-									   NULL, NULL, 0))
-					fdw_report_error(ERROR, NULL, server->conn, false, rows->sql);
-			}
-			if (!PQpipelineSync(server->conn))
-				fdw_report_error(ERROR, NULL, server->conn, false, failed->sql);
-			flush_output(server->conn, failed->sql);
-		}
-		/* Then each server's answers, to the end. */
-		foreach(lc, waiting->servers)
-		{
-			ListCell   *ls;
-			uint64		stored_here = 0;
-			PGresult   *sync;
-
-			server = lfirst(lc);
-			foreach(ls, server->slots)
-			{
-				UpsertSlot *rows = lfirst(ls);
-				PGresult   *res;
-
-				failed = rows;
-				while ((res = wait_result(server->conn, rows->sql)) != NULL)
-				{
-					if (PQresultStatus(res) == PGRES_COMMAND_OK)
-					{
-						uint64		stored = strtou64(PQcmdTuples(res), NULL, 10);
-
-						stored_here += stored;
-						skipped += rows->rows - Min(stored, rows->rows);
-					}
-					else if (PQresultStatus(res) != PGRES_PIPELINE_ABORTED && error == NULL)
-					{
-						error = res;
-						failed_server = server;
-						failed_rows = rows;
-						continue;
-					}
-					PQclear(res);
-				}
-			}
-			sync = wait_result(server->conn, failed->sql);
-			if (PQresultStatus(sync) != PGRES_PIPELINE_SYNC)
-				fdw_report_error(ERROR, sync, server->conn, true, failed->sql);
-			PQclear(sync);
-			if (!PQexitPipelineMode(server->conn) || PQsetnonblocking(server->conn, 0) != 0)
-				fdw_report_error(ERROR, NULL, server->conn, false, failed->sql);
-			note_routed(server->serverid, stored_here);
-		}
-		if (error != NULL)
-		{
-			PGresult   *res = error;
-
-			error = NULL;
-			server = failed_server;
-			failed = failed_rows;
-			failed_count = failed->rows;
-			fdw_report_error(ERROR, res, server->conn, true, failed->sql);
-		}
-	}
-	PG_CATCH();
-	{
-		/* The rows go with the upsert, which the error ends. */
-		PQclear(error);
-		ws_shard_rethrow_write_error(failed_count, waiting->table, server->serverid,
-									 failed->slot, failed->remote_table);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(old);
-	upsert->skipped += skipped;
-	MemoryContextReset(waiting->memory);
-	memset(waiting->slots, 0, sizeof(UpsertSlot *) * waiting->nslots);
-	waiting->servers = NIL;
-	waiting->bytes = 0;
-}
-
-/*
- * ws_shard_upsert_flush sends the rows of an upsert that wait, adding the
- * rows the shards skipped to upsert->skipped.
- */
-void
-ws_shard_upsert_flush(WsUpsert *upsert)
-{
-	send_waiting_upserts(upsert);
-}
-
-/*
- * wait_row adds a row's values (as text, NULL for NULL) to the rows of
- * upsert waiting for its slot, and sends all that wait past 8MB.
- */
-static void
-wait_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *values)
-{
-	UpsertRows *waiting = upsert->waiting;
-	UpsertSlot *rows;
-	MemoryContext old;
-
-	if (waiting == NULL)
-	{
-		old = MemoryContextSwitchTo(upsert->memory);
-		waiting = palloc0(sizeof(UpsertRows));
-		waiting->memory = AllocSetContextCreate(upsert->memory, "write_scaling upserts waiting",
-												ALLOCSET_DEFAULT_SIZES);
-		waiting->userid = mapping_user(dist);
-		waiting->table = pstrdup(dist->name);
-		waiting->rows_sql = pstrdup(dist->upsert_rows);
-		waiting->ncolumns = dist->ncolumns;
-		waiting->delimiters = palloc(dist->ncolumns);
-		memcpy(waiting->delimiters, dist->upsert_delimiters, dist->ncolumns);
-		waiting->nslots = dist->nslots;
-		waiting->slots = palloc0(sizeof(UpsertSlot *) * dist->nslots);
-		upsert->waiting = waiting;
-		MemoryContextSwitchTo(old);
-	}
-	old = MemoryContextSwitchTo(waiting->memory);
-	rows = waiting->slots[slot];
-	if (rows == NULL)
-	{
-		SlotInfo   *info = &dist->slots[slot];
-		UpsertServer *server = NULL;
-		ListCell   *lc;
-
-		rows = palloc0(sizeof(UpsertSlot));
-		rows->slot = slot;
-		rows->remote_table = pstrdup(info->remote_table);
-		rows->sql = psprintf("INSERT INTO %s AS ws_target%s%s", info->remote_table,
-							 waiting->rows_sql, upsert->clause);
-		rows->columns = palloc(sizeof(StringInfoData) * waiting->ncolumns);
-		for (int i = 0; i < waiting->ncolumns; i++)
-		{
-			initStringInfo(&rows->columns[i]);
-			appendStringInfoChar(&rows->columns[i], '{');
-			waiting->bytes += rows->columns[i].maxlen;
-		}
-		waiting->slots[slot] = rows;
-		foreach(lc, waiting->servers)
-			if (((UpsertServer *) lfirst(lc))->serverid == info->serverid)
-				server = lfirst(lc);
-		if (server == NULL)
-		{
-			server = palloc0(sizeof(UpsertServer));
-			server->serverid = info->serverid;
-			waiting->servers = lappend(waiting->servers, server);
-		}
-		server->slots = lappend(server->slots, rows);
-		rows->server = server;
-	}
-	for (int i = 0; i < waiting->ncolumns; i++)
-	{
-		int			before = rows->columns[i].len;
-
-		append_array_value(&rows->columns[i], values[i], waiting->delimiters[i]);
-		waiting->bytes += rows->columns[i].len - before;
-	}
-	rows->rows++;
-	rows->server->rows++;
-	MemoryContextSwitchTo(old);
-	if (waiting->bytes >= UPSERT_WAIT_BYTES)
-		send_waiting_upserts(upsert);
-}
-
-/*
- * upsert_row sends a row (deformed) of an INSERT ... ON CONFLICT to its
- * slot's table alone, in postgres_fdw's remote transaction, and returns what
- * the trigger returns: the row as the shard stored it, or NULL if the shard
- * skipped it (shard_upsert.c).  The single row of an autocommit statement
- * goes as a statement of its own instead, on our own connection, when the
- * statement is all its transaction does (ws_defer_may_run_now) and the
- * table has no trigger of the user's that could fail it afterwards: one
- * round trip, and the shard's READ COMMITTED rather than postgres_fdw's
- * REPEATABLE READ.  Called in row_context.
- */
-static Datum
-upsert_row(Relation view, WsUpsert *upsert, HeapTuple tuple, Datum *values, bool *nulls,
-		   MemoryContext caller_context)
-{
-	TupleDesc	desc = RelationGetDescr(view);
-	DistEntry  *dist;
-	int			slot = route_slot(view, values, nulls, &dist);
-	SlotInfo   *info = &dist->slots[slot];
-	int			nparams = dist->ncolumns + upsert->nvalues;
-	const char **params = palloc(sizeof(char *) * nparams);
-	int			guc_level = row_modes(dist);
-	char	   *sql;
-	bool		alone;
-	PGresult   *volatile res = NULL;
-	HeapTuple	stored = NULL;
-
-	for (int i = 0, n = 0; i < desc->natts; i++)
-		if (!TupleDescAttr(desc, i)->attisdropped)
-			params[n++] = nulls[i] ? NULL : OutputFunctionCall(&dist->out_functions[i], values[i]);
-	if (guc_level >= 0)
-		AtEOXact_GUC(true, guc_level);
-	for (int i = 0; i < upsert->nvalues; i++)
-		params[dist->ncolumns + i] = upsert->values[i];
-
-	/* A row waiting for the commit goes first, with its own error. */
-	ws_defer_flush();
-	/* A trigger of the user's could still fail the statement: not alone. */
-	alone = upsert->single_row && ws_shard_routes_only(view) &&
-		ws_defer_may_run_now(info->serverid, mapping_user(dist));
-	if (upsert->batched && !alone)
-	{
-		wait_row(upsert, dist, slot, params);
-		return returned_row(tuple, caller_context);
-	}
-	sql = psprintf("INSERT INTO %s AS ws_target (%s) VALUES %s%s RETURNING %s", info->remote_table,
-				   dist->column_list, dist->parameters, upsert->clause, dist->column_list);
-	PG_TRY();
-	{
-		if (alone)
-			res = ws_shard_run_alone(info->serverid, mapping_user(dist), sql, nparams, params, true);
-		else
-			res = ws_shard_run_in_transaction(info->serverid, mapping_user(dist), sql,
-											  nparams, params);
-	}
-	PG_CATCH();
-	{
-		ws_shard_rethrow_write_error(1, dist->name, info->serverid, slot, info->remote_table);
-	}
-	PG_END_TRY();
-
-	PG_TRY();
-	{
-		if (PQntuples(res) == 1)
-		{
-			for (int i = 0, n = 0; i < desc->natts; i++)
-			{
-				Form_pg_attribute att = TupleDescAttr(desc, i);
-
-				nulls[i] = att->attisdropped || PQgetisnull(res, 0, n);
-				values[i] = nulls[i] ? (Datum) 0 :
-					InputFunctionCall(&dist->in_functions[i], PQgetvalue(res, 0, n),
-									  dist->typioparams[i], att->atttypmod);
-				if (!att->attisdropped)
-					n++;
-			}
-			note_routed(info->serverid, 1);
-			MemoryContextSwitchTo(caller_context);
-			stored = heap_form_tuple(desc, values, nulls);
-		}
-	}
-	PG_FINALLY();
-	{
-		PQclear(res);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(caller_context);
-	return PointerGetDatum(stored);
 }
 
 /*
@@ -2008,18 +1468,15 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 
 	upsert = ws_upsert_running(RelationGetRelid(view));
 	if (upsert != NULL)
-		return upsert_row(view, upsert, tuple, values, nulls, caller_context);
+		return ws_upsert_route_row(view, upsert, tuple, values, nulls, caller_context);
 
 	if (ws_shard_streaming_now(RelationGetRelid(view)))
 	{
-		if (statement_stream == NULL)
-			statement_stream = ws_route_stream_begin(view);
-		ws_route_stream_row(statement_stream, values, nulls);
-		ws_route_stream_send(statement_stream);
-		return returned_row(tuple, caller_context);
+		ws_route_stream_statement_row(view, values, nulls);
+		return ws_returned_row(tuple, caller_context);
 	}
 
-	slot = route_slot(view, values, nulls, &dist);
+	slot = ws_dist_route_slot(view, values, nulls, &dist);
 	buf = buffer_for(dist, slot);
 	old = MemoryContextSwitchTo(buffer_context);
 	{
@@ -2059,7 +1516,7 @@ write_scaling_route_insert(PG_FUNCTION_ARGS)
 	if (buf->rows >= ROUTE_BATCH_ROWS || buf->copy_data.len >= ROUTE_BATCH_BYTES)
 		send_buffer(buf);
 
-	return returned_row(tuple, caller_context);
+	return ws_returned_row(tuple, caller_context);
 }
 
 /*
@@ -2073,12 +1530,8 @@ write_scaling_route_flush(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("ws._route_flush() must be a statement trigger")));
-	if (statement_stream != NULL &&
-		ws_shard_streaming_now(RelationGetRelid(((TriggerData *) fcinfo->context)->tg_relation)))
-	{
-		(void) ws_route_stream_end(statement_stream);
-		statement_stream = NULL;
-	}
+	if (ws_shard_streaming_now(RelationGetRelid(((TriggerData *) fcinfo->context)->tg_relation)))
+		ws_route_stream_statement_end();
 	send_all();
 	return PointerGetDatum(NULL);
 }
@@ -2151,795 +1604,6 @@ ws_shard_routes(Relation view)
 			return true;
 	}
 	return false;
-}
-
-/* --- streams: rows sent while a statement runs (shard_stream.c) ---------- */
-
-/*
- * A stream holds one COPY open on each server's postgres_fdw connection.
- * Such a connection can serve nothing else until its COPY ends, and
- * postgres_fdw, rolling back, waits forever on one left in the middle of a
- * COPY.  So every stream is listed in live_streams from its beginning to
- * its end, and our abort callbacks, which run ahead of postgres_fdw's, end
- * the COPYs of the streams an abort takes (FATAL errors included, which no
- * PG_CATCH sees).  Writes to a shard that stopped reading (waiting for a
- * lock there, say) must not block the backend where no interrupt can reach
- * it: the connection is in nonblocking mode while its COPY runs.
- */
-
-/* A server's share of a stream: one COPY into its table of slots. */
-typedef struct ServerStream
-{
-	Oid			serverid;
-	PGconn	   *conn;			/* once its COPY was sent */
-	bool		copying;		/* the server takes the COPY's data */
-	bool		ended;			/* the COPY's end was queued */
-	bool		done;			/* its result was read, or abandoned */
-	bool		spoke;			/* seen to send something during this COPY */
-	bool		chatty;			/* a restart found no error: no more */
-	StringInfoData data;		/* rows not yet handed to libpq */
-	int64		rows;
-} ServerStream;
-
-struct RouteStream
-{
-	dlist_node	live;			/* in live_streams until it ends */
-	bool		listed;
-	Relation	view;			/* rows to route, for ws_route_stream_row */
-	char	   *table;			/* for messages */
-	SubTransactionId subid;		/* where it began: where it is sent */
-	MemoryContext context;		/* under TopTransactionContext */
-	char	   *sql;			/* the COPY each server runs */
-	Oid			userid;			/* whose user mappings: mapping_user */
-	bool		binary;
-	List	   *servers;		/* ServerStreams */
-	ServerStream *full;			/* one whose rows are due to go */
-	uint64		rows;
-};
-
-static dlist_head live_streams = DLIST_STATIC_INIT(live_streams);
-
-/*
- * ws_route_stream_begin prepares to stream rows of a distributed table to
- * its shards.  Connections open as each server's first rows are due.
- */
-RouteStream *
-ws_route_stream_begin(Relation view)
-{
-	RouteStream *stream = stream_begin(open_dist(view), RelationGetRelationName(view));
-
-	stream->view = view;
-	return stream;
-}
-
-static RouteStream *
-stream_begin(DistEntry *dist, const char *table)
-{
-	/* Abort callbacks may need it after the statement's memory is gone. */
-	MemoryContext context = AllocSetContextCreate(TopTransactionContext,
-												  "write_scaling COPY stream",
-												  ALLOCSET_DEFAULT_SIZES);
-	MemoryContext old = MemoryContextSwitchTo(context);
-	RouteStream *stream = palloc0(sizeof(RouteStream));
-	StringInfoData sql;
-
-	stream->context = context;
-	stream->table = pstrdup(table);
-	stream->subid = GetCurrentSubTransactionId();
-	initStringInfo(&sql);
-	copy_command(&sql, dist, dist->shard_table);
-	stream->sql = sql.data;
-	stream->binary = dist->binary;
-	stream->userid = mapping_user(dist);
-	MemoryContextSwitchTo(old);
-	dlist_push_tail(&live_streams, &stream->live);
-	stream->listed = true;
-	return stream;
-}
-
-/* stream_delist takes a stream off live_streams, once. */
-static void
-stream_delist(RouteStream *stream)
-{
-	if (stream->listed)
-		dlist_delete(&stream->live);
-	stream->listed = false;
-}
-
-/* stream_free forgets a stream that ended or was aborted. */
-static void
-stream_free(RouteStream *stream)
-{
-	stream_delist(stream);
-	MemoryContextDelete(stream->context);
-}
-
-/*
- * stream_server returns the stream's share for serverid, new if need be.
- */
-static ServerStream *
-stream_server(RouteStream *stream, Oid serverid)
-{
-	ServerStream *server;
-	ListCell   *lc;
-	MemoryContext old;
-
-	foreach(lc, stream->servers)
-		if (((ServerStream *) lfirst(lc))->serverid == serverid)
-			return lfirst(lc);
-	old = MemoryContextSwitchTo(stream->context);
-	server = palloc0(sizeof(ServerStream));
-	server->serverid = serverid;
-	initStringInfo(&server->data);
-	stream->servers = lappend(stream->servers, server);
-	MemoryContextSwitchTo(old);
-	return server;
-}
-
-/*
- * stream_error raises the error being handled again, naming the server
- * (as it is, if none).
- */
-static void
-stream_error(RouteStream *stream, ServerStream *server)
-{
-	MemoryContext old;
-	ErrorData  *edata;
-
-	if (server == NULL)
-		PG_RE_THROW();
-	old = MemoryContextSwitchTo(stream->context);
-	edata = CopyErrorData();
-	FlushErrorState();
-	MemoryContextSwitchTo(old);
-	ereport(ERROR,
-			(errcode(edata->sqlerrcode),
-			 errmsg("could not write rows of \"%s\" to shard server \"%s\": %s",
-					stream->table,
-					GetForeignServer(server->serverid)->servername, edata->message),
-			 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
-			 edata->hint ? errhint("%s", edata->hint) : 0));
-}
-
-/*
- * stream_failed raises the error that ended a server's COPY early: the
- * shard's, which libpq keeps as a result, or the connection's.
- */
-static void
-stream_failed(RouteStream *stream, ServerStream *server)
-{
-	PGresult   *res;
-
-	while ((res = PQgetResult(server->conn)) != NULL)
-	{
-		if (PQresultStatus(res) == PGRES_FATAL_ERROR)
-			fdw_report_error(ERROR, res, server->conn, true, stream->sql);
-		if (PQresultStatus(res) == PGRES_COPY_IN)
-		{
-			PQclear(res);
-			break;
-		}
-		PQclear(res);
-	}
-	fdw_report_error(ERROR, NULL, server->conn, false, stream->sql);
-}
-
-/*
- * wait_io waits, interruptibly, until a server's socket takes more data or
- * has some to read, and reads it (a shard that sends while we send must
- * not block on us), noting that the server spoke; returns false if the
- * connection failed.
- */
-static bool
-wait_io(ServerStream *server)
-{
-	int			rc = WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_SOCKET_WRITEABLE |
-									   WL_SOCKET_READABLE | WL_EXIT_ON_PM_DEATH,
-									   PQsocket(server->conn), -1L, PG_WAIT_EXTENSION);
-
-	ResetLatch(MyLatch);
-	CHECK_FOR_INTERRUPTS();
-	if ((rc & WL_SOCKET_READABLE) == 0)
-		return true;
-	server->spoke = true;
-	return PQconsumeInput(server->conn);
-}
-
-/*
- * note_input notes that a server spoke if its socket has data to read.  It
- * must look before each send: libpq, finding that the socket takes no
- * more, reads whatever has come, and holds an error read that way unseen
- * until the COPY ends.
- */
-static void
-note_input(ServerStream *server)
-{
-	if (!server->spoke && ws_socket_readable(PQsocket(server->conn)))
-		server->spoke = true;
-}
-
-/*
- * put_copy_data hands data to a server, in nonblocking mode, and sends it
- * all, waiting interruptibly while the server does not read; returns false
- * if the connection failed.
- */
-static bool
-put_copy_data(ServerStream *server, const char *data, int len)
-{
-	int			rc;
-
-	for (;;)
-	{
-		note_input(server);
-		if ((rc = PQputCopyData(server->conn, data, len)) != 0)
-			break;
-		if (!wait_io(server))
-			return false;
-	}
-	if (rc < 0)
-		return false;
-	for (;;)
-	{
-		note_input(server);
-		if ((rc = PQflush(server->conn)) != 1)
-			break;
-		if (!wait_io(server))
-			return false;
-	}
-	return rc == 0;
-}
-
-/*
- * check_subtransaction refuses to send a stream's rows in another
- * subtransaction than the one it began in: they would go into another
- * remote savepoint, which could roll them back alone.
- */
-static void
-check_subtransaction(RouteStream *stream)
-{
-	if (GetCurrentSubTransactionId() != stream->subid)
-		elog(ERROR, "rows streamed to shards cannot be sent from another subtransaction");
-}
-
-/*
- * copy_begin sends a server the stream's COPY, on conn, and waits until it
- * takes the data.
- */
-static void
-copy_begin(RouteStream *stream, ServerStream *server, PGconn *conn)
-{
-	PGresult   *res;
-
-	server->copying = server->ended = server->spoke = false;
-	if (!PQsendQuery(conn, stream->sql))
-		fdw_report_error(ERROR, NULL, conn, false, stream->sql);
-	server->conn = conn;		/* an abort must end the COPY from now on */
-	res = wait_result(conn, stream->sql);
-	if (PQresultStatus(res) != PGRES_COPY_IN)
-		fdw_report_error(ERROR, res, conn, true, stream->sql);
-	PQclear(res);
-	server->copying = true;
-	if (PQsetnonblocking(conn, 1) != 0 ||
-		(stream->binary && !put_copy_data(server, binary_header, sizeof(binary_header))))
-		stream_failed(stream, server);
-}
-
-/*
- * copy_end queues the end of a server's COPY and sends it, leaving the
- * connection blocking, as postgres_fdw has it; the result is the caller's
- * to read.
- */
-static void
-copy_end(RouteStream *stream, ServerStream *server)
-{
-	int			rc;
-
-	if ((stream->binary && !put_copy_data(server, binary_trailer, sizeof(binary_trailer))) ||
-		PQputCopyEnd(server->conn, NULL) != 1)
-		stream_failed(stream, server);
-	server->ended = true;		/* queued: an abort must see it out */
-	while ((rc = PQflush(server->conn)) == 1)
-		if (!wait_io(server))
-			break;
-	if (rc != 0 || PQsetnonblocking(server->conn, 0) != 0)
-		stream_failed(stream, server);
-}
-
-/*
- * stream_send hands a server's rows to libpq, beginning its COPY first if
- * need be.
- */
-static void
-stream_send(RouteStream *stream, ServerStream *server)
-{
-	check_subtransaction(stream);
-	PG_TRY();
-	{
-		if (server->conn == NULL)
-		{
-			PGconn	   *conn = connection_as(server->serverid, stream->userid);
-
-			/* postgres_fdw registers its callbacks with its first connection. */
-			stream_callbacks_ahead_of_fdw();
-			copy_begin(stream, server, conn);
-		}
-		if (!put_copy_data(server, server->data.data, server->data.len))
-			stream_failed(stream, server);
-		resetStringInfo(&server->data);
-	}
-	PG_CATCH();
-	{
-		stream_error(stream, server);
-	}
-	PG_END_TRY();
-}
-
-/*
- * stream_send_more sends a server's rows in the middle of a stream.
- *
- * A shard that fails in the middle of a COPY reads the rest and drops it,
- * and libpq returns its error only once the COPY ends.  So a server seen
- * to say something during its COPY (an error, most likely: else a notice)
- * has its COPY ended, which raises the error at once rather than after the
- * last row, and begun again.  One whose restart found no error is not
- * restarted again, since a trigger of its own might give a notice per
- * COPY; a later error of its comes at the end.  So does an error that
- * libpq read while it sent, before we looked.
- */
-static void
-stream_send_more(RouteStream *stream, ServerStream *server)
-{
-	stream_send(stream, server);
-	if (server->chatty)
-		return;
-	note_input(server);
-	if (!server->spoke)
-		return;
-	PG_TRY();
-	{
-		PGresult   *res;
-
-		copy_end(stream, server);
-		while ((res = wait_result(server->conn, stream->sql)) != NULL)
-		{
-			if (PQresultStatus(res) != PGRES_COMMAND_OK)
-				fdw_report_error(ERROR, res, server->conn, true, stream->sql);
-			PQclear(res);
-		}
-		copy_begin(stream, server, server->conn);
-		server->chatty = true;
-	}
-	PG_CATCH();
-	{
-		stream_error(stream, server);
-	}
-	PG_END_TRY();
-}
-
-/*
- * stream_add adds rows, COPY lines already, to a server's share, and sends
- * the share once it is large enough.
- */
-static void
-stream_add(RouteStream *stream, Oid serverid, const char *lines, int len, int64 rows)
-{
-	ServerStream *server = stream_server(stream, serverid);
-
-	appendBinaryStringInfo(&server->data, lines, len);
-	server->rows += rows;
-	stream->rows += rows;
-	if (server->data.len >= ROUTE_STREAM_BYTES)
-		stream_send(stream, server);
-}
-
-/*
- * ws_route_stream_row routes a row (deformed) of the stream's table: the
- * row joins its server's share, which ws_route_stream_send sends once it is
- * large enough.  Called in a short-lived memory context.
- */
-void
-ws_route_stream_row(RouteStream *stream, Datum *values, bool *nulls)
-{
-	DistEntry  *dist;
-	int			slot = route_slot(stream->view, values, nulls, &dist);
-	ServerStream *server = stream_server(stream, dist->slots[slot].serverid);
-	int			client_encoding;
-
-	client_encoding = dist->binary ? ws_enter_database_encoding() : -1;
-	if (client_encoding < 0)
-		append_line(&server->data, dist, RelationGetDescr(stream->view), values, nulls, slot);
-	else
-	{
-		PG_TRY();
-		{
-			append_line(&server->data, dist, RelationGetDescr(stream->view), values, nulls, slot);
-		}
-		PG_FINALLY();
-		{
-			ws_leave_database_encoding(client_encoding);
-		}
-		PG_END_TRY();
-	}
-	server->rows++;
-	stream->rows++;
-	if (server->data.len >= ROUTE_STREAM_BYTES)
-		stream->full = server;
-}
-
-/*
- * ws_route_stream_send sends the rows of a server whose share grew large
- * enough, if any.
- */
-void
-ws_route_stream_send(RouteStream *stream)
-{
-	if (stream->full == NULL)
-		return;
-	stream_send_more(stream, stream->full);
-	stream->full = NULL;
-}
-
-/*
- * ws_route_stream_end sends what is left, ends every server's COPY and
- * waits for them all; returns the rows routed.  The stream is gone then.
- */
-uint64
-ws_route_stream_end(RouteStream *stream)
-{
-	uint64		rows;
-	WaitEventSet *volatile set = NULL;
-	ServerStream *volatile current = NULL;
-	int			pending = 0;
-	ListCell   *lc;
-
-	foreach(lc, stream->servers)
-	{
-		ServerStream *server = lfirst(lc);
-
-		stream_send(stream, server);
-		current = server;
-		PG_TRY();
-		{
-			copy_end(stream, server);
-		}
-		PG_CATCH();
-		{
-			stream_error(stream, server);
-		}
-		PG_END_TRY();
-		pending++;
-	}
-
-	PG_TRY();
-	{
-		while (pending > 0)
-		{
-			WaitEvent	events[16];
-			int			n;
-
-			foreach(lc, stream->servers)
-			{
-				ServerStream *server = lfirst(lc);
-				PGresult   *res;
-
-				current = server;
-				while (!server->done && !PQisBusy(server->conn))
-				{
-					res = PQgetResult(server->conn);
-					if (res == NULL)
-					{
-						server->done = true;
-						pending--;
-						break;
-					}
-					if (PQresultStatus(res) != PGRES_COMMAND_OK)
-						fdw_report_error(ERROR, res, server->conn, true, stream->sql);
-					PQclear(res);
-				}
-			}
-			if (pending == 0)
-				break;
-
-			/* The servers still working: a finished one's socket may stay readable. */
-			set = CreateWaitEventSet(CurrentMemoryContext, pending + 1);
-			AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-			foreach(lc, stream->servers)
-			{
-				ServerStream *server = lfirst(lc);
-
-				if (!server->done)
-					AddWaitEventToSet(set, WL_SOCKET_READABLE, PQsocket(server->conn), NULL,
-									  server);
-			}
-			n = WaitEventSetWait(set, -1, events, lengthof(events), PG_WAIT_EXTENSION);
-			FreeWaitEventSet(set);
-			set = NULL;
-			for (int i = 0; i < n; i++)
-			{
-				ServerStream *server = events[i].user_data;
-
-				if (events[i].events & WL_LATCH_SET)
-				{
-					current = NULL;
-					ResetLatch(MyLatch);
-					CHECK_FOR_INTERRUPTS();
-				}
-				current = server;
-				if ((events[i].events & WL_SOCKET_READABLE) && !PQconsumeInput(server->conn))
-					fdw_report_error(ERROR, NULL, server->conn, false, stream->sql);
-			}
-		}
-	}
-	PG_CATCH();
-	{
-		if (set != NULL)
-			FreeWaitEventSet(set);	/* its epoll descriptor */
-		stream_error(stream, current);
-	}
-	PG_END_TRY();
-
-	foreach(lc, stream->servers)
-	{
-		ServerStream *server = lfirst(lc);
-
-		note_routed(server->serverid, server->rows);
-	}
-	rows = stream->rows;
-	stream_free(stream);
-	return rows;
-}
-
-/*
- * The abort of a stream raises nothing and takes no interrupt: it runs in
- * PG_CATCH blocks and abort callbacks.  It waits with poll() and one
- * deadline for the whole stream.
- */
-
-/* wait_socket waits until conn's socket is readable or writable, or until. */
-static void
-wait_socket(PGconn *conn, bool write, TimestampTz until)
-{
-	struct pollfd fd;
-	long		wait = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
-
-	fd.fd = PQsocket(conn);
-	fd.events = POLLIN | (write ? POLLOUT : 0);
-	fd.revents = 0;
-	(void) poll(&fd, 1, (int) Min(wait, INT_MAX));
-}
-
-/*
- * cancel_remote asks a server to cancel what its connection runs.  libpq's
- * PQcancel connects with no timeout of its own (postgres_fdw's cancels
- * share that limit): a shard host that drops packets holds it for the
- * kernel's connect timeout.
- */
-static void
-cancel_remote(PGconn *conn)
-{
-	PGcancel   *cancel = PQgetCancel(conn);
-	char		message[256];
-
-	if (cancel == NULL)
-		return;
-	(void) PQcancel(cancel, message, sizeof(message));
-	PQfreeCancel(cancel);
-}
-
-/*
- * cut_off shuts a connection down under postgres_fdw, which then finds it
- * broken (libpq marks it so once a read fails) rather than in the middle
- * of a COPY.
- */
-static void
-cut_off(PGconn *conn)
-{
-	shutdown(PQsocket(conn), SHUT_RDWR);
-	for (int i = 0; i < 1000 && PQconsumeInput(conn); i++)
-		;
-}
-
-/*
- * copy_started tells whether a server took the COPY sent to it.  One that
- * has not answered yet (waiting for a lock there, say) is asked to cancel
- * it, then waited for; one that does not answer by until is cut off.
- */
-static bool
-copy_started(PGconn *conn, TimestampTz until)
-{
-	bool		cancelled = false;
-
-	for (;;)
-	{
-		if (!PQconsumeInput(conn))
-			return false;
-		if (!PQisBusy(conn))
-		{
-			PGresult   *res = PQgetResult(conn);
-			bool		copy_in;
-
-			if (res == NULL)
-				return false;	/* the COPY failed, and is over */
-			copy_in = PQresultStatus(res) == PGRES_COPY_IN;
-			PQclear(res);
-			if (copy_in)
-				return true;
-			continue;
-		}
-		if (!cancelled)
-		{
-			cancel_remote(conn);
-			cancelled = true;
-		}
-		if (GetCurrentTimestamp() >= until)
-		{
-			cut_off(conn);
-			return false;
-		}
-		wait_socket(conn, false, until);
-	}
-}
-
-/*
- * finish_output sends what libpq holds for a server.  One that does not
- * read it (waiting for a lock there, say) is asked to cancel, and then
- * reads and drops the rest; one that does not by until is cut off.
- * Leaves the connection blocking, as postgres_fdw has it.
- */
-static void
-finish_output(PGconn *conn, TimestampTz until)
-{
-	bool		cancelled = false;
-
-	for (;;)
-	{
-		int			rc = PQflush(conn);
-
-		if (rc == 0)
-		{
-			(void) PQsetnonblocking(conn, 0);
-			return;
-		}
-		if (rc < 0)
-			break;
-		if (!cancelled)
-		{
-			cancel_remote(conn);
-			cancelled = true;
-		}
-		if (GetCurrentTimestamp() >= until)
-			break;
-		wait_socket(conn, true, until);
-		(void) PQconsumeInput(conn);
-	}
-	cut_off(conn);
-}
-
-/*
- * ws_route_stream_abort ends every COPY of a stream still open, so that
- * postgres_fdw, rolling back, finds its connections busy, idle or broken
- * but not in the middle of a COPY, and frees the stream.  Results are left
- * to postgres_fdw, which cancels and drains a busy connection.
- */
-void
-ws_route_stream_abort(RouteStream *stream)
-{
-	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 30000);
-	ListCell   *lc;
-
-	stream_delist(stream);
-	foreach(lc, stream->servers)
-	{
-		ServerStream *server = lfirst(lc);
-		PGconn	   *conn = server->conn;
-
-		if (conn == NULL || server->done || PQstatus(conn) == CONNECTION_BAD)
-			continue;
-		server->done = true;
-		if (!server->copying && !copy_started(conn, until))
-			continue;
-		if (!server->ended &&
-			PQputCopyEnd(conn, "write_scaling: the statement failed") != 1)
-		{
-			cut_off(conn);
-			continue;
-		}
-		finish_output(conn, until);
-	}
-	stream_free(stream);
-}
-
-/*
- * ws_route_stream_statement_end sends the rows the INSERT that streamed
- * (shard_stream.c) left in its stream, if its AFTER trigger did not.
- */
-void
-ws_route_stream_statement_end(void)
-{
-	RouteStream *stream = statement_stream;
-
-	if (stream == NULL)
-		return;
-	statement_stream = NULL;
-	PG_TRY();
-	{
-		(void) ws_route_stream_end(stream);
-	}
-	PG_CATCH();
-	{
-		ws_route_stream_abort(stream);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-}
-
-/*
- * An aborted (sub)transaction ends the COPYs of the streams it takes
- * before postgres_fdw rolls back on their connections: these callbacks run
- * ahead of postgres_fdw's.
- */
-static void
-stream_xact_callback(XactEvent event, void *arg)
-{
-	switch (event)
-	{
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-			while (!dlist_is_empty(&live_streams))
-				ws_route_stream_abort(dlist_container(RouteStream, live,
-													  dlist_head_node(&live_streams)));
-			dlist_init(&live_streams);
-			statement_stream = NULL;
-			break;
-		case XACT_EVENT_PRE_COMMIT:
-		case XACT_EVENT_PRE_PREPARE:
-			if (!dlist_is_empty(&live_streams))
-				elog(ERROR, "rows streamed to shards were not finished before commit");
-			break;
-		default:
-			break;
-	}
-}
-
-static void
-stream_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-						SubTransactionId parentSubid, void *arg)
-{
-	dlist_mutable_iter iter;
-
-	dlist_foreach_modify(iter, &live_streams)
-	{
-		RouteStream *stream = dlist_container(RouteStream, live, iter.cur);
-
-		if (stream->subid != mySubid)
-			continue;
-		if (event == SUBXACT_EVENT_COMMIT_SUB)
-			stream->subid = parentSubid;
-		else if (event == SUBXACT_EVENT_ABORT_SUB)
-		{
-			if (stream == statement_stream)
-				statement_stream = NULL;
-			ws_route_stream_abort(stream);
-		}
-	}
-}
-
-/*
- * stream_callbacks_ahead_of_fdw puts our abort callbacks (registered since
- * the library loaded) in front of postgres_fdw's, registered by now:
- * callbacks run newest first.  Once is enough: postgres_fdw registers its
- * own once per backend.
- */
-static void
-stream_callbacks_ahead_of_fdw(void)
-{
-	if (stream_callbacks_ahead)
-		return;
-	UnregisterXactCallback(stream_xact_callback, NULL);
-	RegisterXactCallback(stream_xact_callback, NULL);
-	UnregisterSubXactCallback(stream_subxact_callback, NULL);
-	RegisterSubXactCallback(stream_subxact_callback, NULL);
-	stream_callbacks_ahead = true;
 }
 
 /* --- transaction callbacks ------------------------------------------------ */
@@ -3042,6 +1706,5 @@ ws_shard_register_callbacks(void)
 	ws_defer_register();
 	RegisterXactCallback(route_xact_callback, NULL);
 	RegisterSubXactCallback(route_subxact_callback, NULL);
-	RegisterXactCallback(stream_xact_callback, NULL);
-	RegisterSubXactCallback(stream_subxact_callback, NULL);
+	ws_route_stream_register();
 }

@@ -5,7 +5,7 @@
  *
  * A routed INSERT buffers its rows until the statement ends: the shards
  * wait while the coordinator produces rows, then the coordinator waits
- * while the shards insert.  A stream (shard_route.c) instead hands each
+ * while the shards insert.  A stream (shard_send.c) instead hands each
  * server its share in pieces while the statement runs, through one COPY
  * of its own held open on postgres_fdw's connection: producing and
  * inserting overlap.  Two statements stream:

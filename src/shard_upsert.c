@@ -16,8 +16,8 @@
  * Many rows, no RETURNING
  *	  A top-level INSERT without RETURNING keeps its rows until it ends, or
  *	  until 8MB wait, then sends each slot's rows as one INSERT ... SELECT
- *	  ... ON CONFLICT, each server's in one pipeline (shard_route.c); the
- *	  trigger returns each row as if stored, and ExecutorRun takes the rows
+ *	  ... ON CONFLICT, each server's in one pipeline (below); the trigger
+ *	  returns each row as if stored, and ExecutorRun takes the rows
  *	  the shards skipped off the statement's count.  The shard sees a slot's
  *	  rows in one statement, so a DO UPDATE that meets a key twice fails
  *	  ("cannot affect row a second time") as on a table, unless the 8MB
@@ -56,18 +56,23 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
+#include "foreign/foreign.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
 #include "optimizer/clauses.h"
 #include "optimizer/optimizer.h"
 #include "parser/parse_func.h"
 #include "parser/parsetree.h"
+#include "pgstat.h"
+#include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -75,7 +80,7 @@
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
 
-#include "shard.h"
+#include "shard_route.h"
 
 /* The stored row's name in the shard's statement. */
 #define TARGET_ALIAS "ws_target"
@@ -668,6 +673,478 @@ ws_upsert_running(Oid view)
 	}
 	return NULL;
 }
+
+/* --- sending rows ---------------------------------------------------------- */
+
+/*
+ * ws_upsert_rows_sql returns the part of a batched upsert's statement that
+ * names the columns and reads the rows (ws_shard_upsert_flush), and sets
+ * delimiters[n] to what separates the values of the nth column in its
+ * array.  Each column's values travel as one array parameter, $1 the first
+ * column's: an array of the column's base type, whose elements the shard
+ * reads with the type's input function, as it reads a parameter's text (a
+ * cast could call a function of its own instead: text to regclass refuses
+ * an OID).  The INSERT then applies the column's type modifier and domain.
+ * unnest would flatten an array of arrays: array columns travel as text[],
+ * each value cast to the column's base type.
+ */
+char *
+ws_upsert_rows_sql(TupleDesc desc, const char *column_list, char *delimiters)
+{
+	StringInfoData select;
+	StringInfoData arrays;
+	StringInfoData names;
+	int			n = 0;
+
+	initStringInfo(&select);
+	initStringInfo(&arrays);
+	initStringInfo(&names);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		const char *separator = n > 0 ? ", " : "";
+		Oid			base;
+		Oid			array;
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+		Oid			typioparam;
+		Oid			func;
+
+		if (att->attisdropped)
+			continue;
+		n++;
+		base = getBaseType(att->atttypid);
+		array = get_array_type(base);
+		appendStringInfo(&names, "%sv%d", separator, n);
+		if (OidIsValid(array) && !OidIsValid(get_element_type(base)))
+		{
+			appendStringInfo(&select, "%sv%d", separator, n);
+			appendStringInfo(&arrays, "%spg_catalog.unnest($%d::%s)", separator, n,
+							 format_type_extended(array, -1,
+												  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
+			get_type_io_data(base, IOFunc_input, &typlen, &typbyval, &typalign,
+							 &delimiters[n - 1], &typioparam, &func);
+		}
+		else
+		{
+			appendStringInfo(&select, "%sv%d::%s", separator, n,
+							 format_type_extended(base, -1,
+												  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
+			appendStringInfo(&arrays, "%spg_catalog.unnest($%d::pg_catalog.text[])", separator, n);
+			delimiters[n - 1] = ',';
+		}
+	}
+	return psprintf(" (%s) SELECT %s FROM ROWS FROM (%s) AS ws_rows (%s)",
+					column_list, select.data, arrays.data, names.data);
+}
+
+/*
+ * Rows of a batched upsert (shard_upsert.c) waiting to be sent, by slot:
+ * each slot's rows go as one INSERT ... SELECT ... ON CONFLICT into its
+ * table, each column's values an array parameter (ws_upsert_rows_sql), so
+ * that the shard checks the rows of a key against each other as
+ * PostgreSQL does in one statement ("cannot affect row a second time").
+ * They wait until the statement ends, or until 8MB wait, in a memory
+ * context emptied when they are sent.
+ */
+#define UPSERT_WAIT_BYTES	(8 * 1024 * 1024)
+
+typedef struct UpsertSlot
+{
+	struct UpsertServer *server;
+	int			slot;
+	char	   *remote_table;
+	int			rows;
+	StringInfoData *columns;	/* per column, its values: an array literal */
+	char	   *sql;			/* what they go as */
+} UpsertSlot;
+
+typedef struct UpsertServer
+{
+	Oid			serverid;
+	int			rows;
+	List	   *slots;			/* UpsertSlot, in the order of their first rows */
+	PGconn	   *conn;			/* once sending */
+} UpsertServer;
+
+typedef struct UpsertRows
+{
+	MemoryContext memory;		/* the rows, and the lists below */
+	Oid			userid;
+	const char *table;			/* for messages */
+	const char *rows_sql;		/* the statements' part after the table */
+	int			ncolumns;
+	char	   *delimiters;		/* per column: between its values */
+	int			nslots;
+	UpsertSlot **slots;			/* by slot number, NULL if none waits */
+	List	   *servers;		/* UpsertServer, those with rows waiting */
+	Size		bytes;			/* of the values waiting */
+} UpsertRows;
+
+/*
+ * flush_output sends what libpq holds for conn, a connection in
+ * non-blocking mode, waiting interruptibly (and reading what comes
+ * meanwhile, so that the shard never waits for us to read).
+ */
+static void
+flush_output(PGconn *conn, const char *sql)
+{
+	int			rc;
+
+	while ((rc = PQflush(conn)) > 0)
+	{
+		int			events = WaitLatchOrSocket(MyLatch,
+											   WL_LATCH_SET | WL_SOCKET_WRITEABLE |
+											   WL_SOCKET_READABLE | WL_EXIT_ON_PM_DEATH,
+											   PQsocket(conn), -1L, PG_WAIT_EXTENSION);
+
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if ((events & WL_SOCKET_READABLE) && !PQconsumeInput(conn))
+			ws_fdw_report_error(ERROR, NULL, conn, false, sql);
+	}
+	if (rc < 0)
+		ws_fdw_report_error(ERROR, NULL, conn, false, sql);
+}
+
+/*
+ * append_array_value adds value (NULL for NULL) to array, an array literal
+ * being written whose values are separated by delimiter: always quoted, so
+ * that the empty string, spaces and the word NULL stay what they are.
+ */
+static void
+append_array_value(StringInfo array, const char *value, char delimiter)
+{
+	if (array->len > 1)
+		appendStringInfoChar(array, delimiter);
+	if (value == NULL)
+	{
+		appendStringInfoString(array, "NULL");
+		return;
+	}
+	appendStringInfoChar(array, '"');
+	for (;;)
+	{
+		size_t		plain = strcspn(value, "\"\\");
+
+		appendBinaryStringInfo(array, value, plain);
+		if (value[plain] == '\0')
+			break;
+		appendStringInfoChar(array, '\\');
+		appendStringInfoChar(array, value[plain]);
+		value += plain + 1;
+	}
+	appendStringInfoChar(array, '"');
+}
+
+/*
+ * ws_shard_upsert_flush sends the rows of an upsert that wait, each server's
+ * statements in one pipeline (one round trip) on postgres_fdw's connection,
+ * in its remote transaction, all servers at once; and adds to
+ * upsert->skipped the rows the shards skipped.  After a shard's error,
+ * every connection is read to the end and leaves pipeline mode before the
+ * error is raised, so that postgres_fdw finds it as it was.  After an
+ * interrupt while the servers work, or a connection lost while sending,
+ * the connections whose answers were not read stay in pipeline mode, and
+ * postgres_fdw gives them up at abort (the shards roll back; in a
+ * subtransaction, the rest of the transaction can no longer use those
+ * servers).
+ */
+void
+ws_shard_upsert_flush(WsUpsert *upsert)
+{
+	UpsertRows *waiting = upsert->waiting;
+	int			nparams;
+	const char **params;
+	UpsertServer *volatile server = NULL;
+	UpsertSlot *volatile failed = NULL;
+	UpsertServer *volatile failed_server = NULL;
+	UpsertSlot *volatile failed_rows = NULL;
+	volatile int failed_count = 0;
+	PGresult   *volatile error = NULL;
+	uint64		skipped = 0;
+	ListCell   *lc;
+	MemoryContext old;
+
+	if (waiting == NULL || waiting->servers == NIL)
+		return;
+	old = MemoryContextSwitchTo(waiting->memory);
+	nparams = waiting->ncolumns + upsert->nvalues;
+	params = palloc(sizeof(char *) * nparams);
+	for (int i = 0; i < upsert->nvalues; i++)
+		params[waiting->ncolumns + i] = upsert->values[i];
+	PG_TRY();
+	{
+		/* Connections first: a server that is down fails before any sends. */
+		foreach(lc, waiting->servers)
+		{
+			server = lfirst(lc);
+			failed = linitial(server->slots);
+			failed_count = server->rows;
+			server->conn = ws_shard_connection(server->serverid, waiting->userid);
+		}
+		foreach(lc, waiting->servers)
+		{
+			ListCell   *ls;
+
+			server = lfirst(lc);
+			failed = linitial(server->slots);
+			failed_count = server->rows;
+			if (PQsetnonblocking(server->conn, 1) != 0 || !PQenterPipelineMode(server->conn))
+				ws_fdw_report_error(ERROR, NULL, server->conn, false, failed->sql);
+			foreach(ls, server->slots)
+			{
+				UpsertSlot *rows = lfirst(ls);
+
+				failed = rows;
+				for (int i = 0; i < waiting->ncolumns; i++)
+				{
+					appendStringInfoChar(&rows->columns[i], '}');
+					params[i] = rows->columns[i].data;
+				}
+				/* Non-blocking: libpq sends what the socket takes, keeps the rest. */
+				if (!PQsendQueryParams(server->conn, rows->sql, nparams, NULL, params,
+									   NULL, NULL, 0))
+					ws_fdw_report_error(ERROR, NULL, server->conn, false, rows->sql);
+			}
+			if (!PQpipelineSync(server->conn))
+				ws_fdw_report_error(ERROR, NULL, server->conn, false, failed->sql);
+			flush_output(server->conn, failed->sql);
+		}
+		/* Then each server's answers, to the end. */
+		foreach(lc, waiting->servers)
+		{
+			ListCell   *ls;
+			uint64		stored_here = 0;
+			PGresult   *sync;
+
+			server = lfirst(lc);
+			foreach(ls, server->slots)
+			{
+				UpsertSlot *rows = lfirst(ls);
+				PGresult   *res;
+
+				failed = rows;
+				while ((res = ws_shard_wait_result(server->conn, rows->sql)) != NULL)
+				{
+					if (PQresultStatus(res) == PGRES_COMMAND_OK)
+					{
+						uint64		stored = strtou64(PQcmdTuples(res), NULL, 10);
+
+						stored_here += stored;
+						skipped += rows->rows - Min(stored, rows->rows);
+					}
+					else if (PQresultStatus(res) != PGRES_PIPELINE_ABORTED && error == NULL)
+					{
+						error = res;
+						failed_server = server;
+						failed_rows = rows;
+						continue;
+					}
+					PQclear(res);
+				}
+			}
+			sync = ws_shard_wait_result(server->conn, failed->sql);
+			if (PQresultStatus(sync) != PGRES_PIPELINE_SYNC)
+				ws_fdw_report_error(ERROR, sync, server->conn, true, failed->sql);
+			PQclear(sync);
+			if (!PQexitPipelineMode(server->conn) || PQsetnonblocking(server->conn, 0) != 0)
+				ws_fdw_report_error(ERROR, NULL, server->conn, false, failed->sql);
+			ws_shard_note_routed(server->serverid, stored_here);
+		}
+		if (error != NULL)
+		{
+			PGresult   *res = error;
+
+			error = NULL;
+			server = failed_server;
+			failed = failed_rows;
+			failed_count = failed->rows;
+			ws_fdw_report_error(ERROR, res, server->conn, true, failed->sql);
+		}
+	}
+	PG_CATCH();
+	{
+		/* The rows go with the upsert, which the error ends. */
+		PQclear(error);
+		ws_shard_rethrow_write_error(failed_count, waiting->table, server->serverid,
+									 failed->slot, failed->remote_table);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	upsert->skipped += skipped;
+	MemoryContextReset(waiting->memory);
+	memset(waiting->slots, 0, sizeof(UpsertSlot *) * waiting->nslots);
+	waiting->servers = NIL;
+	waiting->bytes = 0;
+}
+
+/*
+ * wait_row adds a row's values (as text, NULL for NULL) to the rows of
+ * upsert waiting for its slot, and sends all that wait past 8MB.
+ */
+static void
+wait_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *values)
+{
+	UpsertRows *waiting = upsert->waiting;
+	UpsertSlot *rows;
+	MemoryContext old;
+
+	if (waiting == NULL)
+	{
+		old = MemoryContextSwitchTo(upsert->memory);
+		waiting = palloc0(sizeof(UpsertRows));
+		waiting->memory = AllocSetContextCreate(upsert->memory, "write_scaling upserts waiting",
+												ALLOCSET_DEFAULT_SIZES);
+		waiting->userid = ws_dist_mapping_user(dist);
+		waiting->table = pstrdup(dist->name);
+		waiting->rows_sql = pstrdup(dist->upsert_rows);
+		waiting->ncolumns = dist->ncolumns;
+		waiting->delimiters = palloc(dist->ncolumns);
+		memcpy(waiting->delimiters, dist->upsert_delimiters, dist->ncolumns);
+		waiting->nslots = dist->nslots;
+		waiting->slots = palloc0(sizeof(UpsertSlot *) * dist->nslots);
+		upsert->waiting = waiting;
+		MemoryContextSwitchTo(old);
+	}
+	old = MemoryContextSwitchTo(waiting->memory);
+	rows = waiting->slots[slot];
+	if (rows == NULL)
+	{
+		SlotInfo   *info = &dist->slots[slot];
+		UpsertServer *server = NULL;
+		ListCell   *lc;
+
+		rows = palloc0(sizeof(UpsertSlot));
+		rows->slot = slot;
+		rows->remote_table = pstrdup(info->remote_table);
+		rows->sql = psprintf("INSERT INTO %s AS ws_target%s%s", info->remote_table,
+							 waiting->rows_sql, upsert->clause);
+		rows->columns = palloc(sizeof(StringInfoData) * waiting->ncolumns);
+		for (int i = 0; i < waiting->ncolumns; i++)
+		{
+			initStringInfo(&rows->columns[i]);
+			appendStringInfoChar(&rows->columns[i], '{');
+			waiting->bytes += rows->columns[i].maxlen;
+		}
+		waiting->slots[slot] = rows;
+		foreach(lc, waiting->servers)
+			if (((UpsertServer *) lfirst(lc))->serverid == info->serverid)
+				server = lfirst(lc);
+		if (server == NULL)
+		{
+			server = palloc0(sizeof(UpsertServer));
+			server->serverid = info->serverid;
+			waiting->servers = lappend(waiting->servers, server);
+		}
+		server->slots = lappend(server->slots, rows);
+		rows->server = server;
+	}
+	for (int i = 0; i < waiting->ncolumns; i++)
+	{
+		int			before = rows->columns[i].len;
+
+		append_array_value(&rows->columns[i], values[i], waiting->delimiters[i]);
+		waiting->bytes += rows->columns[i].len - before;
+	}
+	rows->rows++;
+	rows->server->rows++;
+	MemoryContextSwitchTo(old);
+	if (waiting->bytes >= UPSERT_WAIT_BYTES)
+		ws_shard_upsert_flush(upsert);
+}
+
+/*
+ * ws_upsert_route_row sends a row (deformed) of an INSERT ... ON CONFLICT to its
+ * slot's table alone, in postgres_fdw's remote transaction, and returns what
+ * the trigger returns: the row as the shard stored it, or NULL if the shard
+ * skipped it (shard_upsert.c).  The single row of an autocommit statement
+ * goes as a statement of its own instead, on our own connection, when the
+ * statement is all its transaction does (ws_defer_may_run_now) and the
+ * table has no trigger of the user's that could fail it afterwards: one
+ * round trip, and the shard's READ COMMITTED rather than postgres_fdw's
+ * REPEATABLE READ.  Called in row_context.
+ */
+Datum
+ws_upsert_route_row(Relation view, WsUpsert *upsert, HeapTuple tuple, Datum *values, bool *nulls,
+		   MemoryContext caller_context)
+{
+	TupleDesc	desc = RelationGetDescr(view);
+	DistEntry  *dist;
+	int			slot = ws_dist_route_slot(view, values, nulls, &dist);
+	SlotInfo   *info = &dist->slots[slot];
+	int			nparams = dist->ncolumns + upsert->nvalues;
+	const char **params = palloc(sizeof(char *) * nparams);
+	int			guc_level = ws_dist_row_modes(dist);
+	char	   *sql;
+	bool		alone;
+	PGresult   *volatile res = NULL;
+	HeapTuple	stored = NULL;
+
+	for (int i = 0, n = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped)
+			params[n++] = nulls[i] ? NULL : OutputFunctionCall(&dist->out_functions[i], values[i]);
+	if (guc_level >= 0)
+		AtEOXact_GUC(true, guc_level);
+	for (int i = 0; i < upsert->nvalues; i++)
+		params[dist->ncolumns + i] = upsert->values[i];
+
+	/* A row waiting for the commit goes first, with its own error. */
+	ws_defer_flush();
+	/* A trigger of the user's could still fail the statement: not alone. */
+	alone = upsert->single_row && ws_shard_routes_only(view) &&
+		ws_defer_may_run_now(info->serverid, ws_dist_mapping_user(dist));
+	if (upsert->batched && !alone)
+	{
+		wait_row(upsert, dist, slot, params);
+		return ws_returned_row(tuple, caller_context);
+	}
+	sql = psprintf("INSERT INTO %s AS ws_target (%s) VALUES %s%s RETURNING %s", info->remote_table,
+				   dist->column_list, dist->parameters, upsert->clause, dist->column_list);
+	PG_TRY();
+	{
+		if (alone)
+			res = ws_shard_run_alone(info->serverid, ws_dist_mapping_user(dist), sql, nparams, params, true);
+		else
+			res = ws_shard_run_in_transaction(info->serverid, ws_dist_mapping_user(dist), sql,
+											  nparams, params);
+	}
+	PG_CATCH();
+	{
+		ws_shard_rethrow_write_error(1, dist->name, info->serverid, slot, info->remote_table);
+	}
+	PG_END_TRY();
+
+	PG_TRY();
+	{
+		if (PQntuples(res) == 1)
+		{
+			for (int i = 0, n = 0; i < desc->natts; i++)
+			{
+				Form_pg_attribute att = TupleDescAttr(desc, i);
+
+				nulls[i] = att->attisdropped || PQgetisnull(res, 0, n);
+				values[i] = nulls[i] ? (Datum) 0 :
+					InputFunctionCall(&dist->in_functions[i], PQgetvalue(res, 0, n),
+									  dist->typioparams[i], att->atttypmod);
+				if (!att->attisdropped)
+					n++;
+			}
+			ws_shard_note_routed(info->serverid, 1);
+			MemoryContextSwitchTo(caller_context);
+			stored = heap_form_tuple(desc, values, nulls);
+		}
+	}
+	PG_FINALLY();
+	{
+		PQclear(res);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller_context);
+	return PointerGetDatum(stored);
+}
+
 
 /* An error ends a query without ExecutorEnd. */
 static void
