@@ -77,12 +77,13 @@ namespaces_changed(Datum arg, int cacheid, uint32 hashvalue)
 }
 
 /*
- * in_ws_dist tells whether a relation lives in write_scaling's schema
- * ws_dist (a schema of that name that is not the extension's does not
- * count).  Each planned UPDATE asks: the answer is kept.
+ * ws_dist_oid returns the OID of write_scaling's schema ws_dist, or
+ * InvalidOid if the extension is not installed in this database (a schema
+ * of that name that is not the extension's does not count).  Each planned
+ * statement asks: the answer is kept.
  */
-static bool
-in_ws_dist(Oid relid)
+static Oid
+ws_dist_oid(void)
 {
 	if (!ws_dist_known)
 	{
@@ -93,7 +94,16 @@ in_ws_dist(Oid relid)
 			getExtensionOfObject(NamespaceRelationId, nsp) == extension ? nsp : InvalidOid;
 		ws_dist_known = true;
 	}
-	return OidIsValid(ws_dist_namespace) && get_rel_namespace(relid) == ws_dist_namespace;
+	return ws_dist_namespace;
+}
+
+/* in_ws_dist tells whether a relation lives in ws_dist. */
+static bool
+in_ws_dist(Oid relid)
+{
+	Oid			nsp = ws_dist_oid();
+
+	return OidIsValid(nsp) && get_rel_namespace(relid) == nsp;
 }
 
 /*
@@ -264,12 +274,16 @@ guard_planner(Query *parse, const char *query_string, int cursorOptions,
 
 /*
  * ws_shard_note_use keeps the active snapshot as the one of the
- * transaction's first use of the shards, unless one is kept already.
+ * transaction's first use of the shards, unless one is kept already.  Any
+ * foreign table counts: its server may be a shard, and postgres_fdw's
+ * remote transaction there serves the distributed tables too.  In a
+ * database without the extension no slot can move: nothing is kept.
  */
 void
 ws_shard_note_use(void)
 {
-	if (first_use == NULL && ActiveSnapshotSet())
+	if (first_use == NULL && ActiveSnapshotSet() && !IsParallelWorker() &&
+		OidIsValid(ws_dist_oid()))
 	{
 		/* A copy: the active snapshot itself may still be changed. */
 		PushCopiedSnapshot(GetActiveSnapshot());
@@ -279,15 +293,45 @@ ws_shard_note_use(void)
 }
 
 /*
- * check_moved_slots fails an UPDATE or DELETE that reaches a slot moved
- * since the transaction first used the shards (see the file header), and
- * notes a first use.  A slot's foreign table is a foreign table in ws_dist.
+ * ws_shard_note_use_of notes a first use of the shards by a utility command
+ * on relid (COPY into it, TRUNCATE, ANALYZE), through postgres_fdw: a
+ * foreign table, or a table in ws_dist.
+ */
+void
+ws_shard_note_use_of(Oid relid)
+{
+	if (first_use == NULL &&
+		(get_rel_relkind(relid) == RELKIND_FOREIGN_TABLE || in_ws_dist(relid)))
+		ws_shard_note_use();
+}
+
+/*
+ * locks_rows tells whether a statement locks rows it reads (SELECT ... FOR
+ * UPDATE, FOR SHARE...).
+ */
+static bool
+locks_rows(PlannedStmt *stmt)
+{
+	ListCell   *lc;
+
+	foreach(lc, stmt->rowMarks)
+		if (((PlanRowMark *) lfirst(lc))->strength != LCS_NONE)
+			return true;
+	return false;
+}
+
+/*
+ * check_moved_slots fails an UPDATE, DELETE or row-locking read that
+ * reaches a slot moved since the transaction first used the shards (see
+ * the file header), and notes a first use: a statement that reads a
+ * foreign table, or writes to a table in ws_dist (whose partitions are
+ * foreign tables).  A slot's foreign table is a foreign table in ws_dist.
  */
 static void
 check_moved_slots(PlannedStmt *stmt)
 {
 	bool		modifies = stmt->commandType == CMD_UPDATE || stmt->commandType == CMD_DELETE ||
-		stmt->hasModifyingCTE;
+		stmt->hasModifyingCTE || locks_rows(stmt);
 	ListCell   *lc;
 
 	if ((first_use != NULL && !modifies) || IsParallelWorker())
@@ -298,14 +342,19 @@ check_moved_slots(PlannedStmt *stmt)
 		HeapTuple	tuple;
 		TransactionId xmin;
 
-		if (rte->rtekind != RTE_RELATION || rte->relkind != RELKIND_FOREIGN_TABLE ||
-			!in_ws_dist(rte->relid))
+		if (rte->rtekind != RTE_RELATION)
 			continue;
 		if (first_use == NULL)
 		{
-			ws_shard_note_use();
-			return;
+			if (rte->relkind == RELKIND_FOREIGN_TABLE || in_ws_dist(rte->relid))
+			{
+				ws_shard_note_use();
+				return;
+			}
+			continue;
 		}
+		if (rte->relkind != RELKIND_FOREIGN_TABLE || !in_ws_dist(rte->relid))
+			continue;
 		tuple = SearchSysCache1(FOREIGNTABLEREL, ObjectIdGetDatum(rte->relid));
 		if (!HeapTupleIsValid(tuple))
 			continue;

@@ -308,6 +308,36 @@ is($adds->{stderr}, '', 'without an error');
 $adds->query(q{ROLLBACK});
 $adds->quit;
 
+# Other first uses of s1 begin its remote transaction too, and a SELECT
+# ... FOR UPDATE would find nothing to lock: each case moves a row of s2
+# to s1 while a transaction that used s1 first in that way is open.
+$shard{s1}->safe_psql('postgres', q{CREATE TABLE notes (id int)});
+$coord->safe_psql('postgres', q{CREATE FOREIGN TABLE my_notes (id int) SERVER s1 OPTIONS (table_name 'notes')});
+for my $case (
+	[ 'a query of a postgres_fdw table of its own', q{SELECT count(*) FROM my_notes}, 'UPDATE' ],
+	[ 'a TRUNCATE of a distributed table', q{TRUNCATE memos}, 'UPDATE' ],
+	[ 'an INSERT into a table in ws_dist', q{INSERT INTO ws_dist.memos VALUES (10, 'x')}, 'UPDATE' ],
+	[ 'an ANALYZE of a table in ws_dist', q{ANALYZE ws_dist.memos}, 'UPDATE' ],
+	[ 'an INSERT', q{INSERT INTO memos VALUES (11, 'x')}, 'SELECT ... FOR UPDATE' ])
+{
+	my ($first_use, $sql, $then) = @$case;
+	$coord->safe_psql('postgres', q{SELECT ws.add_shard('m', 's2'); CALL ws.rebalance('m');});
+	my ($row) = grep { $server_of->($_) eq 's2' } 1 .. 40;
+	my $before = stored($row);
+	my $session = $coord->background_psql('postgres', on_error_stop => 0);
+	$session->query_safe(q{BEGIN});
+	$session->query_safe($sql);
+	$coord->safe_psql('postgres', q{SELECT ws.remove_shard('m', 's2'); CALL ws.rebalance('m');});
+	$session->query($then eq 'UPDATE'
+		? qq{UPDATE accounts SET balance = balance + 1 WHERE id = $row}
+		: qq{SELECT balance FROM accounts WHERE id = $row FOR UPDATE});
+	like($session->{stderr}, qr/could not serialize access to "accounts_s\d+" due to a slot moved by ws\.rebalance/,
+		"a transaction whose first use of the shards is $first_use: its $then of a moved row fails");
+	$session->query(q{ROLLBACK});
+	$session->quit;
+	is(stored($row), $before, "after $first_use, the row is as it was");
+}
+
 # --- an UPDATE of the slot being moved --------------------------------------------
 # It holds ws_dist.accounts and waits for the slot, which the rebalance holds
 # until its switch, which waits for ws_dist.accounts.  The rebalance checks
