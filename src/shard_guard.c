@@ -24,12 +24,12 @@
  *	  postgres_fdw's remote transactions are REPEATABLE READ: a transaction
  *	  that began one on a server before ws.rebalance moved a slot there
  *	  does not see the slot's rows, and its UPDATE or DELETE of them would
- *	  find nothing to change, silently.  So the snapshot of the statement
- *	  that first uses the shards in a transaction is kept, and an UPDATE or
- *	  DELETE that reaches a slot whose foreign table that snapshot does not
- *	  see (a move makes a new one: its pg_foreign_table row, which ALTER
- *	  TABLE leaves alone, is new) fails with a serialization failure
- *	  instead.
+ *	  find nothing to change, silently.  So what the snapshot of the
+ *	  statement that first uses the shards in a transaction saw is kept,
+ *	  and an UPDATE, DELETE or row-locking read that reaches a slot whose
+ *	  foreign table that snapshot does not see (a move makes a new one: its
+ *	  pg_foreign_table row, which ALTER TABLE leaves alone, is new) fails
+ *	  with a serialization failure instead.
  *
  *-------------------------------------------------------------------------
  */
@@ -54,7 +54,7 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/inval.h"
-#include "utils/resowner.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
@@ -63,8 +63,22 @@
 static planner_hook_type prev_planner = NULL;
 static ExecutorStart_hook_type prev_executor_start = NULL;
 
-/* The snapshot of the transaction's first statement that used the shards. */
-static Snapshot first_use = NULL;
+/*
+ * What the snapshot of the transaction's first statement that used the
+ * shards saw: enough to tell whether a transaction had committed then.  A
+ * copy of the numbers, in TopTransactionContext, not a registered snapshot,
+ * which would hold back vacuum for as long as the transaction lasts.
+ */
+typedef struct FirstUse
+{
+	TransactionId xmin;			/* every transaction below had ended */
+	TransactionId xmax;			/* none from here on had */
+	int			nxids;
+	TransactionId *xids;		/* those in progress: top-level and sub */
+	bool		overflowed;		/* some subtransactions are not listed */
+} FirstUse;
+
+static FirstUse *first_use = NULL;
 
 /* The extension's schema ws_dist, looked up again when schemas change. */
 static Oid	ws_dist_namespace = InvalidOid;
@@ -282,14 +296,45 @@ guard_planner(Query *parse, const char *query_string, int cursorOptions,
 void
 ws_shard_note_use(void)
 {
-	if (first_use == NULL && ActiveSnapshotSet() && !IsParallelWorker() &&
-		OidIsValid(ws_dist_oid()))
-	{
-		/* A copy: the active snapshot itself may still be changed. */
-		PushCopiedSnapshot(GetActiveSnapshot());
-		first_use = RegisterSnapshotOnOwner(GetActiveSnapshot(), TopTransactionResourceOwner);
-		PopActiveSnapshot();
-	}
+	Snapshot	snapshot;
+	FirstUse   *use;
+
+	if (first_use != NULL || !ActiveSnapshotSet() || IsParallelWorker() ||
+		!OidIsValid(ws_dist_oid()))
+		return;
+	snapshot = GetActiveSnapshot();
+	use = MemoryContextAlloc(TopTransactionContext, sizeof(FirstUse));
+	use->xmin = snapshot->xmin;
+	use->xmax = snapshot->xmax;
+	use->nxids = snapshot->xcnt + Max(snapshot->subxcnt, 0);
+	use->xids = MemoryContextAlloc(TopTransactionContext,
+								   sizeof(TransactionId) * Max(use->nxids, 1));
+	memcpy(use->xids, snapshot->xip, sizeof(TransactionId) * snapshot->xcnt);
+	if (snapshot->subxcnt > 0)
+		memcpy(use->xids + snapshot->xcnt, snapshot->subxip,
+			   sizeof(TransactionId) * snapshot->subxcnt);
+	use->overflowed = snapshot->suboverflowed;
+	first_use = use;
+}
+
+/*
+ * committed_at_first_use tells whether xid, a transaction (or
+ * subtransaction) that has committed by now, had committed when the first
+ * use's snapshot was taken.  Where the snapshot cannot tell (a
+ * subtransaction it does not list), the answer is no: an error to retry
+ * rather than a write that finds nothing.
+ */
+static bool
+committed_at_first_use(TransactionId xid)
+{
+	if (TransactionIdPrecedes(xid, first_use->xmin))
+		return true;
+	if (!TransactionIdPrecedes(xid, first_use->xmax) || first_use->overflowed)
+		return false;
+	for (int i = 0; i < first_use->nxids; i++)
+		if (TransactionIdEquals(xid, first_use->xids[i]))
+			return false;
+	return true;
 }
 
 /*
@@ -361,7 +406,7 @@ check_moved_slots(PlannedStmt *stmt)
 		xmin = HeapTupleHeaderGetXmin(tuple->t_data);
 		ReleaseSysCache(tuple);
 		if (TransactionIdIsNormal(xmin) && !TransactionIdIsCurrentTransactionId(xmin) &&
-			XidInMVCCSnapshot(xmin, first_use))
+			!committed_at_first_use(xmin))
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("could not serialize access to \"%s\" due to a slot moved by ws.rebalance",
@@ -387,18 +432,15 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 }
 
 /*
- * guard_xact_callback forgets the kept snapshot when the transaction ends;
- * on abort the resource owner releases it.
+ * guard_xact_callback forgets the first use when the transaction ends (its
+ * memory goes with TopTransactionContext).
  */
 static void
 guard_xact_callback(XactEvent event, void *arg)
 {
-	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT && event != XACT_EVENT_PREPARE &&
-		event != XACT_EVENT_PARALLEL_COMMIT && event != XACT_EVENT_PARALLEL_ABORT)
-		return;
-	if (first_use != NULL && event != XACT_EVENT_ABORT && event != XACT_EVENT_PARALLEL_ABORT)
-		UnregisterSnapshotFromOwner(first_use, TopTransactionResourceOwner);
-	first_use = NULL;
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+		first_use = NULL;
 }
 
 /*

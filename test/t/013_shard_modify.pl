@@ -277,6 +277,11 @@ my $before_move = stored($moving);
 my $w = $coord->background_psql('postgres', on_error_stop => 0);
 $w->query_safe(q{BEGIN});
 $w->query_safe(q{INSERT INTO memos VALUES (1, 'begins a remote transaction on s1')});
+# What its snapshot saw is kept, but not the snapshot: between statements,
+# the transaction holds back no vacuum here.
+my $w_pid = $w->query_safe(q{SELECT pg_backend_pid()});
+is($coord->safe_psql('postgres', "SELECT backend_xmin IS NULL FROM pg_stat_activity WHERE pid = $w_pid"), 't',
+	'a transaction that used the shards holds no snapshot between statements');
 $coord->safe_psql('postgres', q{SELECT ws.remove_shard('m', 's2'); CALL ws.rebalance('m');});
 is($server_of->($moving), 's1', "row $moving now lives on s1");
 $w->query(qq{\\set VERBOSITY verbose
