@@ -82,7 +82,7 @@ extern void ws_shard_modify_register(void);
 /* shard_utility.c */
 extern void ws_shard_utility_register(void);
 
-/* shard_send.c */
+/* shard_send.c (what only the routing files use: shard_route.h) */
 typedef struct RouteStream RouteStream;
 extern RouteStream *ws_route_stream_begin(Relation view);
 extern void ws_route_stream_row(RouteStream *stream, Datum *values, bool *nulls);

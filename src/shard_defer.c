@@ -262,7 +262,7 @@ send_alone(void)
  * a foreign table, or inserts into a partitioned table (whose partitions
  * may be foreign tables, found only as rows are routed).  An UPDATE or
  * DELETE of one slot runs alone or uses postgres_fdw through
- * connection_as, which notes it.
+ * ws_shard_connection, which notes it.
  */
 static bool
 may_use_fdw(PlannedStmt *plan)

@@ -21,12 +21,12 @@
  * Rows travel on postgres_fdw's own connection (GetConnection, looked up in
  * postgres_fdw.so), so they belong to the same remote transaction as the
  * reads, savepoints and commit that postgres_fdw manages: a rollback takes
- * them back, and a read later in the transaction sees them.  The exceptions
- * go alone, on a connection of ours: the single row of an autocommit
- * INSERT, which waits for the commit unless the transaction does anything
- * else first (shard_defer.c), and an autocommit single-row upsert
- * (shard_upsert.c) or UPDATE or DELETE by key (shard_modify.c), which go at once when they
- * are all their transaction does.
+ * them back, and a read later in the transaction sees them.  The exceptions go
+ * alone, on a connection of ours: the single row of an autocommit INSERT,
+ * which waits for the commit unless the transaction does anything else first
+ * (shard_defer.c), and an autocommit single-row upsert (shard_upsert.c) or
+ * UPDATE or DELETE by key (shard_modify.c), which go at once when they are all
+ * their transaction does.
  *
  * The trigger locks the slot's foreign table before trusting the cached
  * placement: ws.rebalance holds that table in SHARE mode while it moves the
@@ -196,7 +196,8 @@ ws_shard_shmem_init(void)
 }
 
 /*
- * ws_shard_note_routed remembers rows sent to a server, for the commit callback.
+ * ws_shard_note_routed remembers rows sent to a server, for the commit
+ * callback.
  */
 void
 ws_shard_note_routed(Oid serverid, int64 rows)
@@ -351,8 +352,8 @@ ws_shard_run_in_transaction(Oid serverid, Oid userid, const char *sql, int npara
 }
 
 /*
- * ws_shard_wait_result waits, interruptibly, for conn's next result: that a COPY
- * just sent was accepted, say.  (pgfdw_get_result waits for the end of the
+ * ws_shard_wait_result waits, interruptibly, for conn's next result: that a
+ * COPY just sent was accepted, say.  (pgfdw_get_result waits for the end of the
  * command, which for COPY FROM STDIN never comes before the data.)
  */
 PGresult *
@@ -373,9 +374,9 @@ ws_shard_wait_result(PGconn *conn, const char *sql)
 }
 
 /*
- * remote_command runs sql on conn and raises the remote error, if any;
- * returns the first value of the last result, palloc'd, or NULL if it has
- * none.
+ * remote_command runs sql (one or more commands) on conn and raises the
+ * remote error, if any; returns the first value of the last command's
+ * result, palloc'd, or NULL if it has none.
  */
 static char *
 remote_command(PGconn *conn, const char *sql)
@@ -400,7 +401,7 @@ remote_command(PGconn *conn, const char *sql)
  * mapping, or the current user's if as_user is 0.  Work on a distributed
  * table that its writes in the same transaction must see passes the
  * table's mapping user (ws._mapping_user).  Returns the first value of the
- * command's result, or NULL.
+ * last command's result, or NULL.
  */
 Datum
 write_scaling_shard_exec(PG_FUNCTION_ARGS)
@@ -408,10 +409,11 @@ write_scaling_shard_exec(PG_FUNCTION_ARGS)
 	Name		server = PG_GETARG_NAME(0);
 	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	Oid			userid = PG_GETARG_OID(2);
+	Oid			serverid = GetForeignServerByName(NameStr(*server), false)->serverid;
 	char	   *value;
 
-	value = remote_command(ws_shard_connection(GetForeignServerByName(NameStr(*server), false)->serverid,
-										 OidIsValid(userid) ? userid : GetUserId()), sql);
+	value = remote_command(ws_shard_connection(serverid, OidIsValid(userid) ? userid : GetUserId()),
+						   sql);
 	if (value == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(value));
@@ -744,11 +746,11 @@ ws_shard_is_distributed(Relation view)
 }
 
 /*
- * ws_dist_mapping_user returns the role whose user mappings a distributed table's
- * rows travel under: the one postgres_fdw uses for the view's reads,
+ * ws_dist_mapping_user returns the role whose user mappings a distributed
+ * table's rows travel under: the one postgres_fdw uses for the view's reads,
  * updates and deletes (its owner, or the current user if the view has
- * security_invoker), so that they all share one remote session per shard
- * and a transaction reads what it wrote.
+ * security_invoker), so that they all share one remote session per shard and a
+ * transaction reads what it wrote.
  */
 Oid
 ws_dist_mapping_user(DistEntry *dist)
@@ -1042,7 +1044,7 @@ send_buffer(SlotBuffer *buf)
 	PG_TRY();
 	{
 		ws_route_stream_add(stream, slot->serverid, buf->copy_data.data + from->offset,
-				   buf->copy_data.len - from->offset, buf->rows - from->rows);
+							buf->copy_data.len - from->offset, buf->rows - from->rows);
 		(void) ws_route_stream_end(stream);
 	}
 	PG_CATCH();
@@ -1107,11 +1109,11 @@ ws_shard_insert_row(Oid serverid, Oid userid, const char *sql, const char *table
 }
 
 /*
- * send_table sends the rows of the current subtransaction that the buffers
- * of one distributed table hold: a stream (shard_send.c) that each
- * buffer's rows join, ended at once.  Each server gets its share in one COPY into its
- * table of slots, which routes each line by its ws_slot to the slot's
- * table, and the servers work at the same time.
+ * send_table sends the rows of the current subtransaction that the buffers of
+ * one distributed table hold: a stream (shard_send.c) that each buffer's rows
+ * join, ended at once.  Each server gets its share in one COPY into its table
+ * of slots, which routes each line by its ws_slot to the slot's table, and the
+ * servers work at the same time.
  */
 static void
 send_table(DistEntry *dist)
@@ -1149,8 +1151,8 @@ send_table(DistEntry *dist)
 			buf = lfirst(lc);
 			from = current_rows(buf, &index);
 			ws_route_stream_add(stream, dist->slots[buf->slot].serverid,
-					   buf->copy_data.data + from->offset, buf->copy_data.len - from->offset,
-					   buf->rows - from->rows);
+								buf->copy_data.data + from->offset,
+								buf->copy_data.len - from->offset, buf->rows - from->rows);
 		}
 		(void) ws_route_stream_end(stream);
 	}
@@ -1246,12 +1248,12 @@ ws_shard_parameter_modes(void)
 }
 
 /*
- * ws_dist_row_modes sets the settings that a row of dist is written under for its
- * shard, and returns the GUC nest level to undo, or -1: postgres_fdw's
- * where the text of a column's values names objects (a regclass of
- * public.t written with a search_path of pg_catalog reads public.t, not a
- * bare t that the shard would look up in pg_catalog), and otherwise only
- * what the session's settings would get wrong, as each row pays for it.
+ * ws_dist_row_modes sets the settings that a row of dist is written under for
+ * its shard, and returns the GUC nest level to undo, or -1: postgres_fdw's
+ * where the text of a column's values names objects (a regclass of public.t
+ * written with a search_path of pg_catalog reads public.t, not a bare t that
+ * the shard would look up in pg_catalog), and otherwise only what the
+ * session's settings would get wrong, as each row pays for it.
  */
 int
 ws_dist_row_modes(DistEntry *dist)
@@ -1260,12 +1262,13 @@ ws_dist_row_modes(DistEntry *dist)
 }
 
 /*
- * ws_dist_append_line appends a row (its values, deformed) to out as a COPY line for
- * slot, the slot last, in COPY's binary format if the table's rows travel so.
+ * ws_dist_append_line appends a row (its values, deformed) to out as a COPY
+ * line for slot, the slot last, in COPY's binary format if the table's rows
+ * travel so.
  */
 void
-ws_dist_append_line(StringInfo out, DistEntry *dist, TupleDesc desc, Datum *values, bool *nulls,
-			int slot)
+ws_dist_append_line(StringInfo out, DistEntry *dist, TupleDesc desc, Datum *values,
+					bool *nulls, int slot)
 {
 	int			guc_level = dist->binary ? -1 : ws_dist_row_modes(dist);
 
@@ -1338,8 +1341,8 @@ append_row(SlotBuffer *buf, TupleDesc desc, Datum *values, bool *nulls)
 }
 
 /*
- * ws_dist_route_slot returns the slot of a row (deformed) of a distributed table,
- * having locked the slot's foreign table, and sets *dist to the table's
+ * ws_dist_route_slot returns the slot of a row (deformed) of a distributed
+ * table, having locked the slot's foreign table, and sets *dist to the table's
  * entry as it stands once the lock is held.
  */
 int

@@ -52,7 +52,7 @@ typedef struct DistEntry
 	char	   *copy_columns;	/* the same and ws_slot: a COPY line's */
 	char	   *parameters;		/* ($1, ..., $ncolumns) */
 	bool		binary;			/* rows travel in COPY's binary format */
-	bool		names_objects;	/* a column's text names objects: row_modes */
+	bool		names_objects;	/* a column's text names objects */
 	FmgrInfo   *send_functions; /* per column of the view, if binary */
 	char	   *binary_forms;	/* per column of the view: copy_binary.c */
 	FmgrInfo   *out_functions;	/* per column of the view */
@@ -62,7 +62,10 @@ typedef struct DistEntry
 	char	   *upsert_delimiters;	/* per column: between its values there */
 } DistEntry;
 
-/* postgres_fdw's (contrib/postgres_fdw/connection.c), loaded by ws_shard_connection */
+/*
+ * postgres_fdw's (contrib/postgres_fdw/connection.c): NULL until the first
+ * ws_shard_connection loads them, which any caller has a connection from.
+ */
 typedef PGresult *(*pgfdw_get_result_fn) (PGconn *conn, const char *query);
 typedef void (*pgfdw_report_error_fn) (int elevel, PGresult *res, PGconn *conn,
 									   bool clear, const char *sql);
@@ -82,7 +85,7 @@ extern void ws_dist_append_line(StringInfo out, DistEntry *dist, TupleDesc desc,
 extern void ws_dist_copy_command(StringInfo sql, DistEntry *dist, const char *table);
 extern Datum ws_returned_row(HeapTuple tuple, MemoryContext caller_context);
 
-/* shard_send.c */
+/* shard_send.c (the rest of its functions, shard_stream.c's too: shard.h) */
 extern RouteStream *ws_route_stream_open(DistEntry *dist, const char *table);
 extern void ws_route_stream_add(RouteStream *stream, Oid serverid, const char *lines, int len,
 								int64 rows);

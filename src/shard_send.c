@@ -21,7 +21,6 @@
 #include "access/xact.h"
 #include "foreign/foreign.h"
 #include "lib/ilist.h"
-#include "libpq/pqformat.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
@@ -411,8 +410,8 @@ stream_send_more(RouteStream *stream, ServerStream *server)
 }
 
 /*
- * ws_route_stream_add adds rows, COPY lines already, to a server's share, and sends
- * the share once it is large enough.
+ * ws_route_stream_add adds rows, COPY lines already, to a server's share, and
+ * sends the share once it is large enough.
  */
 void
 ws_route_stream_add(RouteStream *stream, Oid serverid, const char *lines, int len, int64 rows)
@@ -758,7 +757,8 @@ ws_route_stream_statement_row(Relation view, Datum *values, bool *nulls)
 
 /*
  * ws_route_stream_statement_end sends the rows the INSERT that streamed
- * (shard_stream.c) left in its stream, if its AFTER trigger did not.
+ * (shard_stream.c) left in its stream: called by the view's AFTER statement
+ * trigger, and at ExecutorEnd in case that did not run.
  */
 void
 ws_route_stream_statement_end(void)

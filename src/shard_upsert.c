@@ -740,13 +740,12 @@ ws_upsert_rows_sql(TupleDesc desc, const char *column_list, char *delimiters)
 }
 
 /*
- * Rows of a batched upsert (shard_upsert.c) waiting to be sent, by slot:
- * each slot's rows go as one INSERT ... SELECT ... ON CONFLICT into its
- * table, each column's values an array parameter (ws_upsert_rows_sql), so
- * that the shard checks the rows of a key against each other as
- * PostgreSQL does in one statement ("cannot affect row a second time").
- * They wait until the statement ends, or until 8MB wait, in a memory
- * context emptied when they are sent.
+ * Rows of a batched upsert waiting to be sent, by slot: each slot's rows go
+ * as one INSERT ... SELECT ... ON CONFLICT into its table, each column's
+ * values an array parameter (ws_upsert_rows_sql), so that the shard checks
+ * the rows of a key against each other as PostgreSQL does in one statement
+ * ("cannot affect row a second time").  They wait until the statement ends,
+ * or until 8MB wait, in a memory context emptied when they are sent.
  */
 #define UPSERT_WAIT_BYTES	(8 * 1024 * 1024)
 
@@ -1056,15 +1055,15 @@ wait_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *values)
 }
 
 /*
- * ws_upsert_route_row sends a row (deformed) of an INSERT ... ON CONFLICT to its
- * slot's table alone, in postgres_fdw's remote transaction, and returns what
- * the trigger returns: the row as the shard stored it, or NULL if the shard
- * skipped it (shard_upsert.c).  The single row of an autocommit statement
- * goes as a statement of its own instead, on our own connection, when the
- * statement is all its transaction does (ws_defer_may_run_now) and the
- * table has no trigger of the user's that could fail it afterwards: one
- * round trip, and the shard's READ COMMITTED rather than postgres_fdw's
- * REPEATABLE READ.  Called in row_context.
+ * ws_upsert_route_row sends a row (deformed) of an INSERT ... ON CONFLICT to
+ * its slot's table alone, in postgres_fdw's remote transaction, and returns
+ * what the trigger returns: the row as the shard stored it, or NULL if the
+ * shard skipped it.  The single row of an autocommit statement goes as a
+ * statement of its own instead, on our own connection, when the statement is
+ * all its transaction does (ws_defer_may_run_now) and the table has no trigger
+ * of the user's that could fail it afterwards: one round trip, and the shard's
+ * READ COMMITTED rather than postgres_fdw's REPEATABLE READ.  Called in
+ * row_context.
  */
 Datum
 ws_upsert_route_row(Relation view, WsUpsert *upsert, HeapTuple tuple, Datum *values, bool *nulls,
