@@ -69,7 +69,6 @@ extern void ws_shard_upsert_register(void);
 extern void ws_shard_guard_register(void);
 extern bool ws_shard_is_slot_table(Oid relid);
 extern void ws_shard_note_use(void);
-extern void ws_shard_note_use_of(Oid relid);
 
 /* shard_modify.c */
 struct PlannedStmt;

@@ -24,10 +24,10 @@
  *	  postgres_fdw's remote transactions are REPEATABLE READ: a transaction
  *	  that began one on a server before ws.rebalance moved a slot there
  *	  does not see the slot's rows, and its UPDATE or DELETE of them would
- *	  find nothing to change, silently.  So what the snapshot of the
- *	  statement that first uses the shards in a transaction saw is kept,
- *	  and an UPDATE, DELETE or row-locking read that reaches a slot whose
- *	  foreign table that snapshot does not see (a move makes a new one: its
+ *	  find nothing to change, silently.  So what the snapshot of a
+ *	  transaction's first statement saw is kept (ws_shard_note_use), and an
+ *	  UPDATE, DELETE or row-locking read that reaches a slot whose foreign
+ *	  table that snapshot does not see (a move makes a new one: its
  *	  pg_foreign_table row, which ALTER TABLE leaves alone, is new) fails
  *	  with a serialization failure instead.
  *
@@ -93,7 +93,7 @@ namespaces_changed(Datum arg, int cacheid, uint32 hashvalue)
 /*
  * ws_dist_oid returns the OID of write_scaling's schema ws_dist, or
  * InvalidOid if the extension is not installed in this database (a schema
- * of that name that is not the extension's does not count).  Each planned
+ * of that name that is not the extension's does not count).  Every
  * statement asks: the answer is kept.
  */
 static Oid
@@ -287,42 +287,51 @@ guard_planner(Query *parse, const char *query_string, int cursorOptions,
 }
 
 /*
- * ws_shard_note_use keeps the active snapshot as the one of the
- * transaction's first use of the shards, unless one is kept already.  Any
- * foreign table counts: its server may be a shard, and postgres_fdw's
- * remote transaction there serves the distributed tables too.  In a
- * database without the extension no slot can move: nothing is kept.
+ * ws_shard_note_use keeps what the active snapshot saw, as that of the
+ * transaction's first use of the shards, unless the transaction has one.
+ * Every statement calls it (at ExecutorStart, in the utility hook), and so
+ * do our writes to the shards: a transaction's first statement counts as
+ * its first use, whatever it reaches, which covers the ways into a remote
+ * transaction that a statement does not show (a foreign table found by
+ * partition routing, a function's query) at the cost of a serialization
+ * failure for a transaction that used no shard before a slot moved.  In a database without the extension no slot can
+ * move: nothing is kept.
  */
 void
 ws_shard_note_use(void)
 {
 	Snapshot	snapshot;
 	FirstUse   *use;
+	int			nsubxids;
 
 	if (first_use != NULL || !ActiveSnapshotSet() || IsParallelWorker() ||
 		!OidIsValid(ws_dist_oid()))
 		return;
 	snapshot = GetActiveSnapshot();
+	/* An overflowed copy keeps no subxip (but its count), save in recovery. */
+	nsubxids = !snapshot->suboverflowed || snapshot->takenDuringRecovery ? snapshot->subxcnt : 0;
 	use = MemoryContextAlloc(TopTransactionContext, sizeof(FirstUse));
 	use->xmin = snapshot->xmin;
 	use->xmax = snapshot->xmax;
-	use->nxids = snapshot->xcnt + Max(snapshot->subxcnt, 0);
+	use->nxids = snapshot->xcnt + nsubxids;
 	use->xids = MemoryContextAlloc(TopTransactionContext,
 								   sizeof(TransactionId) * Max(use->nxids, 1));
-	memcpy(use->xids, snapshot->xip, sizeof(TransactionId) * snapshot->xcnt);
-	if (snapshot->subxcnt > 0)
-		memcpy(use->xids + snapshot->xcnt, snapshot->subxip,
-			   sizeof(TransactionId) * snapshot->subxcnt);
-	use->overflowed = snapshot->suboverflowed;
+	if (snapshot->xcnt > 0)
+		memcpy(use->xids, snapshot->xip, sizeof(TransactionId) * snapshot->xcnt);
+	if (nsubxids > 0)
+		memcpy(use->xids + snapshot->xcnt, snapshot->subxip, sizeof(TransactionId) * nsubxids);
+	use->overflowed = snapshot->suboverflowed && !snapshot->takenDuringRecovery;
 	first_use = use;
 }
 
 /*
  * committed_at_first_use tells whether xid, a transaction (or
  * subtransaction) that has committed by now, had committed when the first
- * use's snapshot was taken.  Where the snapshot cannot tell (a
- * subtransaction it does not list), the answer is no: an error to retry
- * rather than a write that finds nothing.
+ * use's snapshot was taken.  Where the snapshot cannot tell (an overflowed
+ * snapshot lists no subtransactions: any xid from its xmin on), the answer
+ * is no: an error to retry rather than a write that finds nothing.  (Plain
+ * xid comparisons: a transaction that lived through 2^31 others would get
+ * wrong answers.)
  */
 static bool
 committed_at_first_use(TransactionId xid)
@@ -338,82 +347,75 @@ committed_at_first_use(TransactionId xid)
 }
 
 /*
- * ws_shard_note_use_of notes a first use of the shards by a utility command
- * on relid (COPY into it, TRUNCATE, ANALYZE), through postgres_fdw: a
- * foreign table, or a table in ws_dist.
- */
-void
-ws_shard_note_use_of(Oid relid)
-{
-	if (first_use == NULL &&
-		(get_rel_relkind(relid) == RELKIND_FOREIGN_TABLE || in_ws_dist(relid)))
-		ws_shard_note_use();
-}
-
-/*
- * locks_rows tells whether a statement locks rows it reads (SELECT ... FOR
- * UPDATE, FOR SHARE...).
+ * slot_moved tells whether relid, a slot's foreign table, is newer than the
+ * transaction's first use of the shards: its pg_foreign_table row, which a
+ * move makes anew (ALTER TABLE leaves it alone; ALTER FOREIGN TABLE ...
+ * OPTIONS does not, and counts as a move), was made by a transaction that
+ * had not committed then.  The row may have been frozen since (nothing
+ * holds vacuum back): its xid is read raw, and one older than the first use
+ * or from the future (wrapped around since) is as old as can be.
  */
 static bool
-locks_rows(PlannedStmt *stmt)
+slot_moved(Oid relid)
 {
-	ListCell   *lc;
+	HeapTuple	tuple = SearchSysCache1(FOREIGNTABLEREL, ObjectIdGetDatum(relid));
+	TransactionId xmin;
+	bool		frozen;
 
-	foreach(lc, stmt->rowMarks)
-		if (((PlanRowMark *) lfirst(lc))->strength != LCS_NONE)
-			return true;
-	return false;
+	if (!HeapTupleIsValid(tuple))
+		return false;
+	xmin = HeapTupleHeaderGetRawXmin(tuple->t_data);
+	frozen = HeapTupleHeaderXminFrozen(tuple->t_data);
+	ReleaseSysCache(tuple);
+	if (!TransactionIdIsNormal(xmin) || TransactionIdIsCurrentTransactionId(xmin))
+		return false;
+	if (frozen && (TransactionIdPrecedes(xmin, first_use->xmin) ||
+				   !TransactionIdPrecedes(xmin, ReadNextTransactionId())))
+		return false;
+	return !committed_at_first_use(xmin);
 }
 
 /*
- * check_moved_slots fails an UPDATE, DELETE or row-locking read that
- * reaches a slot moved since the transaction first used the shards (see
- * the file header), and notes a first use: a statement that reads a
- * foreign table, or writes to a table in ws_dist (whose partitions are
- * foreign tables).  A slot's foreign table is a foreign table in ws_dist.
+ * check_moved_slots notes the transaction's first use of the shards, or
+ * fails a statement that writes to or locks rows of a slot moved since then
+ * (see the file header): an UPDATE or DELETE whose result relations (after
+ * pruning, in a custom plan), or a read whose row marks, name a slot's
+ * foreign table (a foreign table in ws_dist).  Slots it only reads pass:
+ * reads miss the moved rows, as README says.
  */
 static void
 check_moved_slots(PlannedStmt *stmt)
 {
-	bool		modifies = stmt->commandType == CMD_UPDATE || stmt->commandType == CMD_DELETE ||
-		stmt->hasModifyingCTE || locks_rows(stmt);
+	Bitmapset  *reached = NULL;
 	ListCell   *lc;
+	int			rti = -1;
 
-	if ((first_use != NULL && !modifies) || IsParallelWorker())
+	if (IsParallelWorker())
 		return;
-	foreach(lc, stmt->rtable)
+	if (first_use == NULL)
 	{
-		RangeTblEntry *rte = lfirst(lc);
-		HeapTuple	tuple;
-		TransactionId xmin;
+		ws_shard_note_use();
+		return;
+	}
+	foreach(lc, stmt->resultRelations)
+		reached = bms_add_member(reached, lfirst_int(lc));
+	foreach(lc, stmt->rowMarks)
+		if (((PlanRowMark *) lfirst(lc))->strength != LCS_NONE)
+			reached = bms_add_member(reached, ((PlanRowMark *) lfirst(lc))->rti);
+	while ((rti = bms_next_member(reached, rti)) >= 0)
+	{
+		RangeTblEntry *rte = rt_fetch(rti, stmt->rtable);
 
-		if (rte->rtekind != RTE_RELATION)
-			continue;
-		if (first_use == NULL)
-		{
-			if (rte->relkind == RELKIND_FOREIGN_TABLE || in_ws_dist(rte->relid))
-			{
-				ws_shard_note_use();
-				return;
-			}
-			continue;
-		}
-		if (rte->relkind != RELKIND_FOREIGN_TABLE || !in_ws_dist(rte->relid))
-			continue;
-		tuple = SearchSysCache1(FOREIGNTABLEREL, ObjectIdGetDatum(rte->relid));
-		if (!HeapTupleIsValid(tuple))
-			continue;
-		xmin = HeapTupleHeaderGetXmin(tuple->t_data);
-		ReleaseSysCache(tuple);
-		if (TransactionIdIsNormal(xmin) && !TransactionIdIsCurrentTransactionId(xmin) &&
-			!committed_at_first_use(xmin))
+		if (rte->rtekind == RTE_RELATION && rte->relkind == RELKIND_FOREIGN_TABLE &&
+			in_ws_dist(rte->relid) && slot_moved(rte->relid))
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("could not serialize access to \"%s\" due to a slot moved by ws.rebalance",
 							get_rel_name(rte->relid)),
-					 errdetail("The slot moved to another server after this transaction began to use the shards; its snapshot there does not see the slot's rows."),
+					 errdetail("The slot moved to another server after this transaction began; its snapshot there may not see the slot's rows."),
 					 errhint("The transaction might succeed if retried.")));
 	}
+	bms_free(reached);
 }
 
 /*

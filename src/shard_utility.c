@@ -237,7 +237,6 @@ truncate_distributed(List *views, bool restart_seqs, DropBehavior behavior)
 	ListCell   *lc;
 	ListCell   *lc2;
 
-	ws_shard_note_use();
 	/* In ws.rebalance's order: the tables by OID, every slot first. */
 	list_sort(views, compare_relids);
 	foreach(lc, views)
@@ -529,33 +528,6 @@ select_columns(RangeVar *rv, Oid relid, List *columns)
 }
 
 /*
- * note_shard_use notes the transaction's first use of the shards
- * (shard_guard.c) by a COPY into, TRUNCATE or ANALYZE of tables that
- * postgres_fdw reaches.
- */
-static void
-note_shard_use(Node *statement)
-{
-	List	   *relations = NIL;
-	ListCell   *lc;
-
-	if (IsA(statement, TruncateStmt))
-		relations = ((TruncateStmt *) statement)->relations;
-	else if (IsA(statement, CopyStmt) && ((CopyStmt *) statement)->is_from)
-		relations = list_make1(((CopyStmt *) statement)->relation);
-	else if (IsA(statement, VacuumStmt))
-		foreach(lc, ((VacuumStmt *) statement)->rels)
-			relations = lappend(relations, ((VacuumRelation *) lfirst(lc))->relation);
-	foreach(lc, relations)
-	{
-		RangeVar   *rv = lfirst(lc);
-
-		if (rv != NULL)
-			ws_shard_note_use_of(RangeVarGetRelid(rv, NoLock, true));
-	}
-}
-
-/*
  * shard_process_utility takes the utility commands on distributed tables of
  * the file header and passes on everything else.
  */
@@ -566,7 +538,7 @@ shard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 {
 	Node	   *statement = pstmt->utilityStmt;
 
-	note_shard_use(statement);
+	ws_shard_note_use();
 	if (IsA(statement, TruncateStmt))
 	{
 		TruncateStmt *stmt = (TruncateStmt *) statement;

@@ -315,17 +315,31 @@ $adds->quit;
 
 # Other first uses of s1 begin its remote transaction too, and a SELECT
 # ... FOR UPDATE would find nothing to lock: each case moves a row of s2
-# to s1 while a transaction that used s1 first in that way is open.
+# to s1 while a transaction that used s1 first in that way is open.  A
+# transaction's first statement counts as its first use, whatever it
+# reaches: an INSERT into a partitioned table of the user's reaches s1
+# only through a partition that routing finds.  The slot's row in
+# pg_foreign_table may be frozen meanwhile.  A statement that only reads
+# the moved slot passes (reads miss its rows, as README says).
 $shard{s1}->safe_psql('postgres', q{CREATE TABLE notes (id int)});
-$coord->safe_psql('postgres', q{CREATE FOREIGN TABLE my_notes (id int) SERVER s1 OPTIONS (table_name 'notes')});
+$coord->safe_psql('postgres', q{
+	CREATE FOREIGN TABLE my_notes (id int) SERVER s1 OPTIONS (table_name 'notes');
+	CREATE TABLE my_parted (id int) PARTITION BY RANGE (id);
+	CREATE FOREIGN TABLE my_parted_1 PARTITION OF my_parted FOR VALUES FROM (0) TO (100)
+		SERVER s1 OPTIONS (table_name 'notes');
+	CREATE TABLE tally (id bigint, seen int);});
+my $fails = qr/could not serialize access to "accounts_s\d+" due to a slot moved by ws\.rebalance/;
 for my $case (
 	[ 'a query of a postgres_fdw table of its own', q{SELECT count(*) FROM my_notes}, 'UPDATE' ],
 	[ 'a TRUNCATE of a distributed table', q{TRUNCATE memos}, 'UPDATE' ],
 	[ 'an INSERT into a table in ws_dist', q{INSERT INTO ws_dist.memos VALUES (10, 'x')}, 'UPDATE' ],
 	[ 'an ANALYZE of a table in ws_dist', q{ANALYZE ws_dist.memos}, 'UPDATE' ],
-	[ 'an INSERT', q{INSERT INTO memos VALUES (11, 'x')}, 'SELECT ... FOR UPDATE' ])
+	[ 'an INSERT into a partitioned table of its own', q{INSERT INTO my_parted VALUES (1)}, 'UPDATE' ],
+	[ 'an INSERT', q{INSERT INTO memos VALUES (11, 'x')}, 'SELECT ... FOR UPDATE' ],
+	[ 'an INSERT, the slot frozen since', q{INSERT INTO memos VALUES (12, 'x')}, 'UPDATE', 'freeze' ],
+	[ 'an INSERT', q{INSERT INTO memos VALUES (13, 'x')}, 'UPDATE of a local table that reads it' ])
 {
-	my ($first_use, $sql, $then) = @$case;
+	my ($first_use, $sql, $then, $freeze) = @$case;
 	$coord->safe_psql('postgres', q{SELECT ws.add_shard('m', 's2'); CALL ws.rebalance('m');});
 	my ($row) = grep { $server_of->($_) eq 's2' } 1 .. 40;
 	my $before = stored($row);
@@ -333,15 +347,50 @@ for my $case (
 	$session->query_safe(q{BEGIN});
 	$session->query_safe($sql);
 	$coord->safe_psql('postgres', q{SELECT ws.remove_shard('m', 's2'); CALL ws.rebalance('m');});
-	$session->query($then eq 'UPDATE'
-		? qq{UPDATE accounts SET balance = balance + 1 WHERE id = $row}
-		: qq{SELECT balance FROM accounts WHERE id = $row FOR UPDATE});
-	like($session->{stderr}, qr/could not serialize access to "accounts_s\d+" due to a slot moved by ws\.rebalance/,
-		"a transaction whose first use of the shards is $first_use: its $then of a moved row fails");
+	$coord->safe_psql('postgres', q{VACUUM (FREEZE) pg_foreign_table}) if $freeze;
+	if ($then eq 'UPDATE of a local table that reads it')
+	{
+		$session->query(qq{INSERT INTO tally VALUES ($row, 0);
+UPDATE tally SET seen = 1 FROM accounts WHERE accounts.id = tally.id});
+		is($session->{stderr}, '', "after $first_use, an $then passes");
+	}
+	else
+	{
+		$session->query($then eq 'UPDATE'
+			? qq{UPDATE accounts SET balance = balance + 1 WHERE id = $row}
+			: qq{SELECT balance FROM accounts WHERE id = $row FOR UPDATE});
+		like($session->{stderr}, $fails, "a transaction whose first use of the shards is $first_use: its $then of a moved row fails");
+	}
 	$session->query(q{ROLLBACK});
 	$session->quit;
 	is(stored($row), $before, "after $first_use, the row is as it was");
 }
+
+# A snapshot whose list of subtransactions overflowed keeps none: sessions
+# with one subtransaction each, and one with 70, open while a transaction
+# makes its first use.  Its UPDATE of a moved row fails as above.
+$coord->safe_psql('postgres', q{CREATE TABLE subs (i int)});
+my @subs;
+for my $n (1, 70, 1, 1, 1)
+{
+	my $held = $coord->background_psql('postgres');
+	$held->query_safe(sprintf(q{BEGIN; DO $$ BEGIN FOR i IN 1..%d LOOP BEGIN INSERT INTO subs VALUES (i); EXCEPTION WHEN OTHERS THEN NULL; END; END LOOP; END $$}, $n));
+	push @subs, $held;
+}
+{
+	$coord->safe_psql('postgres', q{SELECT ws.add_shard('m', 's2'); CALL ws.rebalance('m');});
+	my ($row) = grep { $server_of->($_) eq 's2' } 1 .. 40;
+	my $session = $coord->background_psql('postgres', on_error_stop => 0);
+	$session->query_safe(q{BEGIN});
+	$session->query_safe(q{INSERT INTO memos VALUES (14, 'x')});
+	$coord->safe_psql('postgres', q{SELECT ws.remove_shard('m', 's2'); CALL ws.rebalance('m');});
+	$session->query(qq{UPDATE accounts SET balance = balance + 1 WHERE id = $row});
+	like($session->{stderr}, $fails, 'a transaction whose first snapshot overflowed its subtransactions fails too');
+	$session->query(q{ROLLBACK});
+	$session->quit;
+}
+$_->query_safe('ROLLBACK') for @subs;
+$_->quit for @subs;
 
 # --- an UPDATE of the slot being moved --------------------------------------------
 # It holds ws_dist.accounts and waits for the slot, which the rebalance holds
