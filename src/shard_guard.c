@@ -38,7 +38,9 @@
 #include "access/htup_details.h"
 #include "access/parallel.h"
 #include "access/relation.h"
+#include "access/subtrans.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
@@ -73,9 +75,11 @@ typedef struct FirstUse
 {
 	TransactionId xmin;			/* every transaction below had ended */
 	TransactionId xmax;			/* none from here on had */
-	int			nxids;
-	TransactionId *xids;		/* those in progress: top-level and sub */
-	bool		overflowed;		/* some subtransactions are not listed */
+	TransactionId *xids;		/* those in progress: xcnt top-level, then
+								 * subxcnt subtransactions */
+	int			xcnt;
+	int			subxcnt;
+	bool		overflowed;		/* subtransactions are not listed */
 } FirstUse;
 
 static FirstUse *first_use = NULL;
@@ -269,6 +273,7 @@ guard_planner(Query *parse, const char *query_string, int cursorOptions,
 	PlannedStmt *result;
 	ListCell   *lc;
 
+	ws_shard_note_use();
 	check_query(parse, parse, &functions);
 	if (prev_planner != NULL)
 		result = prev_planner(parse, query_string, cursorOptions, boundParams);
@@ -286,61 +291,84 @@ guard_planner(Query *parse, const char *query_string, int cursorOptions,
 	return result;
 }
 
+/* forget_first_use: the first use goes with TopTransactionContext. */
+static void
+forget_first_use(void *arg)
+{
+	first_use = NULL;
+}
+
 /*
  * ws_shard_note_use keeps what the active snapshot saw, as that of the
  * transaction's first use of the shards, unless the transaction has one.
- * Every statement calls it (at ExecutorStart, in the utility hook), and so
- * do our writes to the shards: a transaction's first statement counts as
- * its first use, whatever it reaches, which covers the ways into a remote
- * transaction that a statement does not show (a foreign table found by
- * partition routing, a function's query) at the cost of a serialization
- * failure for a transaction that used no shard before a slot moved.  In a database without the extension no slot can
- * move: nothing is kept.
+ * Every statement calls it (when planned, at ExecutorStart, in the utility
+ * hook), and so do our writes to the shards: a transaction's first
+ * statement counts as its first use, whatever it reaches.  That covers the
+ * ways into a remote transaction that a statement does not show (a foreign
+ * partition found by routing, a connection made while planning), at the
+ * cost of a serialization failure for a transaction that used no shard
+ * before a slot moved.  In a database without the extension no slot can
+ * move, and in recovery nothing writes: nothing is kept.
  */
 void
 ws_shard_note_use(void)
 {
 	Snapshot	snapshot;
 	FirstUse   *use;
-	int			nsubxids;
+	MemoryContextCallback *forget;
 
 	if (first_use != NULL || !ActiveSnapshotSet() || IsParallelWorker() ||
-		!OidIsValid(ws_dist_oid()))
+		RecoveryInProgress() || !OidIsValid(ws_dist_oid()))
 		return;
 	snapshot = GetActiveSnapshot();
-	/* An overflowed copy keeps no subxip (but its count), save in recovery. */
-	nsubxids = !snapshot->suboverflowed || snapshot->takenDuringRecovery ? snapshot->subxcnt : 0;
 	use = MemoryContextAlloc(TopTransactionContext, sizeof(FirstUse));
 	use->xmin = snapshot->xmin;
 	use->xmax = snapshot->xmax;
-	use->nxids = snapshot->xcnt + nsubxids;
+	use->xcnt = snapshot->xcnt;
+	/* An overflowed snapshot's copy keeps no subxip (but its count). */
+	use->subxcnt = snapshot->suboverflowed ? 0 : snapshot->subxcnt;
+	use->overflowed = snapshot->suboverflowed;
 	use->xids = MemoryContextAlloc(TopTransactionContext,
-								   sizeof(TransactionId) * Max(use->nxids, 1));
-	if (snapshot->xcnt > 0)
-		memcpy(use->xids, snapshot->xip, sizeof(TransactionId) * snapshot->xcnt);
-	if (nsubxids > 0)
-		memcpy(use->xids + snapshot->xcnt, snapshot->subxip, sizeof(TransactionId) * nsubxids);
-	use->overflowed = snapshot->suboverflowed && !snapshot->takenDuringRecovery;
+								   sizeof(TransactionId) * Max(use->xcnt + use->subxcnt, 1));
+	if (use->xcnt > 0)
+		memcpy(use->xids, snapshot->xip, sizeof(TransactionId) * use->xcnt);
+	if (use->subxcnt > 0)
+		memcpy(use->xids + use->xcnt, snapshot->subxip, sizeof(TransactionId) * use->subxcnt);
+	forget = MemoryContextAlloc(TopTransactionContext, sizeof(MemoryContextCallback));
+	forget->func = forget_first_use;
+	forget->arg = NULL;
+	MemoryContextRegisterResetCallback(TopTransactionContext, forget);
 	first_use = use;
 }
 
 /*
  * committed_at_first_use tells whether xid, a transaction (or
  * subtransaction) that has committed by now, had committed when the first
- * use's snapshot was taken.  Where the snapshot cannot tell (an overflowed
- * snapshot lists no subtransactions: any xid from its xmin on), the answer
- * is no: an error to retry rather than a write that finds nothing.  (Plain
- * xid comparisons: a transaction that lived through 2^31 others would get
- * wrong answers.)
+ * use's snapshot was taken.  An overflowed snapshot lists no
+ * subtransactions: a subtransaction is then looked up in pg_subtrans, as
+ * XidInMVCCSnapshot does, where pg_subtrans still has it (from this
+ * statement's TransactionXmin on); older, the answer is no: an error to
+ * retry rather than a write that finds nothing.  (Plain xid comparisons: a
+ * transaction that lived through 2^31 others would get wrong answers.)
  */
 static bool
 committed_at_first_use(TransactionId xid)
 {
+	int			n = first_use->xcnt + first_use->subxcnt;
+
 	if (TransactionIdPrecedes(xid, first_use->xmin))
 		return true;
-	if (!TransactionIdPrecedes(xid, first_use->xmax) || first_use->overflowed)
+	if (!TransactionIdPrecedes(xid, first_use->xmax))
 		return false;
-	for (int i = 0; i < first_use->nxids; i++)
+	if (first_use->overflowed)
+	{
+		if (TransactionIdPrecedes(xid, TransactionXmin))
+			return false;
+		xid = SubTransGetTopmostTransaction(xid);
+		if (TransactionIdPrecedes(xid, first_use->xmin))
+			return true;
+	}
+	for (int i = 0; i < n; i++)
 		if (TransactionIdEquals(xid, first_use->xids[i]))
 			return false;
 	return true;
@@ -376,12 +404,31 @@ slot_moved(Oid relid)
 }
 
 /*
+ * updated_or_deleted adds to reached the result relations of plan, if it is
+ * an UPDATE or DELETE.
+ */
+static Bitmapset *
+updated_or_deleted(Bitmapset *reached, Plan *plan)
+{
+	ModifyTable *modify = (ModifyTable *) plan;
+	ListCell   *lc;
+
+	if (plan == NULL || !IsA(plan, ModifyTable) ||
+		(modify->operation != CMD_UPDATE && modify->operation != CMD_DELETE))
+		return reached;
+	foreach(lc, modify->resultRelations)
+		reached = bms_add_member(reached, lfirst_int(lc));
+	return reached;
+}
+
+/*
  * check_moved_slots notes the transaction's first use of the shards, or
- * fails a statement that writes to or locks rows of a slot moved since then
- * (see the file header): an UPDATE or DELETE whose result relations (after
- * pruning, in a custom plan), or a read whose row marks, name a slot's
- * foreign table (a foreign table in ws_dist).  Slots it only reads pass:
- * reads miss the moved rows, as README says.
+ * fails a statement that updates, deletes or locks rows of a slot moved
+ * since then (see the file header): an UPDATE or DELETE whose result
+ * relations (after pruning, in a custom plan), or a read whose row marks,
+ * name a slot's foreign table (a foreign table in ws_dist).  Slots it only
+ * reads pass: reads miss the moved rows, as README says.  So does an
+ * INSERT: the shard checks its unique keys against every committed row.
  */
 static void
 check_moved_slots(PlannedStmt *stmt)
@@ -397,8 +444,10 @@ check_moved_slots(PlannedStmt *stmt)
 		ws_shard_note_use();
 		return;
 	}
-	foreach(lc, stmt->resultRelations)
-		reached = bms_add_member(reached, lfirst_int(lc));
+	/* ModifyTable heads the plan, or a modifying CTE's subplan. */
+	reached = updated_or_deleted(reached, stmt->planTree);
+	foreach(lc, stmt->subplans)
+		reached = updated_or_deleted(reached, lfirst(lc));
 	foreach(lc, stmt->rowMarks)
 		if (((PlanRowMark *) lfirst(lc))->strength != LCS_NONE)
 			reached = bms_add_member(reached, ((PlanRowMark *) lfirst(lc))->rti);
@@ -434,18 +483,6 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 }
 
 /*
- * guard_xact_callback forgets the first use when the transaction ends (its
- * memory goes with TopTransactionContext).
- */
-static void
-guard_xact_callback(XactEvent event, void *arg)
-{
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
-		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
-		first_use = NULL;
-}
-
-/*
  * ws_shard_guard_register installs the planner and executor hooks; called
  * from _PG_init.
  */
@@ -457,5 +494,4 @@ ws_shard_guard_register(void)
 	prev_executor_start = ExecutorStart_hook;
 	ExecutorStart_hook = guard_executor_start;
 	CacheRegisterSyscacheCallback(NAMESPACEOID, namespaces_changed, (Datum) 0);
-	RegisterXactCallback(guard_xact_callback, NULL);
 }
