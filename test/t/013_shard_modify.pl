@@ -420,6 +420,42 @@ for my $n (1, 70, 1, 1, 1)
 $_->query_safe('ROLLBACK') for @subs;
 $_->quit for @subs;
 
+# A move under way when the transaction's first statement ran counts as
+# later: its transaction is among those that snapshot lists as running.
+# The rebalance is held while it reads the first slot it moves (a lock on
+# that slot's table on s1).
+{
+	$coord->safe_psql('postgres', q{SELECT ws.add_shard('m', 's2')});
+	my $slot = $coord->safe_psql('postgres', q{
+		SELECT min(slot) FROM ws.shard_slots WHERE map = 'm' AND owner IS DISTINCT FROM placed_on});
+	my ($row) = grep { $coord->safe_psql('postgres', "SELECT ws.key_slot('$_', $vnodes)") == $slot }
+		split ' ', $coord->safe_psql('postgres', q{SELECT string_agg(id::text, ' ' ORDER BY id) FROM accounts});
+	my $table = sprintf('accounts_s%03d', $slot);
+	my $hold = $shard{s1}->background_psql('postgres');
+	$hold->query_safe("BEGIN; LOCK TABLE $table IN ACCESS EXCLUSIVE MODE");
+	my $moving = $coord->background_psql('postgres', on_error_stop => 0);
+	$moving->query_until(qr/started/, "\\echo started\nCALL ws.rebalance('m');\n\\echo rebalanced\n");
+	ok($shard{s1}->poll_query_until('postgres', qq{
+		SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%$table%' AND pid <> pg_backend_pid()}),
+		'the rebalance is held in the middle of its first move');
+	# A later transaction ends first, so that the move's is below the
+	# snapshot's xmax, found only in its list of running ones.
+	$coord->safe_psql('postgres', q{INSERT INTO tally VALUES (0, 0)});
+	my $session = $coord->background_psql('postgres', on_error_stop => 0);
+	$session->query_safe(q{BEGIN});
+	$session->query_safe(q{SELECT 1});
+	$hold->query_safe('COMMIT');
+	$hold->quit;
+	like($moving->query_until(qr/rebalanced/, ''), qr/rebalanced/, 'the rebalance finishes');
+	$moving->quit;
+	is($server_of->($row), 's2', "row $row moved to s2");
+	$session->query(qq{UPDATE accounts SET balance = balance + 1 WHERE id = $row});
+	like($session->{stderr}, $fails, 'a transaction that began while the move was under way: its UPDATE of the moved row fails');
+	$session->query(q{ROLLBACK});
+	$session->quit;
+	$coord->safe_psql('postgres', q{SELECT ws.remove_shard('m', 's2'); CALL ws.rebalance('m');});
+}
+
 # --- an UPDATE of the slot being moved --------------------------------------------
 # It holds ws_dist.accounts and waits for the slot, which the rebalance holds
 # until its switch, which waits for ws_dist.accounts.  The rebalance checks
