@@ -105,12 +105,15 @@ ws_dist_oid(void)
 {
 	if (!ws_dist_known)
 	{
-		Oid			nsp = get_namespace_oid("ws_dist", true);
-		Oid			extension = get_extension_oid("write_scaling", true);
+		Oid			nsp;
+		Oid			extension;
 
+		/* An invalidation during the lookups sets it back. */
+		ws_dist_known = true;
+		nsp = get_namespace_oid("ws_dist", true);
+		extension = get_extension_oid("write_scaling", true);
 		ws_dist_namespace = OidIsValid(nsp) && OidIsValid(extension) &&
 			getExtensionOfObject(NamespaceRelationId, nsp) == extension ? nsp : InvalidOid;
-		ws_dist_known = true;
 	}
 	return ws_dist_namespace;
 }
