@@ -420,10 +420,12 @@ for my $n (1, 70, 1, 1, 1)
 $_->query_safe('ROLLBACK') for @subs;
 $_->quit for @subs;
 
-# A move under way when the transaction's first statement ran counts as
-# later: its transaction is among those that snapshot lists as running.
-# The rebalance is held while it reads the first slot it moves (a lock on
-# that slot's table on s1).
+# hold_first_move: brings s2 back and starts a rebalance in a session of
+# its own, held while it reads the first slot it moves (a lock on that
+# slot's table on s1).  Returns the slot's table there, a stored row of the
+# slot and its balance (read before: reads of it wait too), the session
+# holding the lock and the rebalancing one.
+sub hold_first_move
 {
 	$coord->safe_psql('postgres', q{SELECT ws.add_shard('m', 's2')});
 	my $slot = $coord->safe_psql('postgres', q{
@@ -431,13 +433,21 @@ $_->quit for @subs;
 	my ($row) = grep { $coord->safe_psql('postgres', "SELECT ws.key_slot('$_', $vnodes)") == $slot }
 		split ' ', $coord->safe_psql('postgres', q{SELECT string_agg(id::text, ' ' ORDER BY id) FROM accounts});
 	my $table = sprintf('accounts_s%03d', $slot);
+	my $balance = $coord->safe_psql('postgres', "SELECT balance FROM accounts WHERE id = $row");
 	my $hold = $shard{s1}->background_psql('postgres');
 	$hold->query_safe("BEGIN; LOCK TABLE $table IN ACCESS EXCLUSIVE MODE");
 	my $moving = $coord->background_psql('postgres', on_error_stop => 0);
 	$moving->query_until(qr/started/, "\\echo started\nCALL ws.rebalance('m');\n\\echo rebalanced\n");
 	ok($shard{s1}->poll_query_until('postgres', qq{
 		SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%$table%' AND pid <> pg_backend_pid()}),
-		'the rebalance is held in the middle of its first move');
+		"the rebalance holds $table and waits to read it on s1");
+	return ($table, $row, $balance, $hold, $moving);
+}
+
+# A move under way when the transaction's first statement ran counts as
+# later: its transaction is among those that snapshot lists as running.
+{
+	my ($table, $row, $balance, $hold, $moving) = hold_first_move();
 	# A later transaction ends first, so that the move's is below the
 	# snapshot's xmax, found only in its list of running ones.
 	$coord->safe_psql('postgres', q{INSERT INTO tally VALUES (0, 0)});
@@ -460,22 +470,9 @@ $_->quit for @subs;
 # It holds ws_dist.accounts and waits for the slot, which the rebalance holds
 # until its switch, which waits for ws_dist.accounts.  The rebalance checks
 # for the deadlock first and starts the slot over: the UPDATE goes through.
-# s2 comes back; the rebalance is held while it reads the first slot it
-# moves (a lock on that slot's table on s1) until the UPDATE waits for it.
-$coord->safe_psql('postgres', q{SELECT ws.add_shard('m', 's2')});
-my $first_slot = $coord->safe_psql('postgres', q{
-	SELECT min(slot) FROM ws.shard_slots WHERE map = 'm' AND owner IS DISTINCT FROM placed_on});
-my ($in_first) = grep {
-	$coord->safe_psql('postgres', "SELECT ws.key_slot('$_', $vnodes)") == $first_slot } 1 .. 40;
-my $row_before = $coord->safe_psql('postgres', "SELECT balance FROM accounts WHERE id = $in_first");
-my $first_table = sprintf('accounts_s%03d', $first_slot);
-my $hold = $shard{s1}->background_psql('postgres');
-$hold->query_safe("BEGIN; LOCK TABLE $first_table IN ACCESS EXCLUSIVE MODE");
-my $rebalance = $coord->background_psql('postgres', on_error_stop => 0);
-$rebalance->query_until(qr/started/, "\\echo started\nCALL ws.rebalance('m');\n\\echo rebalanced\n");
-ok($shard{s1}->poll_query_until('postgres', qq{
-	SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%$first_table%' AND pid <> pg_backend_pid()}),
-	'the rebalance holds the first slot and waits to read it on s1');
+# s2 comes back; the rebalance is held in its first move until the UPDATE
+# waits for it.
+my ($first_table, $in_first, $row_before, $hold, $rebalance) = hold_first_move();
 my $update = $coord->background_psql('postgres', on_error_stop => 0);
 $update->query_until(qr/started/, "\\echo started\nUPDATE accounts SET balance = balance + 1 WHERE id = $in_first;\n\\echo updated\n");
 ok($coord->poll_query_until('postgres', q{
