@@ -2226,7 +2226,7 @@ BEGIN
 	-- check sets what else could differ between servers.  A row lost,
 	-- doubled or changed on the way shows.  SHA-256: MD5 is refused where
 	-- OpenSSL runs in FIPS mode.
-	SELECT format('SET LOCAL bytea_output = hex; SET LOCAL quote_all_identifiers = off;'
+	SELECT format('SET LOCAL bytea_output = hex; SET LOCAL quote_all_identifiers = off; SET LOCAL lc_monetary = ''C'';'
 				  ' SELECT count(*) || '' rows, checksum '' || coalesce(sum((''x'' || left(encode(sha256(convert_to(ROW(%s)::text, ''UTF8'')), ''hex''), 16))::bit(64)::bigint), 0) FROM %I.%I',
 				  string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum), d.remote_schema, slot_name)
 	INTO check_query
@@ -2239,7 +2239,7 @@ BEGIN
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  DETAIL = format('Server "%s" has %s; %s rows were inserted; server "%s" has %s.  The slot stays on server "%s".',
 								  from_server, source_check, moved, to_server, copied_check, from_server),
-				  HINT = format('Look for triggers or rules on the slot tables on server "%s", and check that both servers run the same major version of PostgreSQL, with the same lc_monetary.',
+				  HINT = format('Look for triggers or rules on the slot tables on server "%s", and check that both servers run the same major version of PostgreSQL and of the extensions whose types the table uses.',
 								to_server);
 	END IF;
 

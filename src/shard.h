@@ -39,30 +39,8 @@ extern struct pg_result *ws_shard_run_in_transaction(Oid serverid, Oid userid, c
 extern int	ws_shard_spi_connect(void);
 extern void ws_shard_spi_finish(int level);
 
-struct QueryDesc;
-
-/* shard_upsert.c: an INSERT ... ON CONFLICT into a distributed table, running */
-typedef struct WsUpsert
-{
-	MemoryContext memory;		/* holds all of this */
-	struct QueryDesc *query;	/* whose ModifyTable inserts */
-	SubTransactionId subid;		/* where the query began */
-	Oid			view;			/* the distributed table */
-	bool		single_row;		/* the statement's only row, RETURNING only columns */
-	bool		batched;		/* the statement's rows, no RETURNING: in batches */
-	struct UpsertRows *waiting; /* rows not sent yet */
-	uint64		skipped;		/* rows sent that the shards skipped */
-	char	   *clause;			/* " ON CONFLICT ...", for the shards */
-	List	   *locals;			/* what its parameters after the row's are */
-	struct ParamListInfoData *params;	/* the query's, for locals */
-	bool		computed;		/* the values below are set */
-	int			nvalues;		/* its parameters after the row's columns */
-	char	  **values;			/* as text, NULL for NULL */
-} WsUpsert;
-
+/* shard_upsert.c */
 extern void ws_upsert_plan(Query *query, Relation view, List **functions);
-extern WsUpsert *ws_upsert_running(Oid view);
-extern void ws_shard_upsert_flush(WsUpsert *upsert);
 extern void ws_shard_upsert_register(void);
 
 /* shard_guard.c */

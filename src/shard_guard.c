@@ -1,7 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * shard_guard.c
- *	  Statements a distributed table refuses before they are planned.
+ *	  Statements a distributed table refuses: before they are planned, and
+ *	  when they start, those that would miss the rows of a slot moved
+ *	  under their transaction.
  *
  * An UPDATE must not change the shard key.  A row lives in the slot of its
  * key; postgres_fdw updates a row of a foreign partition in place, and a
@@ -53,6 +55,7 @@
 #include "nodes/plannodes.h"
 #include "optimizer/planner.h"
 #include "parser/parsetree.h"
+#include "storage/proc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/inval.h"
@@ -87,11 +90,13 @@ static FirstUse *first_use = NULL;
 /* The extension's schema ws_dist, looked up again when schemas change. */
 static Oid	ws_dist_namespace = InvalidOid;
 static bool ws_dist_known = false;
+static uint64 namespace_changes = 0;
 
 static void
 namespaces_changed(Datum arg, int cacheid, uint32 hashvalue)
 {
 	ws_dist_known = false;
+	namespace_changes++;
 }
 
 /*
@@ -105,15 +110,14 @@ ws_dist_oid(void)
 {
 	if (!ws_dist_known)
 	{
-		Oid			nsp;
-		Oid			extension;
+		uint64		changes = namespace_changes;
+		Oid			nsp = get_namespace_oid("ws_dist", true);
+		Oid			extension = get_extension_oid("write_scaling", true);
 
-		/* An invalidation during the lookups sets it back. */
-		ws_dist_known = true;
-		nsp = get_namespace_oid("ws_dist", true);
-		extension = get_extension_oid("write_scaling", true);
 		ws_dist_namespace = OidIsValid(nsp) && OidIsValid(extension) &&
 			getExtensionOfObject(NamespaceRelationId, nsp) == extension ? nsp : InvalidOid;
+		/* Unless schemas changed during the lookups (or they failed). */
+		ws_dist_known = changes == namespace_changes;
 	}
 	return ws_dist_namespace;
 }
@@ -345,14 +349,14 @@ ws_shard_note_use(void)
 }
 
 /*
- * committed_at_first_use tells whether xid, a transaction (or
- * subtransaction) that has committed by now, had committed when the first
- * use's snapshot was taken.  An overflowed snapshot lists no
- * subtransactions: a subtransaction is then looked up in pg_subtrans, as
- * XidInMVCCSnapshot does, where pg_subtrans still has it (from this
- * statement's TransactionXmin on); older, the answer is no: an error to
- * retry rather than a write that finds nothing.  (Plain xid comparisons: a
- * transaction that lived through 2^31 others would get wrong answers.)
+ * committed_at_first_use tells whether xid, a transaction (or subtransaction)
+ * that has committed by now, had committed when the first use's snapshot was
+ * taken.  An overflowed snapshot lists no subtransactions: a subtransaction is
+ * then looked up in pg_subtrans, as XidInMVCCSnapshot does, where pg_subtrans
+ * surely still has it (from the xmin this backend holds now, its active
+ * snapshot's); older, the answer is no: an error to retry rather than a write
+ * that finds nothing.  (Plain xid comparisons: a transaction that lived through
+ * 2^31 others would get wrong answers.)
  */
 static bool
 committed_at_first_use(TransactionId xid)
@@ -365,7 +369,8 @@ committed_at_first_use(TransactionId xid)
 		return false;
 	if (first_use->overflowed)
 	{
-		if (TransactionIdPrecedes(xid, TransactionXmin))
+		/* pg_subtrans keeps what this backend's xmin may need. */
+		if (!TransactionIdIsValid(MyProc->xmin) || TransactionIdPrecedes(xid, MyProc->xmin))
 			return false;
 		xid = SubTransGetTopmostTransaction(xid);
 		if (TransactionIdPrecedes(xid, first_use->xmin))

@@ -99,10 +99,11 @@ typedef struct FdwConnState
 typedef PGconn *(*GetConnection_fn) (UserMapping *user, bool will_prep_stmt,
 									 FdwConnState **state);
 typedef void (*process_pending_request_fn) (AsyncRequest *areq);
+typedef PGresult *(*pgfdw_get_result_fn) (PGconn *conn, const char *query);
 
 static GetConnection_fn fdw_get_connection = NULL;
 static process_pending_request_fn fdw_process_pending_request = NULL;
-pgfdw_get_result_fn ws_fdw_get_result = NULL;
+static pgfdw_get_result_fn fdw_get_result = NULL;
 pgfdw_report_error_fn ws_fdw_report_error = NULL;
 
 /* Rows buffered for one slot; marks remember where each subtransaction began. */
@@ -293,7 +294,7 @@ load_postgres_fdw(void)
 {
 	if (fdw_get_connection != NULL)
 		return;
-	ws_fdw_get_result = (pgfdw_get_result_fn)
+	fdw_get_result = (pgfdw_get_result_fn)
 		load_external_function("$libdir/postgres_fdw", "pgfdw_get_result", true, NULL);
 	ws_fdw_report_error = (pgfdw_report_error_fn)
 		load_external_function("$libdir/postgres_fdw", "pgfdw_report_error", true, NULL);
@@ -345,7 +346,7 @@ ws_shard_run_in_transaction(Oid serverid, Oid userid, const char *sql, int npara
 
 	if (!PQsendQueryParams(conn, sql, nparams, NULL, values, NULL, NULL, 0))
 		ws_fdw_report_error(ERROR, NULL, conn, false, sql);
-	res = ws_fdw_get_result(conn, sql);
+	res = fdw_get_result(conn, sql);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
 		ws_fdw_report_error(ERROR, res, conn, true, sql);
 	return res;
@@ -386,7 +387,7 @@ remote_command(PGconn *conn, const char *sql)
 
 	if (!PQsendQuery(conn, sql))
 		ws_fdw_report_error(ERROR, NULL, conn, false, sql);
-	res = ws_fdw_get_result(conn, sql);
+	res = fdw_get_result(conn, sql);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
 		ws_fdw_report_error(ERROR, res, conn, true, sql);
 	if (PQntuples(res) > 0 && PQnfields(res) > 0 && !PQgetisnull(res, 0, 0))

@@ -11,8 +11,6 @@
 #ifndef WS_SHARD_ROUTE_H
 #define WS_SHARD_ROUTE_H
 
-#include "postgres.h"
-
 #include "access/htup.h"
 #include "access/tupdesc.h"
 #include "fmgr.h"
@@ -63,13 +61,12 @@ typedef struct DistEntry
 } DistEntry;
 
 /*
- * postgres_fdw's (contrib/postgres_fdw/connection.c): NULL until the first
- * ws_shard_connection loads them, which any caller has a connection from.
+ * postgres_fdw's pgfdw_report_error (contrib/postgres_fdw/connection.c):
+ * NULL until the first ws_shard_connection loads it, which any caller has
+ * a connection from.
  */
-typedef PGresult *(*pgfdw_get_result_fn) (PGconn *conn, const char *query);
 typedef void (*pgfdw_report_error_fn) (int elevel, PGresult *res, PGconn *conn,
 									   bool clear, const char *sql);
-extern pgfdw_get_result_fn ws_fdw_get_result;
 extern pgfdw_report_error_fn ws_fdw_report_error;
 
 /* shard_route.c */
@@ -92,7 +89,29 @@ extern void ws_route_stream_add(RouteStream *stream, Oid serverid, const char *l
 extern void ws_route_stream_statement_row(Relation view, Datum *values, bool *nulls);
 extern void ws_route_stream_register(void);
 
+struct QueryDesc;
+
+/* An INSERT ... ON CONFLICT into a distributed table, running (shard_upsert.c) */
+typedef struct WsUpsert
+{
+	MemoryContext memory;		/* holds all of this */
+	struct QueryDesc *query;	/* whose ModifyTable inserts */
+	SubTransactionId subid;		/* where the query began */
+	Oid			view;			/* the distributed table */
+	bool		single_row;		/* the statement's only row, RETURNING only columns */
+	bool		batched;		/* the statement's rows, no RETURNING: in batches */
+	struct UpsertRows *waiting; /* rows not sent yet */
+	uint64		skipped;		/* rows sent that the shards skipped */
+	char	   *clause;			/* " ON CONFLICT ...", for the shards */
+	List	   *locals;			/* what its parameters after the row's are */
+	struct ParamListInfoData *params;	/* the query's, for locals */
+	bool		computed;		/* the values below are set */
+	int			nvalues;		/* its parameters after the row's columns */
+	char	  **values;			/* as text, NULL for NULL */
+} WsUpsert;
+
 /* shard_upsert.c */
+extern WsUpsert *ws_upsert_running(Oid view);
 extern char *ws_upsert_rows_sql(TupleDesc desc, const char *column_list, char *delimiters);
 extern Datum ws_upsert_route_row(Relation view, WsUpsert *upsert, HeapTuple tuple, Datum *values,
 								 bool *nulls, MemoryContext caller_context);

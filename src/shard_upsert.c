@@ -104,6 +104,8 @@ static ExecutorStart_hook_type prev_executor_start = NULL;
 static ExecutorRun_hook_type prev_executor_run = NULL;
 static ExecutorEnd_hook_type prev_executor_end = NULL;
 
+static void send_waiting_upserts(WsUpsert *upsert);
+
 static void
 refuse(const char *table, const char *detail)
 {
@@ -601,7 +603,7 @@ upsert_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
 
 		if (upsert->query != queryDesc || !upsert->batched)
 			continue;
-		ws_shard_upsert_flush(upsert);
+		send_waiting_upserts(upsert);
 		queryDesc->estate->es_processed -= Min(upsert->skipped, queryDesc->estate->es_processed);
 		upsert->skipped = 0;
 	}
@@ -678,7 +680,7 @@ ws_upsert_running(Oid view)
 
 /*
  * ws_upsert_rows_sql returns the part of a batched upsert's statement that
- * names the columns and reads the rows (ws_shard_upsert_flush), and sets
+ * names the columns and reads the rows (send_waiting_upserts), and sets
  * delimiters[n] to what separates the values of the nth column in its
  * array.  Each column's values travel as one array parameter, $1 the first
  * column's: an array of the column's base type, whose elements the shard
@@ -838,7 +840,7 @@ append_array_value(StringInfo array, const char *value, char delimiter)
 }
 
 /*
- * ws_shard_upsert_flush sends the rows of an upsert that wait, each server's
+ * send_waiting_upserts sends the rows of an upsert that wait, each server's
  * statements in one pipeline (one round trip) on postgres_fdw's connection,
  * in its remote transaction, all servers at once; and adds to
  * upsert->skipped the rows the shards skipped.  After a shard's error,
@@ -850,8 +852,8 @@ append_array_value(StringInfo array, const char *value, char delimiter)
  * subtransaction, the rest of the transaction can no longer use those
  * servers).
  */
-void
-ws_shard_upsert_flush(WsUpsert *upsert)
+static void
+send_waiting_upserts(WsUpsert *upsert)
 {
 	UpsertRows *waiting = upsert->waiting;
 	int			nparams;
@@ -1051,7 +1053,7 @@ wait_row(WsUpsert *upsert, DistEntry *dist, int slot, const char *const *values)
 	rows->server->rows++;
 	MemoryContextSwitchTo(old);
 	if (waiting->bytes >= UPSERT_WAIT_BYTES)
-		ws_shard_upsert_flush(upsert);
+		send_waiting_upserts(upsert);
 }
 
 /*
